@@ -1,0 +1,54 @@
+//! `fusekit`: lint, split, cache and train paired RGB + infrared detection datasets.
+
+mod lint;
+mod rules;
+mod synth;
+#[cfg(feature = "train")]
+mod device;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tools for RGB + infrared (thermal) object detection datasets.
+///
+/// Datasets follow the Ultralytics layout with an IR folder beside the RGB one:
+/// `images/`, `imagesIR/` (same file names) and `labels/` (YOLO txt), described by a data
+/// yaml or given as a folder.
+#[derive(Parser)]
+#[command(name = "fusekit", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a paired dataset: pairing, both images of every pair, labels, splits.
+    Lint(lint::LintArgs),
+    /// List the lint rules with their codes, default levels and descriptions.
+    Rules(rules::RulesArgs),
+    /// Write a deterministic LLVIP-like sample dataset (optionally with defects injected).
+    Synth(synth::SynthArgs),
+    /// Show what libtorch offers on this machine (CUDA, cuDNN, threads).
+    #[cfg(feature = "train")]
+    Device,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lint(args) => lint::run(args),
+        Command::Rules(args) => rules::run(&args),
+        Command::Synth(args) => synth::run(&args),
+        #[cfg(feature = "train")]
+        Command::Device => device::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The paired RGB + IR detection dataset model shared by every fusekit stage.
+//!
+//! - [`Dataset`] reads an Ultralytics-style data yaml (or a bare `images/ imagesIR/ labels/`
+//!   folder) and knows how to find each RGB image's IR partner and label file
+//!   ([`ComponentSwap`]).
+//! - [`Dataset::scan`] walks the dataset and pairs files by name ([`Scan`]).
+//! - [`probe_image`] reads an image's header (or decodes it fully) and reports what it found.
+//! - [`parse_labels`] parses a YOLO txt label file row by row, keeping every problem.
+
+mod config;
+mod label;
+mod probe;
+mod scan;
+mod swap;
+
+pub use config::{ConfigError, DATA_YAML, Dataset, Source, Split};
+pub use label::{BoxRow, LabelLine, RowError, RowKind, parse_labels};
+pub use probe::{
+    DecodeLevel, ImageInfo, PixelSummary, ProbeError, SUPPORTED_EXTENSIONS, probe_bytes,
+    UNSUPPORTED_EXTENSIONS, is_image_path, probe_image,
+};
+pub use scan::{IrPartner, MissingListed, Orphan, OrphanKind, PairRecord, Scan, StemClash};
+pub use swap::ComponentSwap;
+/// Image formats as reported by [`ImageInfo::format`].
+pub use image::ImageFormat;

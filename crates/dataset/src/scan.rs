@@ -1,0 +1,314 @@
+//! Walking a dataset and pairing RGB images with their IR partners and label files.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::config::{Dataset, Source};
+use crate::probe::is_image_path;
+
+/// How an RGB image's IR partner was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IrPartner {
+    /// Same stem and extension in the IR folder.
+    Exact(PathBuf),
+    /// Same stem, another extension (`a.jpg` / `a.png`).
+    OtherExtension(PathBuf),
+    /// No file with that stem; `expected` is where it should be, when the swap applies.
+    Missing {
+        /// The path the IR swap gives.
+        expected: Option<PathBuf>,
+    },
+}
+
+impl IrPartner {
+    /// The partner's path, when one was found.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            IrPartner::Exact(p) | IrPartner::OtherExtension(p) => Some(p),
+            IrPartner::Missing { .. } => None,
+        }
+    }
+}
+
+/// One RGB image with its partners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRecord {
+    /// The RGB image.
+    pub rgb: PathBuf,
+    /// Its IR partner.
+    pub ir: IrPartner,
+    /// Where its label file should be (it may not exist), when the label swap applies.
+    pub label: Option<PathBuf>,
+    /// Indices into [`Dataset::splits`] of every split that lists this image.
+    pub splits: Vec<usize>,
+}
+
+/// What kind of file has no RGB image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OrphanKind {
+    /// An IR image.
+    Ir,
+    /// A label file.
+    Label,
+}
+
+/// A file in an IR or label folder without an RGB image of the same stem.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Orphan {
+    /// IR image or label.
+    pub kind: OrphanKind,
+    /// The orphaned file.
+    pub path: PathBuf,
+    /// The folder where its RGB image was looked for.
+    pub rgb_dir: PathBuf,
+}
+
+/// Several image files in one folder with the same stem (`a.jpg` and `a.png`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StemClash {
+    /// The clashing files, sorted.
+    pub files: Vec<PathBuf>,
+}
+
+/// An image named by a list file that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingListed {
+    /// The list file.
+    pub list: PathBuf,
+    /// 1-based line in it.
+    pub line: usize,
+    /// The image path it names.
+    pub image: PathBuf,
+}
+
+/// Everything found by walking a dataset, in a deterministic order.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    /// Every RGB image once, sorted by path.
+    pub pairs: Vec<PairRecord>,
+    /// IR images and labels without an RGB image (folder sources only).
+    pub orphans: Vec<Orphan>,
+    /// Same-stem files in one folder, RGB or IR.
+    pub clashes: Vec<StemClash>,
+    /// Listed images that do not exist.
+    pub missing: Vec<MissingListed>,
+}
+
+type StemKey = (PathBuf, OsString);
+
+fn stem_key(path: &Path) -> StemKey {
+    let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+    (dir, path.file_stem().unwrap_or_default().to_os_string())
+}
+
+/// Every file below `root` accepted by `keep`, sorted, following links; empty if absent.
+fn walk(root: &Path, keep: fn(&Path) -> bool) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && keep(e.path()))
+        .map(walkdir::DirEntry::into_path)
+        .collect()
+}
+
+fn is_label_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "txt")
+}
+
+/// Image files of one folder grouped by stem, read once per folder.
+#[derive(Default)]
+struct FolderIndex {
+    folders: HashMap<PathBuf, BTreeMap<OsString, Vec<PathBuf>>>,
+}
+
+impl FolderIndex {
+    fn folder(&mut self, dir: &Path) -> &BTreeMap<OsString, Vec<PathBuf>> {
+        self.folders.entry(dir.to_path_buf()).or_insert_with(|| {
+            let mut by_stem: BTreeMap<OsString, Vec<PathBuf>> = BTreeMap::new();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && is_image_path(p))
+                .collect();
+            files.sort();
+            for file in files {
+                by_stem.entry(file.file_stem().unwrap_or_default().to_os_string()).or_default().push(file);
+            }
+            by_stem
+        })
+    }
+}
+
+impl Dataset {
+    /// Walks the dataset's folders and lists, pairing every RGB image with its IR partner and
+    /// label path, and collecting orphans and same-stem clashes. Missing folders yield empty
+    /// results (and so missing partners), never errors.
+    pub fn scan(&self) -> Scan {
+        let folders: BTreeSet<&Path> = self
+            .splits
+            .iter()
+            .flat_map(|s| &s.sources)
+            .filter_map(|s| match s {
+                Source::Folder(dir) => Some(dir.as_path()),
+                Source::List { .. } => None,
+            })
+            .collect();
+        let mut jobs: Vec<(PathBuf, fn(&Path) -> bool)> = Vec::new();
+        for dir in &folders {
+            jobs.push((dir.to_path_buf(), is_image_path));
+            if let Some(ir_root) = self.ir.apply(dir, &self.root) {
+                jobs.push((ir_root, is_image_path));
+            }
+            if let Some(label_root) = self.labels.apply(dir, &self.root) {
+                jobs.push((label_root, is_label_path));
+            }
+        }
+        jobs.sort();
+        jobs.dedup();
+        let walked: HashMap<PathBuf, Vec<PathBuf>> =
+            jobs.into_par_iter().map(|(root, keep)| { let files = walk(&root, keep); (root, files) }).collect();
+
+        let mut scan = Scan::default();
+        let mut members: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
+        for (index, split) in self.splits.iter().enumerate() {
+            for source in &split.sources {
+                match source {
+                    Source::Folder(dir) => {
+                        for file in &walked[dir] {
+                            add_member(&mut members, file, index);
+                        }
+                    }
+                    Source::List { file, images } => {
+                        for (image, line) in images {
+                            if image.is_file() {
+                                add_member(&mut members, image, index);
+                            } else {
+                                scan.missing.push(MissingListed { list: file.clone(), line: *line, image: image.clone() });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut rgb_stems: HashMap<StemKey, Vec<PathBuf>> = HashMap::new();
+        for rgb in members.keys() {
+            rgb_stems.entry(stem_key(rgb)).or_default().push(rgb.clone());
+        }
+        let mut clashes: BTreeSet<StemClash> = rgb_stems
+            .values()
+            .filter(|files| files.len() > 1)
+            .map(|files| StemClash { files: files.clone() })
+            .collect();
+
+        let mut ir_folders = FolderIndex::default();
+        for (rgb, splits) in members {
+            let expected = self.ir_path(&rgb);
+            let ir = match &expected {
+                None => IrPartner::Missing { expected: None },
+                Some(expected) => {
+                    let (dir, stem) = stem_key(expected);
+                    let candidates = ir_folders.folder(&dir).get(&stem);
+                    match candidates {
+                        Some(files) if files.contains(expected) => IrPartner::Exact(expected.clone()),
+                        Some(files) => IrPartner::OtherExtension(files[0].clone()),
+                        None => IrPartner::Missing { expected: Some(expected.clone()) },
+                    }
+                }
+            };
+            let label = self.label_path(&rgb);
+            scan.pairs.push(PairRecord { rgb, ir, label, splits });
+        }
+        for by_stem in ir_folders.folders.values() {
+            clashes.extend(by_stem.values().filter(|f| f.len() > 1).map(|f| StemClash { files: f.clone() }));
+        }
+        scan.clashes = clashes.into_iter().collect();
+
+        let rgb_stem_set: HashSet<&StemKey> = rgb_stems.keys().collect();
+        let mut orphans = BTreeSet::new();
+        for dir in &folders {
+            for (kind, swap) in [(OrphanKind::Ir, &self.ir), (OrphanKind::Label, &self.labels)] {
+                let Some(root) = swap.apply(dir, &self.root) else { continue };
+                let back = swap.reversed();
+                for file in &walked[&root] {
+                    let (partner_dir, stem) = stem_key(file);
+                    let Some(rgb_dir) = back.apply(&partner_dir, &self.root) else { continue };
+                    if !rgb_stem_set.contains(&(rgb_dir.clone(), stem)) {
+                        orphans.insert(Orphan { kind, path: file.clone(), rgb_dir });
+                    }
+                }
+            }
+        }
+        scan.orphans = orphans.into_iter().collect();
+        scan
+    }
+}
+
+fn add_member(members: &mut BTreeMap<PathBuf, Vec<usize>>, image: &Path, split: usize) {
+    let splits = members.entry(image.to_path_buf()).or_default();
+    if !splits.contains(&split) {
+        splits.push(split);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(root: &Path, rel: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"x").unwrap();
+    }
+
+    #[test]
+    fn pairs_orphans_and_clashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for f in ["images/a.jpg", "imagesIR/a.jpg", "labels/a.txt"] {
+            touch(root, f);
+        }
+        touch(root, "images/b.jpg");
+        touch(root, "imagesIR/b.png");
+        touch(root, "images/c.jpg");
+        touch(root, "images/d.jpg");
+        touch(root, "images/d.png");
+        touch(root, "imagesIR/e.jpg");
+        touch(root, "labels/f.txt");
+        let ds = Dataset::from_folder(root, vec!["x".into()]).unwrap();
+        let scan = ds.scan();
+        let rgb: Vec<_> = scan.pairs.iter().map(|p| p.rgb.strip_prefix(root).unwrap().to_str().unwrap()).collect();
+        assert_eq!(rgb, ["images/a.jpg", "images/b.jpg", "images/c.jpg", "images/d.jpg", "images/d.png"]);
+        assert_eq!(scan.pairs[0].ir, IrPartner::Exact(root.join("imagesIR/a.jpg")));
+        assert_eq!(scan.pairs[0].label, Some(root.join("labels/a.txt")));
+        assert_eq!(scan.pairs[1].ir, IrPartner::OtherExtension(root.join("imagesIR/b.png")));
+        assert_eq!(scan.pairs[2].ir, IrPartner::Missing { expected: Some(root.join("imagesIR/c.jpg")) });
+        assert_eq!(scan.clashes, vec![StemClash { files: vec![root.join("images/d.jpg"), root.join("images/d.png")] }]);
+        let orphans: Vec<_> = scan.orphans.iter().map(|o| (o.kind, o.path.clone())).collect();
+        assert_eq!(orphans, vec![(OrphanKind::Ir, root.join("imagesIR/e.jpg")), (OrphanKind::Label, root.join("labels/f.txt"))]);
+    }
+
+    #[test]
+    fn list_sources_report_missing_images_and_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        touch(root, "images/a.jpg");
+        touch(root, "imagesIR/a.jpg");
+        std::fs::write(root.join("train.txt"), "images/a.jpg\nimages/zz.jpg\n").unwrap();
+        std::fs::write(root.join("val.txt"), "images/a.jpg\n").unwrap();
+        let yaml = root.join("data.yaml");
+        std::fs::write(&yaml, "train: train.txt\nval: val.txt\nnames: [p]\n").unwrap();
+        let scan = Dataset::open(&yaml, None).unwrap().scan();
+        assert_eq!(scan.pairs.len(), 1);
+        assert_eq!(scan.pairs[0].splits, vec![0, 1]);
+        assert_eq!(scan.missing.len(), 1);
+        assert_eq!(scan.missing[0].line, 2);
+    }
+}

@@ -1,0 +1,581 @@
+//! The checks: per pair (in parallel), then over the whole dataset.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use fusekit_dataset::{
+    Dataset, ImageInfo, IrPartner, LabelLine, OrphanKind, PairRecord, ProbeError, RowError, RowKind,
+    Scan, parse_labels, probe_image,
+};
+use rayon::prelude::*;
+
+use crate::codes::Code;
+use crate::report::{Finding, Report, Subject};
+use crate::settings::LintOptions;
+
+/// How far a normalised coordinate may stray outside [0, 1] before it is an error (LBL006).
+const COORDINATE_TOLERANCE: f64 = 0.01;
+/// Edges within this of the image border count as inside (one sixth-decimal step, and more).
+const EDGE_EPSILON: f64 = 1e-5;
+/// Shortest allowed image side (IMG003), as in Ultralytics.
+const MIN_IMAGE_SIDE: u32 = 10;
+/// Smallest box side in pixels at the training size (LBL011).
+const MIN_BOX_PIXELS: f64 = 2.0;
+/// Class imbalance ratio above which DS003 reports.
+const IMBALANCE_RATIO: f64 = 50.0;
+
+/// A label file whose safe fixes are ready to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingFix {
+    /// The label file.
+    pub label: PathBuf,
+    /// Its fixed text.
+    pub text: String,
+    /// The codes the fix resolves.
+    pub codes: Vec<Code>,
+}
+
+/// A finished lint run: the report and the fixes `--fix` would write.
+#[derive(Debug, Clone)]
+pub struct LintRun {
+    /// Findings and summary.
+    pub report: Report,
+    /// Label files with safe fixes, in path order.
+    pub fixes: Vec<PendingFix>,
+}
+
+struct PairOutcome {
+    findings: Vec<Finding>,
+    content: Option<(u64, u64)>,
+    class_counts: BTreeMap<u32, usize>,
+    fix: Option<PendingFix>,
+}
+
+/// Lints a dataset. `progress` is called once per checked pair (from worker threads).
+pub fn lint(dataset: &Dataset, options: &LintOptions, progress: &(dyn Fn() + Sync)) -> LintRun {
+    let scan = dataset.scan();
+    lint_scan(dataset, &scan, options, progress)
+}
+
+/// The number of pairs a lint of `scan` will check (for sizing a progress bar).
+pub fn pairs_to_check(scan: &Scan, options: &LintOptions) -> usize {
+    options.limit.map_or(scan.pairs.len(), |limit| limit.min(scan.pairs.len()))
+}
+
+/// Lints an already scanned dataset.
+pub fn lint_scan(
+    dataset: &Dataset,
+    scan: &Scan,
+    options: &LintOptions,
+    progress: &(dyn Fn() + Sync),
+) -> LintRun {
+    let ctx = Context { dataset, options };
+    let pairs = &scan.pairs[..pairs_to_check(scan, options)];
+    let outcomes: Vec<PairOutcome> = pairs
+        .par_iter()
+        .map(|pair| {
+            let outcome = ctx.check_pair(pair);
+            progress();
+            outcome
+        })
+        .collect();
+
+    let mut findings = ctx.scan_findings(scan);
+    findings.extend(ctx.duplicate_pairs(pairs, &outcomes));
+    findings.extend(ctx.split_overlaps(pairs));
+    findings.extend(ctx.class_usage(&outcomes));
+    let mut fixes = Vec::new();
+    for outcome in outcomes {
+        findings.extend(outcome.findings);
+        fixes.extend(outcome.fix);
+    }
+    let report = Report::new(pairs.len(), findings, &options.levels);
+    LintRun { report, fixes }
+}
+
+struct Context<'a> {
+    dataset: &'a Dataset,
+    options: &'a LintOptions,
+}
+
+/// Which file of a pair an image finding is about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Rgb,
+    Ir,
+}
+
+impl Context<'_> {
+    fn rel(&self, path: &Path) -> String {
+        self.dataset.relative(path).display().to_string()
+    }
+
+    fn finding(&self, code: Code, message: String) -> Finding {
+        Finding::new(code, message)
+    }
+
+    fn pair_finding(&self, code: Code, pair: &PairRecord, message: String) -> Finding {
+        let mut finding = self.finding(code, message);
+        finding.rgb = Some(self.rel(&pair.rgb));
+        finding.ir = pair.ir.path().map(|p| self.rel(p));
+        finding.subject = Subject::Rgb;
+        finding
+    }
+
+    fn label_finding(&self, code: Code, pair: &PairRecord, label: &Path, line: Option<usize>, message: String) -> Finding {
+        let mut finding = self.pair_finding(code, pair, message);
+        finding.label = Some(self.rel(label));
+        finding.line = line;
+        finding.subject = Subject::Label;
+        finding
+    }
+
+    fn check_pair(&self, pair: &PairRecord) -> PairOutcome {
+        let mut findings = Vec::new();
+        let rgb = self.check_image(pair, Side::Rgb, &pair.rgb, &mut findings);
+        let ir = match &pair.ir {
+            IrPartner::Missing { expected } => {
+                let message = match expected {
+                    Some(path) => format!("no IR partner; expected {}", self.rel(path)),
+                    None => format!("no IR partner: the path has no `{}` folder to swap", self.dataset.ir.from.to_string_lossy()),
+                };
+                findings.push(self.pair_finding(Code::PAIR001, pair, message));
+                None
+            }
+            IrPartner::OtherExtension(path) => {
+                let expected = self.dataset.ir_path(&pair.rgb).map(|p| self.rel(&p)).unwrap_or_default();
+                let mut finding = self.pair_finding(
+                    Code::PAIR004,
+                    pair,
+                    format!("IR partner is {} but {expected} is expected (same name and extension)", self.rel(path)),
+                );
+                finding.subject = Subject::Ir;
+                findings.push(finding);
+                self.check_image(pair, Side::Ir, path, &mut findings)
+            }
+            IrPartner::Exact(path) => self.check_image(pair, Side::Ir, path, &mut findings),
+        };
+        if let (Some(rgb), Some(ir)) = (&rgb, &ir) {
+            if (rgb.width, rgb.height) != (ir.width, ir.height) {
+                findings.push(self.pair_finding(
+                    Code::PAIR003,
+                    pair,
+                    format!("RGB is {}x{} but IR is {}x{}", rgb.width, rgb.height, ir.width, ir.height),
+                ));
+            }
+            if rgb.file_hash == ir.file_hash {
+                findings.push(self.pair_finding(Code::PAIR006, pair, "IR file is byte-identical to the RGB file".into()));
+            } else if let (Some(a), Some(b)) = (rgb.pixels, ir.pixels)
+                && a.pixel_hash == b.pixel_hash
+            {
+                findings.push(self.pair_finding(Code::PAIR006, pair, "IR image decodes to exactly the RGB pixels".into()));
+            }
+        }
+        let content = rgb.as_ref().zip(ir.as_ref()).map(|(a, b)| (a.file_hash, b.file_hash));
+        let (class_counts, fix) = self.check_labels(pair, rgb.as_ref(), &mut findings);
+        PairOutcome { findings, content, class_counts, fix }
+    }
+
+    fn check_image(&self, pair: &PairRecord, side: Side, path: &Path, findings: &mut Vec<Finding>) -> Option<ImageInfo> {
+        let name = if side == Side::Rgb { "RGB" } else { "IR" };
+        let mut push = |code: Code, message: String| {
+            let mut finding = self.pair_finding(code, pair, format!("{name} {message}"));
+            if side == Side::Ir {
+                finding.ir = Some(self.rel(path));
+                finding.subject = Subject::Ir;
+            }
+            findings.push(finding);
+        };
+        match probe_image(path, self.options.decode) {
+            Err(ProbeError::Unsupported(what)) => {
+                push(Code::IMG004, format!("image: {what} cannot be read"));
+                None
+            }
+            Err(ProbeError::Decode { message, truncated: true }) => {
+                push(Code::IMG002, format!("image is truncated and cannot be decoded: {message}"));
+                None
+            }
+            Err(err) => {
+                push(Code::IMG001, format!("image cannot be decoded: {err}"));
+                None
+            }
+            Ok(info) => {
+                if info.truncated {
+                    push(Code::IMG002, format!("{} file is truncated (no end marker)", format_name(info.format)));
+                }
+                if info.width.min(info.height) < MIN_IMAGE_SIDE {
+                    push(Code::IMG003, format!("image is {}x{}; both sides must be at least {MIN_IMAGE_SIDE} px", info.width, info.height));
+                }
+                if info.orientation != 1 {
+                    push(Code::IMG005, format!("image has EXIF orientation {}: viewers rotate it, training does not", info.orientation));
+                }
+                if info.pixels.is_some_and(|p| p.constant) {
+                    push(Code::IMG006, "image is one constant colour".into());
+                }
+                Some(info)
+            }
+        }
+    }
+
+    fn check_labels(
+        &self,
+        pair: &PairRecord,
+        rgb: Option<&ImageInfo>,
+        findings: &mut Vec<Finding>,
+    ) -> (BTreeMap<u32, usize>, Option<PendingFix>) {
+        let mut counts = BTreeMap::new();
+        let Some(label) = &pair.label else {
+            findings.push(self.pair_finding(
+                Code::LBL001,
+                pair,
+                format!("no label path: the RGB path has no `{}` folder to swap", self.dataset.labels.from.to_string_lossy()),
+            ));
+            return (counts, None);
+        };
+        let text = match std::fs::read(label) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                findings.push(self.label_finding(Code::LBL001, pair, label, None, "no label file: a background image".into()));
+                return (counts, None);
+            }
+            Err(e) => {
+                findings.push(self.label_finding(Code::LBL013, pair, label, None, format!("cannot read label file: {e}")));
+                return (counts, None);
+            }
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(e) => {
+                    findings.push(self.label_finding(Code::LBL013, pair, label, None, format!("label file is not UTF-8 text: {e}")));
+                    return (counts, None);
+                }
+            },
+        };
+        let lines = parse_labels(&text);
+        if lines.is_empty() {
+            findings.push(self.label_finding(Code::LBL002, pair, label, None, "label file is empty: a background image".into()));
+            return (counts, None);
+        }
+        let analysis = analyse_rows(&lines, self.dataset.class_count(), rgb.map(|i| (i.width, i.height)), self.options.imgsz);
+        for (line, code, message) in analysis.issues {
+            findings.push(self.label_finding(code, pair, label, Some(line), message));
+        }
+        for class in analysis.classes {
+            *counts.entry(class).or_insert(0) += 1;
+        }
+        let fix = fixed_text(&text, &lines, &analysis.fixable, &self.options.levels).map(|(text, codes)| PendingFix {
+            label: label.clone(),
+            text,
+            codes,
+        });
+        (counts, fix)
+    }
+
+    fn scan_findings(&self, scan: &Scan) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for clash in &scan.clashes {
+            let names: Vec<String> = clash.files.iter().map(|f| self.rel(f)).collect();
+            let mut finding = self.finding(Code::PAIR005, format!("files share a stem in one folder: {}", names.join(", ")));
+            let is_ir = clash.files.first().is_some_and(|f| self.dataset.ir.reversed().apply(f, &self.dataset.root).is_some());
+            if is_ir {
+                finding.ir = names.first().cloned();
+                finding.subject = Subject::Ir;
+            } else {
+                finding.rgb = names.first().cloned();
+                finding.subject = Subject::Rgb;
+            }
+            findings.push(finding);
+        }
+        for orphan in &scan.orphans {
+            let finding = match orphan.kind {
+                OrphanKind::Ir => {
+                    let mut f = self.finding(Code::PAIR002, format!("IR image has no RGB partner in {}", self.rel(&orphan.rgb_dir)));
+                    f.ir = Some(self.rel(&orphan.path));
+                    f.subject = Subject::Ir;
+                    f
+                }
+                OrphanKind::Label => {
+                    let mut f = self.finding(Code::LBL010, format!("label file has no image in {}", self.rel(&orphan.rgb_dir)));
+                    f.label = Some(self.rel(&orphan.path));
+                    f.subject = Subject::Label;
+                    f
+                }
+            };
+            findings.push(finding);
+        }
+        for missing in &scan.missing {
+            let mut finding = self.finding(
+                Code::DS004,
+                format!("{} line {} lists {}, which does not exist", self.rel(&missing.list), missing.line, self.rel(&missing.image)),
+            );
+            finding.rgb = Some(self.rel(&missing.image));
+            finding.line = Some(missing.line);
+            finding.subject = Subject::Rgb;
+            findings.push(finding);
+        }
+        findings
+    }
+
+    fn split_names(&self, splits: &[usize]) -> String {
+        let names: Vec<&str> = splits.iter().map(|&i| self.dataset.splits[i].name.as_str()).collect();
+        names.join(" and ")
+    }
+
+    fn duplicate_pairs(&self, pairs: &[PairRecord], outcomes: &[PairOutcome]) -> Vec<Finding> {
+        let mut first: HashMap<(u64, u64), usize> = HashMap::new();
+        let mut findings = Vec::new();
+        for (index, outcome) in outcomes.iter().enumerate() {
+            let Some(key) = outcome.content else { continue };
+            match first.get(&key) {
+                None => {
+                    first.insert(key, index);
+                }
+                Some(&original) => {
+                    let (pair, orig) = (&pairs[index], &pairs[original]);
+                    let leak = if pair.splits != orig.splits {
+                        format!(" (a leak: {} vs {})", self.split_names(&pair.splits), self.split_names(&orig.splits))
+                    } else {
+                        String::new()
+                    };
+                    findings.push(self.pair_finding(
+                        Code::IMG007,
+                        pair,
+                        format!("same RGB and IR content as {}{leak}", self.rel(&orig.rgb)),
+                    ));
+                }
+            }
+        }
+        findings
+    }
+
+    fn split_overlaps(&self, pairs: &[PairRecord]) -> Vec<Finding> {
+        let splits = &self.dataset.splits;
+        let mut findings = Vec::new();
+        for a in 0..splits.len() {
+            for b in a + 1..splits.len() {
+                let in_a = pairs.iter().filter(|p| p.splits.contains(&a)).count();
+                let in_b = pairs.iter().filter(|p| p.splits.contains(&b)).count();
+                let both: Vec<&PairRecord> = pairs.iter().filter(|p| p.splits.contains(&a) && p.splits.contains(&b)).collect();
+                if both.is_empty() {
+                    continue;
+                }
+                if both.len() == in_a && both.len() == in_b {
+                    findings.push(self.finding(
+                        Code::DS002,
+                        format!(
+                            "{} is the same set as {} ({} pairs): metrics on it measure memorisation; run `fusekit split`",
+                            splits[b].name, splits[a].name, both.len()
+                        ),
+                    ));
+                    continue;
+                }
+                for pair in both {
+                    findings.push(self.pair_finding(Code::DS002, pair, format!("pair is in both {} and {}", splits[a].name, splits[b].name)));
+                }
+            }
+        }
+        findings
+    }
+
+    fn class_usage(&self, outcomes: &[PairOutcome]) -> Vec<Finding> {
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for outcome in outcomes {
+            for (&class, &n) in &outcome.class_counts {
+                *counts.entry(class).or_insert(0) += n;
+            }
+        }
+        let names = &self.dataset.names;
+        let name = |class: u32| names.get(class as usize).cloned().unwrap_or_else(|| format!("class{class}"));
+        let mut findings = Vec::new();
+        for (class, class_name) in names.iter().enumerate() {
+            if !counts.contains_key(&(class as u32)) {
+                findings.push(self.finding(Code::DS003, format!("class {class} `{class_name}` in `names` is never used")));
+            }
+        }
+        let most = counts.iter().max_by_key(|(_, n)| **n);
+        let least = counts.iter().min_by_key(|(_, n)| **n);
+        if let (Some((&top, &top_n)), Some((&low, &low_n))) = (most, least)
+            && top_n as f64 / low_n as f64 > IMBALANCE_RATIO
+        {
+            findings.push(self.finding(
+                Code::DS003,
+                format!(
+                    "class imbalance {:.0}:1: `{}` has {top_n} boxes, `{}` has {low_n}",
+                    top_n as f64 / low_n as f64,
+                    name(top),
+                    name(low)
+                ),
+            ));
+        }
+        findings
+    }
+}
+
+/// What the row checks found in one label file.
+struct RowAnalysis {
+    issues: Vec<(usize, Code, String)>,
+    classes: Vec<u32>,
+    fixable: Vec<(usize, Code)>,
+}
+
+fn analyse_rows(lines: &[LabelLine<'_>], nc: Option<usize>, size: Option<(u32, u32)>, imgsz: u32) -> RowAnalysis {
+    let mut analysis = RowAnalysis { issues: Vec::new(), classes: Vec::new(), fixable: Vec::new() };
+    let mut seen: HashMap<Vec<u64>, usize> = HashMap::new();
+    for entry in lines {
+        let line = entry.line;
+        let row = match &entry.row {
+            Err(RowError::Columns(n)) => {
+                analysis.issues.push((line, Code::LBL003, format!("{n} columns; a box row has 5 (class x y w h)")));
+                continue;
+            }
+            Err(RowError::NotFinite { column, value }) => {
+                analysis.issues.push((line, Code::LBL004, format!("column {column} is `{value}`, not a finite number")));
+                continue;
+            }
+            Err(RowError::Class { value }) => {
+                analysis.issues.push((line, Code::LBL005, format!("class id `{value}` is negative or not an integer")));
+                continue;
+            }
+            Ok(row) => row,
+        };
+        let class = row.class();
+        let class_ok = match nc {
+            Some(nc) if class as usize >= nc => {
+                analysis.issues.push((line, Code::LBL005, format!("class id {class} >= nc {nc}")));
+                false
+            }
+            _ => true,
+        };
+        let out_of_range = row
+            .coordinates()
+            .into_iter()
+            .find(|v| *v < -COORDINATE_TOLERANCE || *v > 1.0 + COORDINATE_TOLERANCE);
+        if let Some(v) = out_of_range {
+            analysis.issues.push((line, Code::LBL006, format!("coordinate {v} is outside [0, 1]")));
+        }
+        let mut sound = class_ok && out_of_range.is_none();
+        match row {
+            RowKind::Polygon { points, .. } => {
+                analysis.issues.push((line, Code::LBL012, format!("polygon of {} points; --fix converts it to its box", points.len())));
+                if out_of_range.is_none() {
+                    analysis.fixable.push((line, Code::LBL012));
+                }
+            }
+            RowKind::Box(b) => {
+                if b.w <= 0.0 || b.h <= 0.0 {
+                    analysis.issues.push((line, Code::LBL008, format!("width {} / height {}: a box needs both > 0", b.w, b.h)));
+                    sound = false;
+                } else if out_of_range.is_none() && exceeds_image(b) {
+                    analysis.issues.push((line, Code::LBL007, "box extends past the image edge; --fix clips it".into()));
+                    analysis.fixable.push((line, Code::LBL007));
+                }
+            }
+        }
+        if sound {
+            analysis.classes.push(class);
+            let b = row.bounding_box();
+            if let Some((width, height)) = size {
+                let scale = f64::from(imgsz) / f64::from(width.max(height));
+                let (w_px, h_px) = (b.w * f64::from(width) * scale, b.h * f64::from(height) * scale);
+                if b.w > 0.0 && b.h > 0.0 && w_px.min(h_px) < MIN_BOX_PIXELS {
+                    analysis.issues.push((line, Code::LBL011, format!("box is {w_px:.1}x{h_px:.1} px at imgsz {imgsz}")));
+                }
+            }
+        }
+        let key: Vec<u64> = std::iter::once(f64::from(class)).chain(row.coordinates()).map(f64::to_bits).collect();
+        if let Some(first) = seen.get(&key) {
+            analysis.issues.push((line, Code::LBL009, format!("duplicate of line {first}")));
+            analysis.fixable.push((line, Code::LBL009));
+        } else {
+            seen.insert(key, line);
+        }
+    }
+    analysis
+}
+
+fn format_name(format: fusekit_dataset::ImageFormat) -> &'static str {
+    format.extensions_str().first().map_or("image", |ext| match *ext {
+        "jpg" => "JPEG",
+        "png" => "PNG",
+        "bmp" => "BMP",
+        "tif" | "tiff" => "TIFF",
+        "webp" => "WebP",
+        _ => "image",
+    })
+}
+
+fn exceeds_image(b: &fusekit_dataset::BoxRow) -> bool {
+    b.edges().iter().any(|&v| v < -EDGE_EPSILON || v > 1.0 + EDGE_EPSILON)
+}
+
+/// The label text with the enabled safe fixes applied, and the codes fixed; `None` when
+/// nothing changes. Lines that are not fixed are kept byte for byte.
+fn fixed_text(
+    text: &str,
+    lines: &[LabelLine<'_>],
+    fixable: &[(usize, Code)],
+    levels: &crate::settings::Levels,
+) -> Option<(String, Vec<Code>)> {
+    let wanted: Vec<(usize, Code)> = fixable.iter().copied().filter(|(_, code)| levels.enabled(*code)).collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    let rows: HashMap<usize, &LabelLine<'_>> = lines.iter().map(|l| (l.line, l)).collect();
+    let has = |line: usize, code: Code| wanted.contains(&(line, code));
+    let mut out = String::with_capacity(text.len());
+    for (i, original) in text.lines().enumerate() {
+        let line = i + 1;
+        if has(line, Code::LBL009) {
+            continue;
+        }
+        let replacement = match rows.get(&line).map(|l| &l.row) {
+            Some(Ok(row @ RowKind::Polygon { .. })) if has(line, Code::LBL012) => Some(row.bounding_box().to_line()),
+            Some(Ok(RowKind::Box(b))) if has(line, Code::LBL007) => Some(b.clipped().to_line()),
+            _ => None,
+        };
+        out.push_str(replacement.as_deref().unwrap_or(original));
+        out.push('\n');
+    }
+    let mut codes: Vec<Code> = wanted.iter().map(|(_, c)| *c).collect();
+    codes.sort();
+    codes.dedup();
+    Some((out, codes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Level, Levels};
+
+    fn codes(text: &str, nc: Option<usize>) -> Vec<(usize, Code)> {
+        let lines = parse_labels(text);
+        analyse_rows(&lines, nc, Some((1280, 1024)), 640).issues.into_iter().map(|(l, c, _)| (l, c)).collect()
+    }
+
+    #[test]
+    fn row_rules() {
+        assert_eq!(codes("0 0.5 0.5 0.1 0.1\n", Some(1)), vec![]);
+        assert_eq!(codes("1 0.5 0.5 0.1 0.1\n", Some(1)), vec![(1, Code::LBL005)]);
+        assert_eq!(codes("0 1.2 0.5 0.1 0.1\n", Some(1)), vec![(1, Code::LBL006)]);
+        assert_eq!(codes("0 1.005 0.5 0.1 0.1\n", Some(1)), vec![(1, Code::LBL007)]);
+        assert_eq!(codes("0 0.5 0.5 0 0.1\n", Some(1)), vec![(1, Code::LBL008)]);
+        assert_eq!(codes("0 0.5 0.5 0.001 0.1\n", Some(1)), vec![(1, Code::LBL011)]);
+        assert_eq!(codes("0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n", None), vec![(2, Code::LBL009)]);
+        assert_eq!(codes("0 0.1 0.1 0.2 0.1 0.2 0.3\n", Some(1)), vec![(1, Code::LBL012)]);
+    }
+
+    #[test]
+    fn fixes_keep_other_lines_and_are_idempotent() {
+        let text = "0 0.5 0.5 0.1 0.1\n0 0.98 0.5 0.1 0.2\n0 0.5 0.5 0.1 0.1\nbad row\n0 0.1 0.1 0.3 0.1 0.2 0.4\n";
+        let lines = parse_labels(text);
+        let analysis = analyse_rows(&lines, Some(1), None, 640);
+        let (fixed, codes) = fixed_text(text, &lines, &analysis.fixable, &Levels::default()).unwrap();
+        assert_eq!(codes, vec![Code::LBL007, Code::LBL009, Code::LBL012]);
+        assert_eq!(fixed, "0 0.5 0.5 0.1 0.1\n0 0.965000 0.500000 0.070000 0.200000\nbad row\n0 0.200000 0.250000 0.200000 0.300000\n");
+        let again = parse_labels(&fixed);
+        let second = analyse_rows(&again, Some(1), None, 640);
+        assert!(second.fixable.is_empty(), "{:?}", second.issues);
+        let mut levels = Levels::default();
+        levels.set("LBL009", Level::Allow).unwrap();
+        let (kept, _) = fixed_text(text, &lines, &analysis.fixable, &levels).unwrap();
+        assert_eq!(kept.lines().count(), 5);
+    }
+}

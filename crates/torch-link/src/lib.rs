@@ -1,0 +1,58 @@
+//! Link arguments for packages whose binaries or tests load libtorch.
+//!
+//! `torch-sys` exposes the directory of the libtorch it was built against to the build scripts of
+//! its direct dependents as `DEP_TCH_LIBTORCH_LIB`. Calling [`emit`] from such a build script
+//! makes every binary and test of the package
+//! - find libtorch at run time without `LD_LIBRARY_PATH` (an rpath to that directory), and
+//! - keep `libtorch_cuda` as a dependency even though no symbol of it is referenced directly
+//!   (`--no-as-needed`), so that CUDA is available on a machine with a GPU.
+
+use std::path::Path;
+
+/// Name of the environment variable that torch-sys (`links = "tch"`) passes to dependents.
+pub const LIBTORCH_LIB_VAR: &str = "DEP_TCH_LIBTORCH_LIB";
+
+/// Prints the cargo instructions for the current build script; does nothing when the package
+/// is built without torch-sys (for example with the `train` feature off).
+pub fn emit() {
+    println!("cargo:rerun-if-env-changed={LIBTORCH_LIB_VAR}");
+    let Some(dir) = std::env::var_os(LIBTORCH_LIB_VAR) else {
+        return;
+    };
+    // Resolve links (such as the checkout's `.libtorch`) so binaries keep working when copied.
+    let dir = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.into());
+    for arg in link_args(&dir) {
+        println!("cargo:rustc-link-arg={arg}");
+    }
+}
+
+/// The linker arguments for a libtorch library directory.
+pub fn link_args(lib_dir: &Path) -> Vec<String> {
+    let mut args = vec![format!("-Wl,-rpath,{}", lib_dir.display())];
+    if lib_dir.join("libtorch_cuda.so").exists() {
+        args.push("-Wl,--no-as-needed,-ltorch_cuda,--as-needed".to_owned());
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_build_gets_only_rpath() {
+        let dir = std::env::temp_dir().join("fusekit-torch-link-cpu");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(link_args(&dir), vec![format!("-Wl,-rpath,{}", dir.display())]);
+    }
+
+    #[test]
+    fn cuda_build_keeps_torch_cuda() {
+        let dir = std::env::temp_dir().join("fusekit-torch-link-cuda");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("libtorch_cuda.so"), b"").unwrap();
+        let args = link_args(&dir);
+        assert_eq!(args.len(), 2);
+        assert!(args[1].contains("--no-as-needed,-ltorch_cuda"));
+    }
+}
