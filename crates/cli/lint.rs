@@ -8,18 +8,21 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use fusekit_dataset::{Dataset, DecodeLevel};
 use fusekit_lint::{
-    LevelSelectors, Levels, LintOptions, Report, apply_fixes, find_config, lint_scan, pairs_to_check,
-    parse_decode, read_config,
+    LevelSelectors, Levels, LintOptions, Report, apply_fixes, find_config, lint_scan,
+    pairs_to_check, parse_decode, read_config,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::progress;
 
 /// Arguments of `fusekit lint`.
 #[derive(Args)]
-#[command(after_long_help = "Exit status: 0 no error-level findings (no warnings either with --strict), \
+#[command(
+    after_long_help = "Exit status: 0 no error-level findings (no warnings either with --strict), \
 1 findings, 2 usage error or invalid dataset description (DS001).\n\n\
 Levels can also be set in the [lint] section of fusekit.toml (next to the dataset or in the \
 working directory): deny, warn and allow lists, decode, imgsz and strict. Flags win.\n\n\
-`fusekit rules` lists every code.")]
+`fusekit rules` lists every code."
+)]
 pub struct LintArgs {
     /// A data yaml, or a dataset folder (with data.yaml, or images/ imagesIR/ labels/).
     data: PathBuf,
@@ -77,7 +80,11 @@ enum Format {
 /// Runs the lint and prints the report; the exit code follows the report.
 pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let dataset_dir = if args.data.is_dir() { args.data.clone() } else { args.data.parent().unwrap_or(Path::new(".")).to_path_buf() };
+    let dataset_dir = if args.data.is_dir() {
+        args.data.clone()
+    } else {
+        args.data.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
     let config_path = match &args.config {
         Some(path) => Some(path.clone()),
         None => find_config(&[&dataset_dir, Path::new(".")]),
@@ -88,7 +95,11 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
     };
     let mut levels = Levels::default();
     levels.apply(&section.selectors())?;
-    levels.apply(&LevelSelectors { deny: args.deny.clone(), warn: args.warn.clone(), allow: args.allow.clone() })?;
+    levels.apply(&LevelSelectors {
+        deny: args.deny.clone(),
+        warn: args.warn.clone(),
+        allow: args.allow.clone(),
+    })?;
     let decode = match (args.decode, &section.decode) {
         (Some(decode), _) => decode,
         (None, Some(text)) => parse_decode(text).map_err(anyhow::Error::msg)?,
@@ -106,22 +117,40 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
         Ok(dataset) => dataset,
         Err(err) => {
             let report = Report::invalid_dataset(err.to_string());
-            print_report(&report, &args, None, &format!("fusekit lint {}", args.data.display()));
+            print_report(
+                &report,
+                &args,
+                None,
+                &format!("fusekit lint {}", args.data.display()),
+            );
             return Ok(ExitCode::from(report.exit_code(strict)));
         }
     };
     let scan = dataset.scan();
-    let bar = progress_bar(pairs_to_check(&scan, &options) as u64);
+    let bar = progress::bar("lint", pairs_to_check(&scan, &options) as u64, "pairs");
     let mut run = lint_scan(&dataset, &scan, &options, &|| bar.inc(1));
     bar.finish_and_clear();
 
     if args.fix && !run.fixes.is_empty() {
-        let backup_dir = args.backup_dir.as_deref().expect("clap requires --backup-dir with --fix");
+        let backup_dir = args
+            .backup_dir
+            .as_deref()
+            .expect("clap requires --backup-dir with --fix");
         apply_fixes(&run.fixes, &dataset.root, backup_dir).context("writing label fixes")?;
-        let fixed: Vec<(String, Vec<fusekit_lint::Code>)> =
-            run.fixes.iter().map(|f| (dataset.relative(&f.label).display().to_string(), f.codes.clone())).collect();
+        let fixed: Vec<(String, Vec<fusekit_lint::Code>)> = run
+            .fixes
+            .iter()
+            .map(|f| {
+                (
+                    dataset.relative(&f.label).display().to_string(),
+                    f.codes.clone(),
+                )
+            })
+            .collect();
         run.report.mark_fixed(|finding| {
-            fixed.iter().any(|(label, codes)| finding.label.as_deref() == Some(label) && codes.contains(&finding.code))
+            fixed.iter().any(|(label, codes)| {
+                finding.label.as_deref() == Some(label) && codes.contains(&finding.code)
+            })
         });
         eprintln!(
             "fixed {} label file{}; originals copied to {}",
@@ -137,15 +166,26 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
             per_split[split] += 1;
         }
     }
-    let splits: Vec<String> = dataset.splits.iter().zip(&per_split).map(|(s, n)| format!("{} {n}", s.name)).collect();
+    let splits: Vec<String> = dataset
+        .splits
+        .iter()
+        .zip(&per_split)
+        .map(|(s, n)| format!("{} {n}", s.name))
+        .collect();
     let header = format!(
         "fusekit lint {}: {} pairs checked ({}), decode {}, {:.2} s{}",
         args.data.display(),
         run.report.summary.pairs,
         splits.join(", "),
-        if decode == DecodeLevel::Full { "full" } else { "header" },
+        if decode == DecodeLevel::Full {
+            "full"
+        } else {
+            "header"
+        },
         started.elapsed().as_secs_f64(),
-        config_path.map(|p| format!(", config {}", p.display())).unwrap_or_default()
+        config_path
+            .map(|p| format!(", config {}", p.display()))
+            .unwrap_or_default()
     );
     print_report(&run.report, &args, Some(&dataset.root), &header);
     Ok(ExitCode::from(run.report.exit_code(strict)))
@@ -156,20 +196,13 @@ fn print_report(report: &Report, args: &LintArgs, root: Option<&Path>, header: &
         Format::Human => print!("{}", report.to_human(header, args.max_per_code)),
         Format::Json => println!("{}", report.to_json()),
         Format::Sarif => {
-            let root = root.and_then(|r| std::fs::canonicalize(r).ok()).unwrap_or_default();
-            println!("{}", report.to_sarif(&format!("file://{}/", root.display())));
+            let root = root
+                .and_then(|r| std::fs::canonicalize(r).ok())
+                .unwrap_or_default();
+            println!(
+                "{}",
+                report.to_sarif(&format!("file://{}/", root.display()))
+            );
         }
     }
-}
-
-/// A pairs/s progress bar on stderr; indicatif hides it when stderr is not a terminal.
-fn progress_bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} pairs {per_sec} eta {eta}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix("lint");
-    bar
 }

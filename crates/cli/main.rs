@@ -1,10 +1,11 @@
 //! `fusekit`: lint, split, cache and train paired RGB + infrared detection datasets.
 
-mod lint;
-mod rules;
-mod synth;
 #[cfg(feature = "train")]
 mod device;
+mod lint;
+mod progress;
+mod rules;
+mod synth;
 
 use std::process::ExitCode;
 

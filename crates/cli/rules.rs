@@ -26,7 +26,12 @@ pub fn run(args: &RulesArgs) -> anyhow::Result<ExitCode> {
         RulesFormat::Human => {
             for code in Code::ALL {
                 let fix = if code.fixable() { " (fixable)" } else { "" };
-                println!("{:<9}{:<9}{}{fix}", code.as_str(), code.default_severity().as_str(), code.title());
+                println!(
+                    "{:<9}{:<9}{}{fix}",
+                    code.as_str(),
+                    code.default_severity().as_str(),
+                    code.title()
+                );
             }
         }
         RulesFormat::Json => {

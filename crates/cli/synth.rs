@@ -7,6 +7,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use fusekit_synth::{Defect, SynthOptions, generate};
 
+use crate::progress;
+
 /// Arguments of `fusekit synth`.
 #[derive(Args)]
 pub struct SynthArgs {
@@ -40,8 +42,14 @@ pub struct SynthArgs {
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let (w, h) = text.split_once(['x', 'X']).ok_or("expected WIDTHxHEIGHT, such as 1280x1024")?;
-    let parse = |v: &str| v.trim().parse::<u32>().map_err(|_| format!("`{v}` is not a pixel count"));
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or("expected WIDTHxHEIGHT, such as 1280x1024")?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("`{v}` is not a pixel count"))
+    };
     Ok((parse(w)?, parse(h)?))
 }
 
@@ -54,7 +62,9 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<ExitCode> {
         } else if let Some(defect) = Defect::parse(code) {
             inject.push(defect);
         } else {
-            bail!("--inject: no defect for `{code}` (DS001 cannot be injected into a valid dataset)");
+            bail!(
+                "--inject: no defect for `{code}` (DS001 cannot be injected into a valid dataset)"
+            );
         }
     }
     let options = SynthOptions {
@@ -69,7 +79,10 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<ExitCode> {
         inject,
     };
     let started = std::time::Instant::now();
-    let summary = generate(&args.out, &options).with_context(|| format!("writing {}", args.out.display()))?;
+    let bar = progress::bar("synth", options.pairs as u64, "pairs");
+    let summary = generate(&args.out, &options, &|| bar.inc(1));
+    bar.finish_and_clear();
+    let summary = summary.with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "wrote {} pairs ({} objects) to {} in {:.1} s; data yaml: {}",
         summary.pairs,

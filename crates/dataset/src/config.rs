@@ -116,8 +116,10 @@ impl Dataset {
     /// Opens a dataset from a data yaml, or from a folder holding `data.yaml` or an `images/`
     /// folder (then `names` gives the class names).
     pub fn open(path: &Path, names: Option<Vec<String>>) -> Result<Self, ConfigError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if meta.is_file() {
             return Self::from_yaml_file(path, names);
         }
@@ -142,7 +144,10 @@ impl Dataset {
         Ok(Self {
             root: root.to_path_buf(),
             config_file: None,
-            splits: vec![Split { name: "all".into(), sources: vec![Source::Folder(images)] }],
+            splits: vec![Split {
+                name: "all".into(),
+                sources: vec![Source::Folder(images)],
+            }],
             names,
             ir: default_ir_swap(),
             labels: default_label_swap(),
@@ -151,8 +156,10 @@ impl Dataset {
 
     /// Reads a data yaml file. `names` overrides the yaml's class names when given.
     pub fn from_yaml_file(file: &Path, names: Option<Vec<String>>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| ConfigError::Io { path: file.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
+            path: file.to_path_buf(),
+            source,
+        })?;
         Self::from_yaml_str(&text, file, names)
     }
 
@@ -162,9 +169,14 @@ impl Dataset {
         file: &Path,
         names: Option<Vec<String>>,
     ) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: file.to_path_buf(), message };
-        let raw: RawDataYaml = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Yaml { path: file.to_path_buf(), message: e.to_string() })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: file.to_path_buf(),
+            message,
+        };
+        let raw: RawDataYaml = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+            path: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let base = match file.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
@@ -174,7 +186,10 @@ impl Dataset {
             _ => base.to_path_buf(),
         };
         if !root.is_dir() {
-            return Err(invalid(format!("`path` {} is not a folder", root.display())));
+            return Err(invalid(format!(
+                "`path` {} is not a folder",
+                root.display()
+            )));
         }
         let yaml_names = match raw.names {
             None => None,
@@ -184,7 +199,10 @@ impl Dataset {
         if let (Some(nc), Some(list)) = (raw.nc, &yaml_names)
             && usize::try_from(nc).ok() != Some(list.len())
         {
-            return Err(invalid(format!("`nc` is {nc} but `names` has {} entries", list.len())));
+            return Err(invalid(format!(
+                "`nc` is {nc} but `names` has {} entries",
+                list.len()
+            )));
         }
         let names = match (names, yaml_names, raw.nc) {
             (Some(given), _, _) => given,
@@ -193,7 +211,9 @@ impl Dataset {
             (None, None, _) => return Err(invalid("missing key `names` (or `nc`)".into())),
         };
         let ir = match raw.ir {
-            Some(swap) => parse_swap(swap, "imagesIR").map_err(|m| invalid(format!("`ir`: {m}")))?,
+            Some(swap) => {
+                parse_swap(swap, "imagesIR").map_err(|m| invalid(format!("`ir`: {m}")))?
+            }
             None => default_ir_swap(),
         };
         let labels = match raw.labels {
@@ -207,23 +227,37 @@ impl Dataset {
         };
         let mut splits = Vec::new();
         for (name, raw_source) in [("train", Some(train)), ("val", raw.val), ("test", raw.test)] {
-            let Some(raw_source) = raw_source else { continue };
+            let Some(raw_source) = raw_source else {
+                continue;
+            };
             let entries = match raw_source {
                 RawSource::One(one) => vec![one],
                 RawSource::Many(many) => many,
             };
             let mut sources = Vec::new();
             for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-                sources.push(resolve_source(&root, entry).map_err(|m| invalid(format!("`{name}`: {m}")))?);
+                sources.push(
+                    resolve_source(&root, entry).map_err(|m| invalid(format!("`{name}`: {m}")))?,
+                );
             }
             if !sources.is_empty() {
-                splits.push(Split { name: name.to_owned(), sources });
+                splits.push(Split {
+                    name: name.to_owned(),
+                    sources,
+                });
             }
         }
         if splits.is_empty() {
             return Err(invalid("`train` names no folder or list".into()));
         }
-        Ok(Self { root, config_file: Some(file.to_path_buf()), splits, names, ir, labels })
+        Ok(Self {
+            root,
+            config_file: Some(file.to_path_buf()),
+            splits,
+            names,
+            ir,
+            labels,
+        })
     }
 
     /// The number of classes, when known.
@@ -243,7 +277,9 @@ impl Dataset {
 
     /// The expected label path of an RGB image, if the label swap applies to it.
     pub fn label_path(&self, rgb: &Path) -> Option<PathBuf> {
-        self.labels.apply(rgb, &self.root).map(|p| p.with_extension("txt"))
+        self.labels
+            .apply(rgb, &self.root)
+            .map(|p| p.with_extension("txt"))
     }
 }
 
@@ -303,7 +339,11 @@ fn resolve_source(root: &Path, entry: &str) -> Result<Source, String> {
     if path.is_dir() {
         return Ok(Source::Folder(path));
     }
-    if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) {
+    if path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+    {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let list_dir = path.parent().unwrap_or(root);
@@ -322,7 +362,10 @@ fn resolve_source(root: &Path, entry: &str) -> Result<Source, String> {
             .collect();
         return Ok(Source::List { file: path, images });
     }
-    Err(format!("{} is neither a folder nor a .txt list of images", path.display()))
+    Err(format!(
+        "{} is neither a folder nor a .txt list of images",
+        path.display()
+    ))
 }
 
 #[cfg(test)]
@@ -331,7 +374,12 @@ mod tests {
 
     fn dataset_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["images/train", "images/val", "imagesIR/train", "labels/train"] {
+        for sub in [
+            "images/train",
+            "images/val",
+            "imagesIR/train",
+            "labels/train",
+        ] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         dir
@@ -344,19 +392,33 @@ mod tests {
     #[test]
     fn reads_ultralytics_keys_with_names_as_list_or_map() {
         let dir = dataset_dir();
-        let list = parse(dir.path(), "path: .\ntrain: images/train\nval: images/val\nnames: [person, car]\n").unwrap();
-        let map = parse(dir.path(), "train: images/train\nval: images/val\nnames:\n  0: person\n  1: car\nnc: 2\n").unwrap();
+        let list = parse(
+            dir.path(),
+            "path: .\ntrain: images/train\nval: images/val\nnames: [person, car]\n",
+        )
+        .unwrap();
+        let map = parse(
+            dir.path(),
+            "train: images/train\nval: images/val\nnames:\n  0: person\n  1: car\nnc: 2\n",
+        )
+        .unwrap();
         assert_eq!(list.names, vec!["person", "car"]);
         assert_eq!(map.names, list.names);
         assert_eq!(map.splits.len(), 2);
-        assert_eq!(map.splits[1].sources, vec![Source::Folder(dir.path().join("images/val"))]);
+        assert_eq!(
+            map.splits[1].sources,
+            vec![Source::Folder(dir.path().join("images/val"))]
+        );
     }
 
     #[test]
     fn nc_disagreeing_with_names_is_invalid() {
         let dir = dataset_dir();
         let err = parse(dir.path(), "train: images/train\nnames: [a]\nnc: 2\n").unwrap_err();
-        assert!(err.to_string().contains("`nc` is 2 but `names` has 1"), "{err}");
+        assert!(
+            err.to_string().contains("`nc` is 2 but `names` has 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -373,7 +435,10 @@ mod tests {
         let dir = dataset_dir();
         let err = parse(dir.path(), "train: images/train\nnames: [a\nnc: 1\n").unwrap_err();
         assert!(matches!(err, ConfigError::Yaml { .. }), "{err}");
-        assert!(err.to_string().contains("line") || err.to_string().contains(':'), "{err}");
+        assert!(
+            err.to_string().contains("line") || err.to_string().contains(':'),
+            "{err}"
+        );
     }
 
     #[test]
@@ -384,16 +449,28 @@ mod tests {
         assert_eq!(ds.labels, ComponentSwap::new("images", "annotations"));
         let short = parse(dir.path(), "train: images/train\nnames: [a]\nir: thermal\n").unwrap();
         assert_eq!(short.ir, ComponentSwap::new("images", "thermal"));
-        assert!(parse(dir.path(), "train: images/train\nnames: [a]\nir: a/b -> c\n").is_err());
+        assert!(
+            parse(
+                dir.path(),
+                "train: images/train\nnames: [a]\nir: a/b -> c\n"
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn list_files_resolve_against_root_and_dot_slash_against_the_list() {
         let dir = dataset_dir();
         std::fs::create_dir_all(dir.path().join("splits")).unwrap();
-        std::fs::write(dir.path().join("splits/train.txt"), "images/train/a.jpg\n\n./b.jpg\n").unwrap();
+        std::fs::write(
+            dir.path().join("splits/train.txt"),
+            "images/train/a.jpg\n\n./b.jpg\n",
+        )
+        .unwrap();
         let ds = parse(dir.path(), "train: splits/train.txt\nnames: [a]\n").unwrap();
-        let Source::List { images, .. } = &ds.splits[0].sources[0] else { panic!() };
+        let Source::List { images, .. } = &ds.splits[0].sources[0] else {
+            panic!()
+        };
         assert_eq!(images[0], (dir.path().join("images/train/a.jpg"), 1));
         assert_eq!(images[1], (dir.path().join("splits/b.jpg"), 3));
     }

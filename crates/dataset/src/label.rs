@@ -18,12 +18,23 @@ pub struct BoxRow {
 impl BoxRow {
     /// Edges as (left, top, right, bottom).
     pub fn edges(&self) -> [f64; 4] {
-        [self.x - self.w / 2.0, self.y - self.h / 2.0, self.x + self.w / 2.0, self.y + self.h / 2.0]
+        [
+            self.x - self.w / 2.0,
+            self.y - self.h / 2.0,
+            self.x + self.w / 2.0,
+            self.y + self.h / 2.0,
+        ]
     }
 
     /// A box from edges.
     pub fn from_edges(class: u32, [x0, y0, x1, y1]: [f64; 4]) -> Self {
-        Self { class, x: (x0 + x1) / 2.0, y: (y0 + y1) / 2.0, w: x1 - x0, h: y1 - y0 }
+        Self {
+            class,
+            x: (x0 + x1) / 2.0,
+            y: (y0 + y1) / 2.0,
+            w: x1 - x0,
+            h: y1 - y0,
+        }
     }
 
     /// The box clipped to the unit square.
@@ -38,7 +49,10 @@ impl BoxRow {
 
     /// The row in YOLO txt form, six decimals.
     pub fn to_line(&self) -> String {
-        format!("{} {:.6} {:.6} {:.6} {:.6}", self.class, self.x, self.y, self.w, self.h)
+        format!(
+            "{} {:.6} {:.6} {:.6} {:.6}",
+            self.class, self.x, self.y, self.w, self.h
+        )
     }
 }
 
@@ -128,30 +142,47 @@ pub fn parse_labels(text: &str) -> Vec<LabelLine<'_>> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| LabelLine { line: i + 1, text: line, row: parse_row(line) })
+        .map(|(i, line)| LabelLine {
+            line: i + 1,
+            text: line,
+            row: parse_row(line),
+        })
         .collect()
 }
 
 fn parse_row(line: &str) -> Result<RowKind, RowError> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let n = fields.len();
-    if n != 5 && (n < 7 || n % 2 == 0) {
+    if n != 5 && (n < 7 || n.is_multiple_of(2)) {
         return Err(RowError::Columns(n));
     }
     let mut values = Vec::with_capacity(n);
     for (i, field) in fields.iter().enumerate() {
         match field.parse::<f64>() {
             Ok(v) if v.is_finite() => values.push(v),
-            _ => return Err(RowError::NotFinite { column: i + 1, value: (*field).to_owned() }),
+            _ => {
+                return Err(RowError::NotFinite {
+                    column: i + 1,
+                    value: (*field).to_owned(),
+                });
+            }
         }
     }
     let class = values[0];
     if class < 0.0 || class.fract() != 0.0 || class > u32::MAX as f64 {
-        return Err(RowError::Class { value: fields[0].to_owned() });
+        return Err(RowError::Class {
+            value: fields[0].to_owned(),
+        });
     }
     let class = class as u32;
     if n == 5 {
-        return Ok(RowKind::Box(BoxRow { class, x: values[1], y: values[2], w: values[3], h: values[4] }));
+        return Ok(RowKind::Box(BoxRow {
+            class,
+            x: values[1],
+            y: values[2],
+            w: values[3],
+            h: values[4],
+        }));
     }
     let points = values[1..].chunks_exact(2).map(|p| [p[0], p[1]]).collect();
     Ok(RowKind::Polygon { class, points })
@@ -168,10 +199,22 @@ mod tests {
         assert_eq!(lines.len(), 7);
         assert!(matches!(lines[0].row, Ok(RowKind::Box(_))));
         assert_eq!(lines[1].line, 3);
-        let Ok(RowKind::Polygon { class: 1, ref points }) = lines[1].row else { panic!() };
+        let Ok(RowKind::Polygon {
+            class: 1,
+            ref points,
+        }) = lines[1].row
+        else {
+            panic!()
+        };
         assert_eq!(points.len(), 3);
         assert_eq!(lines[2].row, Err(RowError::Columns(3)));
-        assert_eq!(lines[3].row, Err(RowError::NotFinite { column: 2, value: "nan".into() }));
+        assert_eq!(
+            lines[3].row,
+            Err(RowError::NotFinite {
+                column: 2,
+                value: "nan".into()
+            })
+        );
         assert!(matches!(lines[4].row, Err(RowError::Class { .. })));
         assert!(matches!(lines[5].row, Err(RowError::Class { .. })));
         assert_eq!(lines[6].row.as_ref().unwrap().class(), 2);
@@ -179,17 +222,29 @@ mod tests {
 
     #[test]
     fn six_columns_is_not_a_polygon() {
-        assert_eq!(parse_labels("0 1 2 3 4 5")[0].row, Err(RowError::Columns(6)));
+        assert_eq!(
+            parse_labels("0 1 2 3 4 5")[0].row,
+            Err(RowError::Columns(6))
+        );
     }
 
     #[test]
     fn clipping_and_polygon_boxes() {
-        let b = BoxRow { class: 0, x: 0.98, y: 0.5, w: 0.1, h: 0.2 };
+        let b = BoxRow {
+            class: 0,
+            x: 0.98,
+            y: 0.5,
+            w: 0.1,
+            h: 0.2,
+        };
         assert!(b.exceeds_image());
         let c = b.clipped();
         assert!(!c.exceeds_image());
         assert!((c.edges()[2] - 1.0).abs() < 1e-12 && (c.edges()[0] - 0.93).abs() < 1e-12);
-        let poly = RowKind::Polygon { class: 3, points: vec![[0.1, 0.2], [0.3, 0.2], [0.2, 0.6]] };
+        let poly = RowKind::Polygon {
+            class: 3,
+            points: vec![[0.1, 0.2], [0.3, 0.2], [0.2, 0.6]],
+        };
         let bb = poly.bounding_box();
         assert_eq!(bb.class, 3);
         assert!((bb.w - 0.2).abs() < 1e-12 && (bb.h - 0.4).abs() < 1e-12);

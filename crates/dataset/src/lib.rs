@@ -14,12 +14,12 @@ mod scan;
 mod swap;
 
 pub use config::{ConfigError, DATA_YAML, Dataset, Source, Split};
+/// Image formats as reported by [`ImageInfo::format`].
+pub use image::ImageFormat;
 pub use label::{BoxRow, LabelLine, RowError, RowKind, parse_labels};
 pub use probe::{
-    DecodeLevel, ImageInfo, PixelSummary, ProbeError, SUPPORTED_EXTENSIONS, probe_bytes,
-    UNSUPPORTED_EXTENSIONS, is_image_path, probe_image,
+    DecodeLevel, ImageInfo, PixelSummary, ProbeError, SUPPORTED_EXTENSIONS, UNSUPPORTED_EXTENSIONS,
+    is_image_path, probe_bytes, probe_image,
 };
 pub use scan::{IrPartner, MissingListed, Orphan, OrphanKind, PairRecord, Scan, StemClash};
 pub use swap::ComponentSwap;
-/// Image formats as reported by [`ImageInfo::format`].
-pub use image::ImageFormat;

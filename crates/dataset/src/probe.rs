@@ -7,7 +7,8 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Extensions treated as images and readable by fusekit (Ultralytics' list, less the ones below).
-pub const SUPPORTED_EXTENSIONS: &[&str] = &["bmp", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp"];
+pub const SUPPORTED_EXTENSIONS: &[&str] =
+    &["bmp", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp"];
 
 /// Image extensions Ultralytics accepts that fusekit does not decode (reported as IMG004).
 pub const UNSUPPORTED_EXTENSIONS: &[&str] = &["dng", "heic", "pfm"];
@@ -79,12 +80,19 @@ pub fn is_image_path(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .map(|e| e.to_ascii_lowercase())
-        .is_some_and(|e| SUPPORTED_EXTENSIONS.contains(&e.as_str()) || UNSUPPORTED_EXTENSIONS.contains(&e.as_str()))
+        .is_some_and(|e| {
+            SUPPORTED_EXTENSIONS.contains(&e.as_str())
+                || UNSUPPORTED_EXTENSIONS.contains(&e.as_str())
+        })
 }
 
 /// Reads `path` and probes it at `level`.
 pub fn probe_image(path: &Path, level: DecodeLevel) -> Result<ImageInfo, ProbeError> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if UNSUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
         return Err(ProbeError::Unsupported(format!(".{ext} files")));
     }
@@ -100,13 +108,19 @@ pub fn probe_bytes(bytes: &[u8], level: DecodeLevel) -> Result<ImageInfo, ProbeE
     })?;
     if !matches!(
         format,
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Bmp | ImageFormat::Tiff | ImageFormat::WebP
+        ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff
+            | ImageFormat::WebP
     ) {
         return Err(ProbeError::Unsupported(format!("{format:?} content")));
     }
     let truncated = lacks_end_marker(format, bytes);
-    let decode_error =
-        |e: image::ImageError| ProbeError::Decode { message: e.to_string(), truncated };
+    let decode_error = |e: image::ImageError| ProbeError::Decode {
+        message: e.to_string(),
+        truncated,
+    };
     let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
         .into_decoder()
         .map_err(decode_error)?;
@@ -145,7 +159,9 @@ fn lacks_end_marker(format: ImageFormat, bytes: &[u8]) -> bool {
             let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
             !bytes[..end].ends_with(&[0xFF, 0xD9])
         }
-        ImageFormat::Png => !bytes.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]),
+        ImageFormat::Png => {
+            !bytes.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82])
+        }
         _ => false,
     }
 }
@@ -159,7 +175,10 @@ fn summarise_pixels(image: &DynamicImage) -> PixelSummary {
     hasher.update(&image.height().to_le_bytes());
     hasher.update(&[image.color().channel_count()]);
     hasher.update(data);
-    PixelSummary { constant, pixel_hash: hasher.digest() }
+    PixelSummary {
+        constant,
+        pixel_hash: hasher.digest(),
+    }
 }
 
 #[cfg(test)]
@@ -173,14 +192,19 @@ mod tests {
     }
 
     fn gradient(w: u32, h: u32) -> DynamicImage {
-        DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7])))
+        DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([x as u8, y as u8, 7])
+        }))
     }
 
     #[test]
     fn header_probe_reads_size_and_format() {
         let jpg = encode(&gradient(40, 30), ImageFormat::Jpeg);
         let info = probe_bytes(&jpg, DecodeLevel::Header).unwrap();
-        assert_eq!((info.format, info.width, info.height, info.channels), (ImageFormat::Jpeg, 40, 30, 3));
+        assert_eq!(
+            (info.format, info.width, info.height, info.channels),
+            (ImageFormat::Jpeg, 40, 30, 3)
+        );
         assert_eq!(info.orientation, 1);
         assert!(!info.truncated && info.pixels.is_none());
     }
@@ -201,7 +225,8 @@ mod tests {
 
     #[test]
     fn full_decode_finds_constant_images_and_equal_pixels_across_formats() {
-        let flat = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(16, 16, image::Rgb([9, 9, 9])));
+        let flat =
+            DynamicImage::ImageRgb8(image::RgbImage::from_pixel(16, 16, image::Rgb([9, 9, 9])));
         let info = probe_bytes(&encode(&flat, ImageFormat::Png), DecodeLevel::Full).unwrap();
         assert!(info.pixels.unwrap().constant);
         let g = gradient(16, 16);
@@ -214,8 +239,14 @@ mod tests {
 
     #[test]
     fn foreign_and_garbage_content() {
-        assert!(matches!(probe_bytes(b"GIF89a\x01\x00\x01\x00", DecodeLevel::Header), Err(ProbeError::Unsupported(_))));
-        assert!(matches!(probe_bytes(b"hello world", DecodeLevel::Header), Err(ProbeError::Decode { .. })));
+        assert!(matches!(
+            probe_bytes(b"GIF89a\x01\x00\x01\x00", DecodeLevel::Header),
+            Err(ProbeError::Unsupported(_))
+        ));
+        assert!(matches!(
+            probe_bytes(b"hello world", DecodeLevel::Header),
+            Err(ProbeError::Decode { .. })
+        ));
         assert!(is_image_path(Path::new("a/B.JPG")) && is_image_path(Path::new("x.heic")));
         assert!(!is_image_path(Path::new("a/b.txt")));
     }

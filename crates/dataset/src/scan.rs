@@ -99,13 +99,16 @@ pub struct Scan {
 
 type StemKey = (PathBuf, OsString);
 
+/// Keeps the files a walk should list.
+type FileFilter = fn(&Path) -> bool;
+
 fn stem_key(path: &Path) -> StemKey {
     let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
     (dir, path.file_stem().unwrap_or_default().to_os_string())
 }
 
 /// Every file below `root` accepted by `keep`, sorted, following links; empty if absent.
-fn walk(root: &Path, keep: fn(&Path) -> bool) -> Vec<PathBuf> {
+fn walk(root: &Path, keep: FileFilter) -> Vec<PathBuf> {
     walkdir::WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
@@ -139,7 +142,10 @@ impl FolderIndex {
                 .collect();
             files.sort();
             for file in files {
-                by_stem.entry(file.file_stem().unwrap_or_default().to_os_string()).or_default().push(file);
+                by_stem
+                    .entry(file.file_stem().unwrap_or_default().to_os_string())
+                    .or_default()
+                    .push(file);
             }
             by_stem
         })
@@ -160,7 +166,7 @@ impl Dataset {
                 Source::List { .. } => None,
             })
             .collect();
-        let mut jobs: Vec<(PathBuf, fn(&Path) -> bool)> = Vec::new();
+        let mut jobs: Vec<(PathBuf, FileFilter)> = Vec::new();
         for dir in &folders {
             jobs.push((dir.to_path_buf(), is_image_path));
             if let Some(ir_root) = self.ir.apply(dir, &self.root) {
@@ -172,8 +178,13 @@ impl Dataset {
         }
         jobs.sort();
         jobs.dedup();
-        let walked: HashMap<PathBuf, Vec<PathBuf>> =
-            jobs.into_par_iter().map(|(root, keep)| { let files = walk(&root, keep); (root, files) }).collect();
+        let walked: HashMap<PathBuf, Vec<PathBuf>> = jobs
+            .into_par_iter()
+            .map(|(root, keep)| {
+                let files = walk(&root, keep);
+                (root, files)
+            })
+            .collect();
 
         let mut scan = Scan::default();
         let mut members: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
@@ -190,7 +201,11 @@ impl Dataset {
                             if image.is_file() {
                                 add_member(&mut members, image, index);
                             } else {
-                                scan.missing.push(MissingListed { list: file.clone(), line: *line, image: image.clone() });
+                                scan.missing.push(MissingListed {
+                                    list: file.clone(),
+                                    line: *line,
+                                    image: image.clone(),
+                                });
                             }
                         }
                     }
@@ -200,12 +215,17 @@ impl Dataset {
 
         let mut rgb_stems: HashMap<StemKey, Vec<PathBuf>> = HashMap::new();
         for rgb in members.keys() {
-            rgb_stems.entry(stem_key(rgb)).or_default().push(rgb.clone());
+            rgb_stems
+                .entry(stem_key(rgb))
+                .or_default()
+                .push(rgb.clone());
         }
         let mut clashes: BTreeSet<StemClash> = rgb_stems
             .values()
             .filter(|files| files.len() > 1)
-            .map(|files| StemClash { files: files.clone() })
+            .map(|files| StemClash {
+                files: files.clone(),
+            })
             .collect();
 
         let mut ir_folders = FolderIndex::default();
@@ -217,31 +237,56 @@ impl Dataset {
                     let (dir, stem) = stem_key(expected);
                     let candidates = ir_folders.folder(&dir).get(&stem);
                     match candidates {
-                        Some(files) if files.contains(expected) => IrPartner::Exact(expected.clone()),
+                        Some(files) if files.contains(expected) => {
+                            IrPartner::Exact(expected.clone())
+                        }
                         Some(files) => IrPartner::OtherExtension(files[0].clone()),
-                        None => IrPartner::Missing { expected: Some(expected.clone()) },
+                        None => IrPartner::Missing {
+                            expected: Some(expected.clone()),
+                        },
                     }
                 }
             };
             let label = self.label_path(&rgb);
-            scan.pairs.push(PairRecord { rgb, ir, label, splits });
+            scan.pairs.push(PairRecord {
+                rgb,
+                ir,
+                label,
+                splits,
+            });
         }
         for by_stem in ir_folders.folders.values() {
-            clashes.extend(by_stem.values().filter(|f| f.len() > 1).map(|f| StemClash { files: f.clone() }));
+            clashes.extend(
+                by_stem
+                    .values()
+                    .filter(|f| f.len() > 1)
+                    .map(|f| StemClash { files: f.clone() }),
+            );
         }
         scan.clashes = clashes.into_iter().collect();
 
         let rgb_stem_set: HashSet<&StemKey> = rgb_stems.keys().collect();
         let mut orphans = BTreeSet::new();
         for dir in &folders {
-            for (kind, swap) in [(OrphanKind::Ir, &self.ir), (OrphanKind::Label, &self.labels)] {
-                let Some(root) = swap.apply(dir, &self.root) else { continue };
+            for (kind, swap) in [
+                (OrphanKind::Ir, &self.ir),
+                (OrphanKind::Label, &self.labels),
+            ] {
+                let Some(root) = swap.apply(dir, &self.root) else {
+                    continue;
+                };
                 let back = swap.reversed();
                 for file in &walked[&root] {
                     let (partner_dir, stem) = stem_key(file);
-                    let Some(rgb_dir) = back.apply(&partner_dir, &self.root) else { continue };
+                    let Some(rgb_dir) = back.apply(&partner_dir, &self.root) else {
+                        continue;
+                    };
                     if !rgb_stem_set.contains(&(rgb_dir.clone(), stem)) {
-                        orphans.insert(Orphan { kind, path: file.clone(), rgb_dir });
+                        orphans.insert(Orphan {
+                            kind,
+                            path: file.clone(),
+                            rgb_dir,
+                        });
                     }
                 }
             }
@@ -284,15 +329,54 @@ mod tests {
         touch(root, "labels/f.txt");
         let ds = Dataset::from_folder(root, vec!["x".into()]).unwrap();
         let scan = ds.scan();
-        let rgb: Vec<_> = scan.pairs.iter().map(|p| p.rgb.strip_prefix(root).unwrap().to_str().unwrap()).collect();
-        assert_eq!(rgb, ["images/a.jpg", "images/b.jpg", "images/c.jpg", "images/d.jpg", "images/d.png"]);
-        assert_eq!(scan.pairs[0].ir, IrPartner::Exact(root.join("imagesIR/a.jpg")));
+        let rgb: Vec<_> = scan
+            .pairs
+            .iter()
+            .map(|p| p.rgb.strip_prefix(root).unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(
+            rgb,
+            [
+                "images/a.jpg",
+                "images/b.jpg",
+                "images/c.jpg",
+                "images/d.jpg",
+                "images/d.png"
+            ]
+        );
+        assert_eq!(
+            scan.pairs[0].ir,
+            IrPartner::Exact(root.join("imagesIR/a.jpg"))
+        );
         assert_eq!(scan.pairs[0].label, Some(root.join("labels/a.txt")));
-        assert_eq!(scan.pairs[1].ir, IrPartner::OtherExtension(root.join("imagesIR/b.png")));
-        assert_eq!(scan.pairs[2].ir, IrPartner::Missing { expected: Some(root.join("imagesIR/c.jpg")) });
-        assert_eq!(scan.clashes, vec![StemClash { files: vec![root.join("images/d.jpg"), root.join("images/d.png")] }]);
-        let orphans: Vec<_> = scan.orphans.iter().map(|o| (o.kind, o.path.clone())).collect();
-        assert_eq!(orphans, vec![(OrphanKind::Ir, root.join("imagesIR/e.jpg")), (OrphanKind::Label, root.join("labels/f.txt"))]);
+        assert_eq!(
+            scan.pairs[1].ir,
+            IrPartner::OtherExtension(root.join("imagesIR/b.png"))
+        );
+        assert_eq!(
+            scan.pairs[2].ir,
+            IrPartner::Missing {
+                expected: Some(root.join("imagesIR/c.jpg"))
+            }
+        );
+        assert_eq!(
+            scan.clashes,
+            vec![StemClash {
+                files: vec![root.join("images/d.jpg"), root.join("images/d.png")]
+            }]
+        );
+        let orphans: Vec<_> = scan
+            .orphans
+            .iter()
+            .map(|o| (o.kind, o.path.clone()))
+            .collect();
+        assert_eq!(
+            orphans,
+            vec![
+                (OrphanKind::Ir, root.join("imagesIR/e.jpg")),
+                (OrphanKind::Label, root.join("labels/f.txt"))
+            ]
+        );
     }
 
     #[test]

@@ -17,12 +17,18 @@ pub struct ComponentSwap {
 impl ComponentSwap {
     /// A swap of `from` for `to`.
     pub fn new(from: impl Into<OsString>, to: impl Into<OsString>) -> Self {
-        Self { from: from.into(), to: to.into() }
+        Self {
+            from: from.into(),
+            to: to.into(),
+        }
     }
 
     /// The inverse swap (`to` -> `from`).
     pub fn reversed(&self) -> Self {
-        Self { from: self.to.clone(), to: self.from.clone() }
+        Self {
+            from: self.to.clone(),
+            to: self.from.clone(),
+        }
     }
 
     /// Applies the swap to `path`, looking only at the part of it below `root`.
@@ -33,7 +39,9 @@ impl ComponentSwap {
             Err(_) => (Path::new(""), path),
         };
         let components: Vec<Component> = rest.components().collect();
-        let index = components.iter().rposition(|c| c.as_os_str() == self.from)?;
+        let index = components
+            .iter()
+            .rposition(|c| c.as_os_str() == self.from)?;
         let mut out = prefix.to_path_buf();
         for (i, component) in components.iter().enumerate() {
             if i == index {
@@ -48,7 +56,12 @@ impl ComponentSwap {
 
 impl std::fmt::Display for ComponentSwap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} -> {}", self.from.to_string_lossy(), self.to.to_string_lossy())
+        write!(
+            f,
+            "{} -> {}",
+            self.from.to_string_lossy(),
+            self.to.to_string_lossy()
+        )
     }
 }
 
@@ -68,8 +81,13 @@ mod tests {
     fn never_rewrites_substrings_or_the_root() {
         let swap = ComponentSwap::new("images", "imagesIR");
         let root = Path::new("/data/my_images");
-        assert_eq!(swap.apply(Path::new("/data/my_images/pics/a.jpg"), root), None);
-        let got = swap.apply(Path::new("/data/my_images/images/images_x.jpg"), root).unwrap();
+        assert_eq!(
+            swap.apply(Path::new("/data/my_images/pics/a.jpg"), root),
+            None
+        );
+        let got = swap
+            .apply(Path::new("/data/my_images/images/images_x.jpg"), root)
+            .unwrap();
         assert_eq!(got, Path::new("/data/my_images/imagesIR/images_x.jpg"));
     }
 
@@ -77,8 +95,13 @@ mod tests {
     fn reversed_round_trips() {
         let swap = ComponentSwap::new("visible", "infrared");
         let root = Path::new("/d");
-        let ir = swap.apply(Path::new("/d/visible/train/1.jpg"), root).unwrap();
+        let ir = swap
+            .apply(Path::new("/d/visible/train/1.jpg"), root)
+            .unwrap();
         assert_eq!(ir, Path::new("/d/infrared/train/1.jpg"));
-        assert_eq!(swap.reversed().apply(&ir, root).unwrap(), Path::new("/d/visible/train/1.jpg"));
+        assert_eq!(
+            swap.reversed().apply(&ir, root).unwrap(),
+            Path::new("/d/visible/train/1.jpg")
+        );
     }
 }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use fusekit_dataset::{
-    Dataset, ImageInfo, IrPartner, LabelLine, OrphanKind, PairRecord, ProbeError, RowError, RowKind,
-    Scan, parse_labels, probe_image,
+    Dataset, ImageInfo, IrPartner, LabelLine, OrphanKind, PairRecord, ProbeError, RowError,
+    RowKind, Scan, parse_labels, probe_image,
 };
 use rayon::prelude::*;
 
@@ -59,7 +59,9 @@ pub fn lint(dataset: &Dataset, options: &LintOptions, progress: &(dyn Fn() + Syn
 
 /// The number of pairs a lint of `scan` will check (for sizing a progress bar).
 pub fn pairs_to_check(scan: &Scan, options: &LintOptions) -> usize {
-    options.limit.map_or(scan.pairs.len(), |limit| limit.min(scan.pairs.len()))
+    options
+        .limit
+        .map_or(scan.pairs.len(), |limit| limit.min(scan.pairs.len()))
 }
 
 /// Lints an already scanned dataset.
@@ -122,7 +124,14 @@ impl Context<'_> {
         finding
     }
 
-    fn label_finding(&self, code: Code, pair: &PairRecord, label: &Path, line: Option<usize>, message: String) -> Finding {
+    fn label_finding(
+        &self,
+        code: Code,
+        pair: &PairRecord,
+        label: &Path,
+        line: Option<usize>,
+        message: String,
+    ) -> Finding {
         let mut finding = self.pair_finding(code, pair, message);
         finding.label = Some(self.rel(label));
         finding.line = line;
@@ -137,17 +146,27 @@ impl Context<'_> {
             IrPartner::Missing { expected } => {
                 let message = match expected {
                     Some(path) => format!("no IR partner; expected {}", self.rel(path)),
-                    None => format!("no IR partner: the path has no `{}` folder to swap", self.dataset.ir.from.to_string_lossy()),
+                    None => format!(
+                        "no IR partner: the path has no `{}` folder to swap",
+                        self.dataset.ir.from.to_string_lossy()
+                    ),
                 };
                 findings.push(self.pair_finding(Code::PAIR001, pair, message));
                 None
             }
             IrPartner::OtherExtension(path) => {
-                let expected = self.dataset.ir_path(&pair.rgb).map(|p| self.rel(&p)).unwrap_or_default();
+                let expected = self
+                    .dataset
+                    .ir_path(&pair.rgb)
+                    .map(|p| self.rel(&p))
+                    .unwrap_or_default();
                 let mut finding = self.pair_finding(
                     Code::PAIR004,
                     pair,
-                    format!("IR partner is {} but {expected} is expected (same name and extension)", self.rel(path)),
+                    format!(
+                        "IR partner is {} but {expected} is expected (same name and extension)",
+                        self.rel(path)
+                    ),
                 );
                 finding.subject = Subject::Ir;
                 findings.push(finding);
@@ -160,23 +179,48 @@ impl Context<'_> {
                 findings.push(self.pair_finding(
                     Code::PAIR003,
                     pair,
-                    format!("RGB is {}x{} but IR is {}x{}", rgb.width, rgb.height, ir.width, ir.height),
+                    format!(
+                        "RGB is {}x{} but IR is {}x{}",
+                        rgb.width, rgb.height, ir.width, ir.height
+                    ),
                 ));
             }
             if rgb.file_hash == ir.file_hash {
-                findings.push(self.pair_finding(Code::PAIR006, pair, "IR file is byte-identical to the RGB file".into()));
+                findings.push(self.pair_finding(
+                    Code::PAIR006,
+                    pair,
+                    "IR file is byte-identical to the RGB file".into(),
+                ));
             } else if let (Some(a), Some(b)) = (rgb.pixels, ir.pixels)
                 && a.pixel_hash == b.pixel_hash
             {
-                findings.push(self.pair_finding(Code::PAIR006, pair, "IR image decodes to exactly the RGB pixels".into()));
+                findings.push(self.pair_finding(
+                    Code::PAIR006,
+                    pair,
+                    "IR image decodes to exactly the RGB pixels".into(),
+                ));
             }
         }
-        let content = rgb.as_ref().zip(ir.as_ref()).map(|(a, b)| (a.file_hash, b.file_hash));
+        let content = rgb
+            .as_ref()
+            .zip(ir.as_ref())
+            .map(|(a, b)| (a.file_hash, b.file_hash));
         let (class_counts, fix) = self.check_labels(pair, rgb.as_ref(), &mut findings);
-        PairOutcome { findings, content, class_counts, fix }
+        PairOutcome {
+            findings,
+            content,
+            class_counts,
+            fix,
+        }
     }
 
-    fn check_image(&self, pair: &PairRecord, side: Side, path: &Path, findings: &mut Vec<Finding>) -> Option<ImageInfo> {
+    fn check_image(
+        &self,
+        pair: &PairRecord,
+        side: Side,
+        path: &Path,
+        findings: &mut Vec<Finding>,
+    ) -> Option<ImageInfo> {
         let name = if side == Side::Rgb { "RGB" } else { "IR" };
         let mut push = |code: Code, message: String| {
             let mut finding = self.pair_finding(code, pair, format!("{name} {message}"));
@@ -191,8 +235,14 @@ impl Context<'_> {
                 push(Code::IMG004, format!("image: {what} cannot be read"));
                 None
             }
-            Err(ProbeError::Decode { message, truncated: true }) => {
-                push(Code::IMG002, format!("image is truncated and cannot be decoded: {message}"));
+            Err(ProbeError::Decode {
+                message,
+                truncated: true,
+            }) => {
+                push(
+                    Code::IMG002,
+                    format!("image is truncated and cannot be decoded: {message}"),
+                );
                 None
             }
             Err(err) => {
@@ -201,13 +251,31 @@ impl Context<'_> {
             }
             Ok(info) => {
                 if info.truncated {
-                    push(Code::IMG002, format!("{} file is truncated (no end marker)", format_name(info.format)));
+                    push(
+                        Code::IMG002,
+                        format!(
+                            "{} file is truncated (no end marker)",
+                            format_name(info.format)
+                        ),
+                    );
                 }
                 if info.width.min(info.height) < MIN_IMAGE_SIDE {
-                    push(Code::IMG003, format!("image is {}x{}; both sides must be at least {MIN_IMAGE_SIDE} px", info.width, info.height));
+                    push(
+                        Code::IMG003,
+                        format!(
+                            "image is {}x{}; both sides must be at least {MIN_IMAGE_SIDE} px",
+                            info.width, info.height
+                        ),
+                    );
                 }
                 if info.orientation != 1 {
-                    push(Code::IMG005, format!("image has EXIF orientation {}: viewers rotate it, training does not", info.orientation));
+                    push(
+                        Code::IMG005,
+                        format!(
+                            "image has EXIF orientation {}: viewers rotate it, training does not",
+                            info.orientation
+                        ),
+                    );
                 }
                 if info.pixels.is_some_and(|p| p.constant) {
                     push(Code::IMG006, "image is one constant colour".into());
@@ -228,44 +296,50 @@ impl Context<'_> {
             findings.push(self.pair_finding(
                 Code::LBL001,
                 pair,
-                format!("no label path: the RGB path has no `{}` folder to swap", self.dataset.labels.from.to_string_lossy()),
+                format!(
+                    "no label path: the RGB path has no `{}` folder to swap",
+                    self.dataset.labels.from.to_string_lossy()
+                ),
             ));
             return (counts, None);
         };
-        let text = match std::fs::read(label) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                findings.push(self.label_finding(Code::LBL001, pair, label, None, "no label file: a background image".into()));
+        let text = match read_label(label) {
+            Ok(text) => text,
+            Err((code, message)) => {
+                findings.push(self.label_finding(code, pair, label, None, message));
                 return (counts, None);
             }
-            Err(e) => {
-                findings.push(self.label_finding(Code::LBL013, pair, label, None, format!("cannot read label file: {e}")));
-                return (counts, None);
-            }
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => text,
-                Err(e) => {
-                    findings.push(self.label_finding(Code::LBL013, pair, label, None, format!("label file is not UTF-8 text: {e}")));
-                    return (counts, None);
-                }
-            },
         };
         let lines = parse_labels(&text);
         if lines.is_empty() {
-            findings.push(self.label_finding(Code::LBL002, pair, label, None, "label file is empty: a background image".into()));
+            findings.push(self.label_finding(
+                Code::LBL002,
+                pair,
+                label,
+                None,
+                "label file is empty: a background image".into(),
+            ));
             return (counts, None);
         }
-        let analysis = analyse_rows(&lines, self.dataset.class_count(), rgb.map(|i| (i.width, i.height)), self.options.imgsz);
+        let analysis = analyse_rows(
+            &lines,
+            self.dataset.class_count(),
+            rgb.map(|i| (i.width, i.height)),
+            self.options.imgsz,
+        );
         for (line, code, message) in analysis.issues {
             findings.push(self.label_finding(code, pair, label, Some(line), message));
         }
         for class in analysis.classes {
             *counts.entry(class).or_insert(0) += 1;
         }
-        let fix = fixed_text(&text, &lines, &analysis.fixable, &self.options.levels).map(|(text, codes)| PendingFix {
-            label: label.clone(),
-            text,
-            codes,
-        });
+        let fix = fixed_text(&text, &lines, &analysis.fixable, &self.options.levels).map(
+            |(text, codes)| PendingFix {
+                label: label.clone(),
+                text,
+                codes,
+            },
+        );
         (counts, fix)
     }
 
@@ -273,8 +347,17 @@ impl Context<'_> {
         let mut findings = Vec::new();
         for clash in &scan.clashes {
             let names: Vec<String> = clash.files.iter().map(|f| self.rel(f)).collect();
-            let mut finding = self.finding(Code::PAIR005, format!("files share a stem in one folder: {}", names.join(", ")));
-            let is_ir = clash.files.first().is_some_and(|f| self.dataset.ir.reversed().apply(f, &self.dataset.root).is_some());
+            let mut finding = self.finding(
+                Code::PAIR005,
+                format!("files share a stem in one folder: {}", names.join(", ")),
+            );
+            let is_ir = clash.files.first().is_some_and(|f| {
+                self.dataset
+                    .ir
+                    .reversed()
+                    .apply(f, &self.dataset.root)
+                    .is_some()
+            });
             if is_ir {
                 finding.ir = names.first().cloned();
                 finding.subject = Subject::Ir;
@@ -287,13 +370,22 @@ impl Context<'_> {
         for orphan in &scan.orphans {
             let finding = match orphan.kind {
                 OrphanKind::Ir => {
-                    let mut f = self.finding(Code::PAIR002, format!("IR image has no RGB partner in {}", self.rel(&orphan.rgb_dir)));
+                    let mut f = self.finding(
+                        Code::PAIR002,
+                        format!(
+                            "IR image has no RGB partner in {}",
+                            self.rel(&orphan.rgb_dir)
+                        ),
+                    );
                     f.ir = Some(self.rel(&orphan.path));
                     f.subject = Subject::Ir;
                     f
                 }
                 OrphanKind::Label => {
-                    let mut f = self.finding(Code::LBL010, format!("label file has no image in {}", self.rel(&orphan.rgb_dir)));
+                    let mut f = self.finding(
+                        Code::LBL010,
+                        format!("label file has no image in {}", self.rel(&orphan.rgb_dir)),
+                    );
                     f.label = Some(self.rel(&orphan.path));
                     f.subject = Subject::Label;
                     f
@@ -304,7 +396,12 @@ impl Context<'_> {
         for missing in &scan.missing {
             let mut finding = self.finding(
                 Code::DS004,
-                format!("{} line {} lists {}, which does not exist", self.rel(&missing.list), missing.line, self.rel(&missing.image)),
+                format!(
+                    "{} line {} lists {}, which does not exist",
+                    self.rel(&missing.list),
+                    missing.line,
+                    self.rel(&missing.image)
+                ),
             );
             finding.rgb = Some(self.rel(&missing.image));
             finding.line = Some(missing.line);
@@ -315,7 +412,10 @@ impl Context<'_> {
     }
 
     fn split_names(&self, splits: &[usize]) -> String {
-        let names: Vec<&str> = splits.iter().map(|&i| self.dataset.splits[i].name.as_str()).collect();
+        let names: Vec<&str> = splits
+            .iter()
+            .map(|&i| self.dataset.splits[i].name.as_str())
+            .collect();
         names.join(" and ")
     }
 
@@ -331,7 +431,11 @@ impl Context<'_> {
                 Some(&original) => {
                     let (pair, orig) = (&pairs[index], &pairs[original]);
                     let leak = if pair.splits != orig.splits {
-                        format!(" (a leak: {} vs {})", self.split_names(&pair.splits), self.split_names(&orig.splits))
+                        format!(
+                            " (a leak: {} vs {})",
+                            self.split_names(&pair.splits),
+                            self.split_names(&orig.splits)
+                        )
                     } else {
                         String::new()
                     };
@@ -353,7 +457,10 @@ impl Context<'_> {
             for b in a + 1..splits.len() {
                 let in_a = pairs.iter().filter(|p| p.splits.contains(&a)).count();
                 let in_b = pairs.iter().filter(|p| p.splits.contains(&b)).count();
-                let both: Vec<&PairRecord> = pairs.iter().filter(|p| p.splits.contains(&a) && p.splits.contains(&b)).collect();
+                let both: Vec<&PairRecord> = pairs
+                    .iter()
+                    .filter(|p| p.splits.contains(&a) && p.splits.contains(&b))
+                    .collect();
                 if both.is_empty() {
                     continue;
                 }
@@ -368,7 +475,11 @@ impl Context<'_> {
                     continue;
                 }
                 for pair in both {
-                    findings.push(self.pair_finding(Code::DS002, pair, format!("pair is in both {} and {}", splits[a].name, splits[b].name)));
+                    findings.push(self.pair_finding(
+                        Code::DS002,
+                        pair,
+                        format!("pair is in both {} and {}", splits[a].name, splits[b].name),
+                    ));
                 }
             }
         }
@@ -383,11 +494,19 @@ impl Context<'_> {
             }
         }
         let names = &self.dataset.names;
-        let name = |class: u32| names.get(class as usize).cloned().unwrap_or_else(|| format!("class{class}"));
+        let name = |class: u32| {
+            names
+                .get(class as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("class{class}"))
+        };
         let mut findings = Vec::new();
         for (class, class_name) in names.iter().enumerate() {
             if !counts.contains_key(&(class as u32)) {
-                findings.push(self.finding(Code::DS003, format!("class {class} `{class_name}` in `names` is never used")));
+                findings.push(self.finding(
+                    Code::DS003,
+                    format!("class {class} `{class_name}` in `names` is never used"),
+                ));
             }
         }
         let most = counts.iter().max_by_key(|(_, n)| **n);
@@ -409,6 +528,18 @@ impl Context<'_> {
     }
 }
 
+/// A label file's text, or the finding that it has none (LBL001) or is unreadable (LBL013).
+fn read_label(path: &Path) -> Result<String, (Code, String)> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err((Code::LBL001, "no label file: a background image".into()))
+        }
+        Err(e) => Err((Code::LBL013, format!("cannot read label file: {e}"))),
+        Ok(bytes) => String::from_utf8(bytes)
+            .map_err(|e| (Code::LBL013, format!("label file is not UTF-8 text: {e}"))),
+    }
+}
+
 /// What the row checks found in one label file.
 struct RowAnalysis {
     issues: Vec<(usize, Code, String)>,
@@ -416,22 +547,43 @@ struct RowAnalysis {
     fixable: Vec<(usize, Code)>,
 }
 
-fn analyse_rows(lines: &[LabelLine<'_>], nc: Option<usize>, size: Option<(u32, u32)>, imgsz: u32) -> RowAnalysis {
-    let mut analysis = RowAnalysis { issues: Vec::new(), classes: Vec::new(), fixable: Vec::new() };
+fn analyse_rows(
+    lines: &[LabelLine<'_>],
+    nc: Option<usize>,
+    size: Option<(u32, u32)>,
+    imgsz: u32,
+) -> RowAnalysis {
+    let mut analysis = RowAnalysis {
+        issues: Vec::new(),
+        classes: Vec::new(),
+        fixable: Vec::new(),
+    };
     let mut seen: HashMap<Vec<u64>, usize> = HashMap::new();
     for entry in lines {
         let line = entry.line;
         let row = match &entry.row {
             Err(RowError::Columns(n)) => {
-                analysis.issues.push((line, Code::LBL003, format!("{n} columns; a box row has 5 (class x y w h)")));
+                analysis.issues.push((
+                    line,
+                    Code::LBL003,
+                    format!("{n} columns; a box row has 5 (class x y w h)"),
+                ));
                 continue;
             }
             Err(RowError::NotFinite { column, value }) => {
-                analysis.issues.push((line, Code::LBL004, format!("column {column} is `{value}`, not a finite number")));
+                analysis.issues.push((
+                    line,
+                    Code::LBL004,
+                    format!("column {column} is `{value}`, not a finite number"),
+                ));
                 continue;
             }
             Err(RowError::Class { value }) => {
-                analysis.issues.push((line, Code::LBL005, format!("class id `{value}` is negative or not an integer")));
+                analysis.issues.push((
+                    line,
+                    Code::LBL005,
+                    format!("class id `{value}` is negative or not an integer"),
+                ));
                 continue;
             }
             Ok(row) => row,
@@ -439,7 +591,9 @@ fn analyse_rows(lines: &[LabelLine<'_>], nc: Option<usize>, size: Option<(u32, u
         let class = row.class();
         let class_ok = match nc {
             Some(nc) if class as usize >= nc => {
-                analysis.issues.push((line, Code::LBL005, format!("class id {class} >= nc {nc}")));
+                analysis
+                    .issues
+                    .push((line, Code::LBL005, format!("class id {class} >= nc {nc}")));
                 false
             }
             _ => true,
@@ -449,22 +603,41 @@ fn analyse_rows(lines: &[LabelLine<'_>], nc: Option<usize>, size: Option<(u32, u
             .into_iter()
             .find(|v| *v < -COORDINATE_TOLERANCE || *v > 1.0 + COORDINATE_TOLERANCE);
         if let Some(v) = out_of_range {
-            analysis.issues.push((line, Code::LBL006, format!("coordinate {v} is outside [0, 1]")));
+            analysis.issues.push((
+                line,
+                Code::LBL006,
+                format!("coordinate {v} is outside [0, 1]"),
+            ));
         }
         let mut sound = class_ok && out_of_range.is_none();
         match row {
             RowKind::Polygon { points, .. } => {
-                analysis.issues.push((line, Code::LBL012, format!("polygon of {} points; --fix converts it to its box", points.len())));
+                analysis.issues.push((
+                    line,
+                    Code::LBL012,
+                    format!(
+                        "polygon of {} points; --fix converts it to its box",
+                        points.len()
+                    ),
+                ));
                 if out_of_range.is_none() {
                     analysis.fixable.push((line, Code::LBL012));
                 }
             }
             RowKind::Box(b) => {
                 if b.w <= 0.0 || b.h <= 0.0 {
-                    analysis.issues.push((line, Code::LBL008, format!("width {} / height {}: a box needs both > 0", b.w, b.h)));
+                    analysis.issues.push((
+                        line,
+                        Code::LBL008,
+                        format!("width {} / height {}: a box needs both > 0", b.w, b.h),
+                    ));
                     sound = false;
                 } else if out_of_range.is_none() && exceeds_image(b) {
-                    analysis.issues.push((line, Code::LBL007, "box extends past the image edge; --fix clips it".into()));
+                    analysis.issues.push((
+                        line,
+                        Code::LBL007,
+                        "box extends past the image edge; --fix clips it".into(),
+                    ));
                     analysis.fixable.push((line, Code::LBL007));
                 }
             }
@@ -474,15 +647,27 @@ fn analyse_rows(lines: &[LabelLine<'_>], nc: Option<usize>, size: Option<(u32, u
             let b = row.bounding_box();
             if let Some((width, height)) = size {
                 let scale = f64::from(imgsz) / f64::from(width.max(height));
-                let (w_px, h_px) = (b.w * f64::from(width) * scale, b.h * f64::from(height) * scale);
+                let (w_px, h_px) = (
+                    b.w * f64::from(width) * scale,
+                    b.h * f64::from(height) * scale,
+                );
                 if b.w > 0.0 && b.h > 0.0 && w_px.min(h_px) < MIN_BOX_PIXELS {
-                    analysis.issues.push((line, Code::LBL011, format!("box is {w_px:.1}x{h_px:.1} px at imgsz {imgsz}")));
+                    analysis.issues.push((
+                        line,
+                        Code::LBL011,
+                        format!("box is {w_px:.1}x{h_px:.1} px at imgsz {imgsz}"),
+                    ));
                 }
             }
         }
-        let key: Vec<u64> = std::iter::once(f64::from(class)).chain(row.coordinates()).map(f64::to_bits).collect();
+        let key: Vec<u64> = std::iter::once(f64::from(class))
+            .chain(row.coordinates())
+            .map(f64::to_bits)
+            .collect();
         if let Some(first) = seen.get(&key) {
-            analysis.issues.push((line, Code::LBL009, format!("duplicate of line {first}")));
+            analysis
+                .issues
+                .push((line, Code::LBL009, format!("duplicate of line {first}")));
             analysis.fixable.push((line, Code::LBL009));
         } else {
             seen.insert(key, line);
@@ -492,18 +677,23 @@ fn analyse_rows(lines: &[LabelLine<'_>], nc: Option<usize>, size: Option<(u32, u
 }
 
 fn format_name(format: fusekit_dataset::ImageFormat) -> &'static str {
-    format.extensions_str().first().map_or("image", |ext| match *ext {
-        "jpg" => "JPEG",
-        "png" => "PNG",
-        "bmp" => "BMP",
-        "tif" | "tiff" => "TIFF",
-        "webp" => "WebP",
-        _ => "image",
-    })
+    format
+        .extensions_str()
+        .first()
+        .map_or("image", |ext| match *ext {
+            "jpg" => "JPEG",
+            "png" => "PNG",
+            "bmp" => "BMP",
+            "tif" | "tiff" => "TIFF",
+            "webp" => "WebP",
+            _ => "image",
+        })
 }
 
 fn exceeds_image(b: &fusekit_dataset::BoxRow) -> bool {
-    b.edges().iter().any(|&v| v < -EDGE_EPSILON || v > 1.0 + EDGE_EPSILON)
+    b.edges()
+        .iter()
+        .any(|v| !(-EDGE_EPSILON..=1.0 + EDGE_EPSILON).contains(v))
 }
 
 /// The label text with the enabled safe fixes applied, and the codes fixed; `None` when
@@ -514,7 +704,11 @@ fn fixed_text(
     fixable: &[(usize, Code)],
     levels: &crate::settings::Levels,
 ) -> Option<(String, Vec<Code>)> {
-    let wanted: Vec<(usize, Code)> = fixable.iter().copied().filter(|(_, code)| levels.enabled(*code)).collect();
+    let wanted: Vec<(usize, Code)> = fixable
+        .iter()
+        .copied()
+        .filter(|(_, code)| levels.enabled(*code))
+        .collect();
     if wanted.is_empty() {
         return None;
     }
@@ -527,7 +721,9 @@ fn fixed_text(
             continue;
         }
         let replacement = match rows.get(&line).map(|l| &l.row) {
-            Some(Ok(row @ RowKind::Polygon { .. })) if has(line, Code::LBL012) => Some(row.bounding_box().to_line()),
+            Some(Ok(row @ RowKind::Polygon { .. })) if has(line, Code::LBL012) => {
+                Some(row.bounding_box().to_line())
+            }
             Some(Ok(RowKind::Box(b))) if has(line, Code::LBL007) => Some(b.clipped().to_line()),
             _ => None,
         };
@@ -547,19 +743,41 @@ mod tests {
 
     fn codes(text: &str, nc: Option<usize>) -> Vec<(usize, Code)> {
         let lines = parse_labels(text);
-        analyse_rows(&lines, nc, Some((1280, 1024)), 640).issues.into_iter().map(|(l, c, _)| (l, c)).collect()
+        analyse_rows(&lines, nc, Some((1280, 1024)), 640)
+            .issues
+            .into_iter()
+            .map(|(l, c, _)| (l, c))
+            .collect()
     }
 
     #[test]
     fn row_rules() {
         assert_eq!(codes("0 0.5 0.5 0.1 0.1\n", Some(1)), vec![]);
-        assert_eq!(codes("1 0.5 0.5 0.1 0.1\n", Some(1)), vec![(1, Code::LBL005)]);
-        assert_eq!(codes("0 1.2 0.5 0.1 0.1\n", Some(1)), vec![(1, Code::LBL006)]);
-        assert_eq!(codes("0 1.005 0.5 0.1 0.1\n", Some(1)), vec![(1, Code::LBL007)]);
+        assert_eq!(
+            codes("1 0.5 0.5 0.1 0.1\n", Some(1)),
+            vec![(1, Code::LBL005)]
+        );
+        assert_eq!(
+            codes("0 1.2 0.5 0.1 0.1\n", Some(1)),
+            vec![(1, Code::LBL006)]
+        );
+        assert_eq!(
+            codes("0 1.005 0.5 0.1 0.1\n", Some(1)),
+            vec![(1, Code::LBL007)]
+        );
         assert_eq!(codes("0 0.5 0.5 0 0.1\n", Some(1)), vec![(1, Code::LBL008)]);
-        assert_eq!(codes("0 0.5 0.5 0.001 0.1\n", Some(1)), vec![(1, Code::LBL011)]);
-        assert_eq!(codes("0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n", None), vec![(2, Code::LBL009)]);
-        assert_eq!(codes("0 0.1 0.1 0.2 0.1 0.2 0.3\n", Some(1)), vec![(1, Code::LBL012)]);
+        assert_eq!(
+            codes("0 0.5 0.5 0.001 0.1\n", Some(1)),
+            vec![(1, Code::LBL011)]
+        );
+        assert_eq!(
+            codes("0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1\n", None),
+            vec![(2, Code::LBL009)]
+        );
+        assert_eq!(
+            codes("0 0.1 0.1 0.2 0.1 0.2 0.3\n", Some(1)),
+            vec![(1, Code::LBL012)]
+        );
     }
 
     #[test]
@@ -567,9 +785,13 @@ mod tests {
         let text = "0 0.5 0.5 0.1 0.1\n0 0.98 0.5 0.1 0.2\n0 0.5 0.5 0.1 0.1\nbad row\n0 0.1 0.1 0.3 0.1 0.2 0.4\n";
         let lines = parse_labels(text);
         let analysis = analyse_rows(&lines, Some(1), None, 640);
-        let (fixed, codes) = fixed_text(text, &lines, &analysis.fixable, &Levels::default()).unwrap();
+        let (fixed, codes) =
+            fixed_text(text, &lines, &analysis.fixable, &Levels::default()).unwrap();
         assert_eq!(codes, vec![Code::LBL007, Code::LBL009, Code::LBL012]);
-        assert_eq!(fixed, "0 0.5 0.5 0.1 0.1\n0 0.965000 0.500000 0.070000 0.200000\nbad row\n0 0.200000 0.250000 0.200000 0.300000\n");
+        assert_eq!(
+            fixed,
+            "0 0.5 0.5 0.1 0.1\n0 0.965000 0.500000 0.070000 0.200000\nbad row\n0 0.200000 0.250000 0.200000 0.300000\n"
+        );
         let again = parse_labels(&fixed);
         let second = analyse_rows(&again, Some(1), None, 640);
         assert!(second.fixable.is_empty(), "{:?}", second.issues);

@@ -97,7 +97,10 @@ codes! {
 impl Code {
     /// Parses a code, case-insensitively.
     pub fn parse(text: &str) -> Option<Code> {
-        Code::ALL.iter().copied().find(|c| c.as_str().eq_ignore_ascii_case(text))
+        Code::ALL
+            .iter()
+            .copied()
+            .find(|c| c.as_str().eq_ignore_ascii_case(text))
     }
 
     /// The rule family: `PAIR`, `IMG`, `LBL` or `DS`.

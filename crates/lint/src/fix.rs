@@ -18,13 +18,21 @@ pub struct FixError {
 /// Writes `fixes`: each original label goes to `backup_dir` under its path relative to `root`
 /// (never overwriting an earlier backup), then the fixed text replaces it atomically. Returns
 /// the backups written. Stops at the first failure; files already fixed stay fixed and backed up.
-pub fn apply_fixes(fixes: &[PendingFix], root: &Path, backup_dir: &Path) -> Result<Vec<PathBuf>, FixError> {
+pub fn apply_fixes(
+    fixes: &[PendingFix],
+    root: &Path,
+    backup_dir: &Path,
+) -> Result<Vec<PathBuf>, FixError> {
     let mut backups = Vec::with_capacity(fixes.len());
     for fix in fixes {
         let relative = fix.label.strip_prefix(root).unwrap_or(&fix.label);
-        let relative: PathBuf = relative.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+        let relative: PathBuf = relative
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
         let backup = free_path(&backup_dir.join(relative));
-        std::fs::create_dir_all(backup.parent().unwrap_or(backup_dir)).map_err(|source| fix_error(&backup, source))?;
+        std::fs::create_dir_all(backup.parent().unwrap_or(backup_dir))
+            .map_err(|source| fix_error(&backup, source))?;
         std::fs::copy(&fix.label, &backup).map_err(|source| fix_error(&backup, source))?;
         let temp = fix.label.with_extension("txt.fusekit-fix");
         std::fs::write(&temp, &fix.text).map_err(|source| fix_error(&temp, source))?;
@@ -35,7 +43,10 @@ pub fn apply_fixes(fixes: &[PendingFix], root: &Path, backup_dir: &Path) -> Resu
 }
 
 fn fix_error(path: &Path, source: std::io::Error) -> FixError {
-    FixError { path: path.to_path_buf(), source }
+    FixError {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `path`, or `path.1`, `path.2`, ... whichever does not exist yet.
@@ -65,7 +76,11 @@ mod tests {
         let label = root.join("labels/a.txt");
         std::fs::create_dir_all(label.parent().unwrap()).unwrap();
         std::fs::write(&label, "original\n").unwrap();
-        let fix = PendingFix { label: label.clone(), text: "fixed\n".into(), codes: vec![Code::LBL009] };
+        let fix = PendingFix {
+            label: label.clone(),
+            text: "fixed\n".into(),
+            codes: vec![Code::LBL009],
+        };
         let backups = dir.path().join("backup");
         let first = apply_fixes(std::slice::from_ref(&fix), &root, &backups).unwrap();
         assert_eq!(first, vec![backups.join("labels/a.txt")]);

@@ -16,6 +16,6 @@ pub use codes::{Code, Severity};
 pub use fix::{FixError, apply_fixes};
 pub use report::{Finding, REPORT_VERSION, Report, Subject, Summary};
 pub use settings::{
-    CONFIG_FILE, Level, LevelSelectors, Levels, LintOptions, LintSection, SettingsError, find_config,
-    parse_decode, read_config,
+    CONFIG_FILE, Level, LevelSelectors, Levels, LintOptions, LintSection, SettingsError,
+    find_config, parse_decode, read_config,
 };

@@ -71,7 +71,10 @@ impl Finding {
             Subject::Label => self.label.as_deref(),
             Subject::Dataset => None,
         };
-        subject.or(self.label.as_deref()).or(self.ir.as_deref()).or(self.rgb.as_deref())
+        subject
+            .or(self.label.as_deref())
+            .or(self.ir.as_deref())
+            .or(self.rgb.as_deref())
     }
 
     fn location(&self) -> String {
@@ -82,8 +85,22 @@ impl Finding {
         }
     }
 
-    fn sort_key(&self) -> (Option<&str>, Option<&str>, Option<&str>, Option<usize>, Code) {
-        (self.rgb.as_deref(), self.ir.as_deref(), self.label.as_deref(), self.line, self.code)
+    fn sort_key(
+        &self,
+    ) -> (
+        Option<&str>,
+        Option<&str>,
+        Option<&str>,
+        Option<usize>,
+        Code,
+    ) {
+        (
+            self.rgb.as_deref(),
+            self.ir.as_deref(),
+            self.label.as_deref(),
+            self.line,
+            self.code,
+        )
     }
 }
 
@@ -125,15 +142,30 @@ impl Report {
                 Some(f)
             })
             .collect();
-        findings.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()).then_with(|| a.message.cmp(&b.message)));
-        let mut report = Self { version: REPORT_VERSION, summary: Summary { pairs, ..Summary::default() }, findings };
+        findings.sort_by(|a, b| {
+            a.sort_key()
+                .cmp(&b.sort_key())
+                .then_with(|| a.message.cmp(&b.message))
+        });
+        let mut report = Self {
+            version: REPORT_VERSION,
+            summary: Summary {
+                pairs,
+                ..Summary::default()
+            },
+            findings,
+        };
         report.recount();
         report
     }
 
     /// A report holding one DS001 finding for a dataset that could not be opened.
     pub fn invalid_dataset(message: String) -> Self {
-        Self::new(0, vec![Finding::new(Code::DS001, message)], &Levels::default())
+        Self::new(
+            0,
+            vec![Finding::new(Code::DS001, message)],
+            &Levels::default(),
+        )
     }
 
     /// Removes the findings for which `fixed` is true and counts them as fixed.
@@ -195,16 +227,37 @@ impl Report {
             out.push('\n');
         }
         for ((severity, code), findings) in &groups {
-            let _ = writeln!(out, "  {:<8}{:<9}{:>7}  {}", severity.as_str(), code.as_str(), findings.len(), code.title());
+            let _ = writeln!(
+                out,
+                "  {:<8}{:<9}{:>7}  {}",
+                severity.as_str(),
+                code.as_str(),
+                findings.len(),
+                code.title()
+            );
         }
         for ((severity, code), findings) in &groups {
-            let _ = writeln!(out, "\n{code} {}: {} ({})", severity.as_str(), code.title(), findings.len());
-            let shown = if per_code == 0 { findings.len() } else { per_code.min(findings.len()) };
+            let _ = writeln!(
+                out,
+                "\n{code} {}: {} ({})",
+                severity.as_str(),
+                code.title(),
+                findings.len()
+            );
+            let shown = if per_code == 0 {
+                findings.len()
+            } else {
+                per_code.min(findings.len())
+            };
             for f in &findings[..shown] {
                 let _ = writeln!(out, "  {}: {}", f.location(), f.message);
             }
             if shown < findings.len() {
-                let _ = writeln!(out, "  ... and {} more (--max-per-code 0 or --format json lists all)", findings.len() - shown);
+                let _ = writeln!(
+                    out,
+                    "  ... and {} more (--max-per-code 0 or --format json lists all)",
+                    findings.len() - shown
+                );
             }
         }
         let s = &self.summary;
@@ -305,13 +358,24 @@ mod tests {
         a.line = Some(2);
         let mut b = Finding::new(Code::PAIR001, "no IR partner".into());
         b.rgb = Some("images/a.jpg".into());
-        vec![a, b, Finding::new(Code::DS003, "class 1 `car` is never used".into())]
+        vec![
+            a,
+            b,
+            Finding::new(Code::DS003, "class 1 `car` is never used".into()),
+        ]
     }
 
     #[test]
     fn levels_sorting_counts_and_exit_codes() {
         let report = Report::new(2, sample(), &Levels::default());
-        assert_eq!((report.summary.errors, report.summary.warnings, report.summary.infos), (1, 1, 1));
+        assert_eq!(
+            (
+                report.summary.errors,
+                report.summary.warnings,
+                report.summary.infos
+            ),
+            (1, 1, 1)
+        );
         assert_eq!(report.findings[0].code, Code::DS003);
         assert_eq!(report.exit_code(false), 1);
         let mut levels = Levels::default();
@@ -339,15 +403,28 @@ mod tests {
     #[test]
     fn sarif_and_human() {
         let report = Report::new(2, sample(), &Levels::default());
-        let sarif: serde_json::Value = serde_json::from_str(&report.to_sarif("file:///d/")).unwrap();
+        let sarif: serde_json::Value =
+            serde_json::from_str(&report.to_sarif("file:///d/")).unwrap();
         assert_eq!(sarif["version"], "2.1.0");
         let results = sarif["runs"][0]["results"].as_array().unwrap();
         assert_eq!(results.len(), 3);
         assert_eq!(results[1]["level"], "warning");
-        assert_eq!(results[1]["locations"][0]["physicalLocation"]["region"]["startLine"], 2);
+        assert_eq!(
+            results[1]["locations"][0]["physicalLocation"]["region"]["startLine"],
+            2
+        );
         let human = report.to_human("lint", 20);
-        assert!(human.contains("error   PAIR001        1  RGB image has no IR partner"), "{human}");
-        assert!(human.contains("labels/b.txt:2: duplicate of line 1"), "{human}");
-        assert!(human.ends_with("1 error, 1 warning, 1 info in 2 pairs\n"), "{human}");
+        assert!(
+            human.contains("error   PAIR001        1  RGB image has no IR partner"),
+            "{human}"
+        );
+        assert!(
+            human.contains("labels/b.txt:2: duplicate of line 1"),
+            "{human}"
+        );
+        assert!(
+            human.ends_with("1 error, 1 warning, 1 info in 2 pairs\n"),
+            "{human}"
+        );
     }
 }

@@ -11,7 +11,9 @@ use crate::codes::{Code, Severity};
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// A selector names no code or family.
-    #[error("unknown rule `{0}`: expected a code such as LBL009, a family (PAIR, IMG, LBL, DS) or ALL")]
+    #[error(
+        "unknown rule `{0}`: expected a code such as LBL009, a family (PAIR, IMG, LBL, DS) or ALL"
+    )]
     UnknownRule(String),
     /// The config file cannot be read or parsed.
     #[error("{path}: {message}")]
@@ -42,7 +44,12 @@ pub struct Levels {
 
 impl Default for Levels {
     fn default() -> Self {
-        Self { severities: Code::ALL.iter().map(|c| Some(c.default_severity())).collect() }
+        Self {
+            severities: Code::ALL
+                .iter()
+                .map(|c| Some(c.default_severity()))
+                .collect(),
+        }
     }
 }
 
@@ -72,9 +79,11 @@ impl Levels {
 
     /// Applies `allow`, then `warn`, then `deny` selectors.
     pub fn apply(&mut self, selectors: &LevelSelectors) -> Result<(), SettingsError> {
-        for (list, level) in
-            [(&selectors.allow, Level::Allow), (&selectors.warn, Level::Warn), (&selectors.deny, Level::Deny)]
-        {
+        for (list, level) in [
+            (&selectors.allow, Level::Allow),
+            (&selectors.warn, Level::Warn),
+            (&selectors.deny, Level::Deny),
+        ] {
             for selector in list {
                 self.set(selector, level)?;
             }
@@ -84,7 +93,10 @@ impl Levels {
 }
 
 fn index(code: Code) -> usize {
-    Code::ALL.iter().position(|&c| c == code).expect("every code is in ALL")
+    Code::ALL
+        .iter()
+        .position(|&c| c == code)
+        .expect("every code is in ALL")
 }
 
 fn select(selector: &str) -> Result<Vec<Code>, SettingsError> {
@@ -95,8 +107,11 @@ fn select(selector: &str) -> Result<Vec<Code>, SettingsError> {
     if let Some(code) = Code::parse(selector) {
         return Ok(vec![code]);
     }
-    let family: Vec<Code> =
-        Code::ALL.iter().copied().filter(|c| c.family().eq_ignore_ascii_case(selector)).collect();
+    let family: Vec<Code> = Code::ALL
+        .iter()
+        .copied()
+        .filter(|c| c.family().eq_ignore_ascii_case(selector))
+        .collect();
     if family.is_empty() {
         return Err(SettingsError::UnknownRule(selector.to_owned()));
     }
@@ -104,17 +119,13 @@ fn select(selector: &str) -> Result<Vec<Code>, SettingsError> {
 }
 
 /// Rule selectors for each level, as given by flags or the config file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LevelSelectors {
     /// Reported as errors.
-    #[serde(default)]
     pub deny: Vec<String>,
     /// Reported as warnings.
-    #[serde(default)]
     pub warn: Vec<String>,
     /// Not reported.
-    #[serde(default)]
     pub allow: Vec<String>,
 }
 
@@ -142,7 +153,11 @@ pub struct LintSection {
 impl LintSection {
     /// The section's rule selectors.
     pub fn selectors(&self) -> LevelSelectors {
-        LevelSelectors { deny: self.deny.clone(), warn: self.warn.clone(), allow: self.allow.clone() }
+        LevelSelectors {
+            deny: self.deny.clone(),
+            warn: self.warn.clone(),
+            allow: self.allow.clone(),
+        }
     }
 }
 
@@ -157,7 +172,10 @@ pub const CONFIG_FILE: &str = "fusekit.toml";
 
 /// Reads the `[lint]` section of a config file.
 pub fn read_config(path: &Path) -> Result<LintSection, SettingsError> {
-    let config_error = |message: String| SettingsError::Config { path: path.to_path_buf(), message };
+    let config_error = |message: String| SettingsError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
     let file: ConfigFile = toml::from_str(&text).map_err(|e| config_error(e.to_string()))?;
     if let Some(decode) = &file.lint.decode {
@@ -169,7 +187,9 @@ pub fn read_config(path: &Path) -> Result<LintSection, SettingsError> {
 
 /// The first `fusekit.toml` in `dirs`, in order.
 pub fn find_config(dirs: &[&Path]) -> Option<PathBuf> {
-    dirs.iter().map(|d| d.join(CONFIG_FILE)).find(|p| p.is_file())
+    dirs.iter()
+        .map(|d| d.join(CONFIG_FILE))
+        .find(|p| p.is_file())
 }
 
 /// Parses `header` or `full`.
@@ -196,7 +216,12 @@ pub struct LintOptions {
 
 impl Default for LintOptions {
     fn default() -> Self {
-        Self { decode: DecodeLevel::Header, imgsz: 640, limit: None, levels: Levels::default() }
+        Self {
+            decode: DecodeLevel::Header,
+            imgsz: 640,
+            limit: None,
+            levels: Levels::default(),
+        }
     }
 }
 
@@ -213,7 +238,10 @@ mod tests {
         assert_eq!(levels.severity(Code::LBL003), Some(Severity::Warning));
         levels.set("ALL", Level::Deny).unwrap();
         assert_eq!(levels.severity(Code::DS003), Some(Severity::Error));
-        assert!(matches!(levels.set("NOPE1", Level::Deny), Err(SettingsError::UnknownRule(_))));
+        assert!(matches!(
+            levels.set("NOPE1", Level::Deny),
+            Err(SettingsError::UnknownRule(_))
+        ));
     }
 
     #[test]
@@ -223,9 +251,15 @@ mod tests {
         std::fs::write(&path, "[lint]\ndeny = [\"LBL009\"]\nallow = [\"LBL001\"]\ndecode = \"full\"\n[cache]\nimgsz = 1\n").unwrap();
         let section = read_config(&path).unwrap();
         assert_eq!(section.deny, ["LBL009"]);
-        assert_eq!(find_config(&[Path::new("/nonexistent"), dir.path()]), Some(path.clone()));
+        assert_eq!(
+            find_config(&[Path::new("/nonexistent"), dir.path()]),
+            Some(path.clone())
+        );
         std::fs::write(&path, "[lint]\ndeny = [\"XYZ\"]\n").unwrap();
-        assert!(matches!(read_config(&path), Err(SettingsError::UnknownRule(_))));
+        assert!(matches!(
+            read_config(&path),
+            Err(SettingsError::UnknownRule(_))
+        ));
         std::fs::write(&path, "[lint]\ndenny = []\n").unwrap();
         let err = read_config(&path).unwrap_err().to_string();
         assert!(err.contains("denny") && err.contains("line 2"), "{err}");

@@ -42,7 +42,10 @@ defects! {
 impl Defect {
     /// Parses a lint code (case-insensitive) into the defect that triggers it.
     pub fn parse(code: &str) -> Option<Defect> {
-        Defect::ALL.iter().copied().find(|d| d.code().eq_ignore_ascii_case(code))
+        Defect::ALL
+            .iter()
+            .copied()
+            .find(|d| d.code().eq_ignore_ascii_case(code))
     }
 
     /// Whether lint needs `--decode full` to see it.
@@ -52,7 +55,12 @@ impl Defect {
 }
 
 /// Applies a file-level defect to the pair `stem` under `out`.
-pub(crate) fn apply(defect: Defect, out: &Path, stem: &str, options: &SynthOptions) -> Result<(), SynthError> {
+pub(crate) fn apply(
+    defect: Defect,
+    out: &Path,
+    stem: &str,
+    options: &SynthOptions,
+) -> Result<(), SynthError> {
     let rgb = out.join("images").join(format!("{stem}.jpg"));
     let ir = out.join("imagesIR").join(format!("{stem}.jpg"));
     let label = out.join("labels").join(format!("{stem}.txt"));
@@ -130,7 +138,9 @@ fn open(path: &Path) -> Result<DynamicImage, SynthError> {
 
 fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
-    image.write_to(&mut out, format).expect("encoding in memory cannot fail");
+    image
+        .write_to(&mut out, format)
+        .expect("encoding in memory cannot fail");
     out.into_inner()
 }
 

@@ -34,7 +34,10 @@ pub enum SynthError {
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
-    move |source| SynthError::Io { path: path.to_path_buf(), source }
+    move |source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What to generate.
@@ -99,8 +102,13 @@ pub fn pair_stem(options: &SynthOptions, index: usize) -> String {
 }
 
 /// Writes a dataset into `out` (`images/`, `imagesIR/`, `labels/`, `data.yaml`). An existing
-/// `out` must be empty or an earlier synth output, which is replaced.
-pub fn generate(out: &Path, options: &SynthOptions) -> Result<SynthSummary, SynthError> {
+/// `out` must be empty or an earlier synth output, which is replaced. `progress` is called once
+/// per pair written (from worker threads).
+pub fn generate(
+    out: &Path,
+    options: &SynthOptions,
+    progress: &(dyn Fn() + Sync),
+) -> Result<SynthSummary, SynthError> {
     validate(options)?;
     prepare_out(out)?;
     for sub in ["images", "imagesIR", "labels"] {
@@ -118,6 +126,7 @@ pub fn generate(out: &Path, options: &SynthOptions) -> Result<SynthSummary, Synt
             write(&rgb, &render::encode_jpeg(&frame.rgb, options.quality))?;
             write(&ir, &render::encode_jpeg(&frame.ir, options.quality))?;
             write(&label, frame.label_text().as_bytes())?;
+            progress();
             Ok(frame.objects.len())
         })
         .collect::<Result<Vec<usize>, SynthError>>()?
@@ -142,8 +151,16 @@ pub fn generate(out: &Path, options: &SynthOptions) -> Result<SynthSummary, Synt
         injected.push((defect, stem));
     }
     let data_yaml = out.join("data.yaml");
-    write(&data_yaml, data_yaml_text(options, &names, val, test).as_bytes())?;
-    Ok(SynthSummary { data_yaml, pairs: options.pairs, objects, injected })
+    write(
+        &data_yaml,
+        data_yaml_text(options, &names, val, test).as_bytes(),
+    )?;
+    Ok(SynthSummary {
+        data_yaml,
+        pairs: options.pairs,
+        objects,
+        injected,
+    })
 }
 
 fn validate(options: &SynthOptions) -> Result<(), SynthError> {
@@ -195,14 +212,22 @@ fn prepare_out(out: &Path) -> Result<(), SynthError> {
         }
     }
     std::fs::create_dir_all(out).map_err(io_error(out))?;
-    write(&out.join(MARKER), b"Written by `fusekit synth`; `fusekit synth` may replace this folder.\n")
+    write(
+        &out.join(MARKER),
+        b"Written by `fusekit synth`; `fusekit synth` may replace this folder.\n",
+    )
 }
 
 pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), SynthError> {
     std::fs::write(path, bytes).map_err(io_error(path))
 }
 
-fn data_yaml_text(options: &SynthOptions, names: &[String], val: Option<String>, test: Option<String>) -> String {
+fn data_yaml_text(
+    options: &SynthOptions,
+    names: &[String],
+    val: Option<String>,
+    test: Option<String>,
+) -> String {
     let mut text = format!(
         "# Written by `fusekit synth --seed {}`: {} LLVIP-like RGB + IR pairs in {} scenes.\n\
          # `fusekit split` writes a train/val split of it.\npath: .\ntrain: images\n",
@@ -226,11 +251,25 @@ mod tests {
     use super::*;
 
     fn small() -> SynthOptions {
-        SynthOptions { pairs: 6, width: 96, height: 64, scenes: 2, ..SynthOptions::default() }
+        SynthOptions {
+            pairs: 6,
+            width: 96,
+            height: 64,
+            scenes: 2,
+            ..SynthOptions::default()
+        }
     }
 
     fn read_all(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut files: Vec<_> = walk(dir).into_iter().map(|p| (p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap())).collect();
+        let mut files: Vec<_> = walk(dir)
+            .into_iter()
+            .map(|p| {
+                (
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
         files.sort();
         files
     }
@@ -239,17 +278,25 @@ mod tests {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+            if path.is_dir() {
+                out.extend(walk(&path))
+            } else {
+                out.push(path)
+            }
         }
         out
     }
 
     #[test]
     fn same_seed_same_bytes_other_seed_other_bytes() {
-        let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        generate(a.path(), &small()).unwrap();
-        generate(b.path(), &small()).unwrap();
-        generate(c.path(), &SynthOptions { seed: 1, ..small() }).unwrap();
+        let (a, b, c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        generate(a.path(), &small(), &|| {}).unwrap();
+        generate(b.path(), &small(), &|| {}).unwrap();
+        generate(c.path(), &SynthOptions { seed: 1, ..small() }, &|| {}).unwrap();
         assert_eq!(read_all(a.path()), read_all(b.path()));
         assert_ne!(read_all(a.path()), read_all(c.path()));
     }
@@ -257,7 +304,7 @@ mod tests {
     #[test]
     fn layout_names_and_labels() {
         let dir = tempfile::tempdir().unwrap();
-        let summary = generate(dir.path(), &small()).unwrap();
+        let summary = generate(dir.path(), &small(), &|| {}).unwrap();
         assert!(summary.objects >= 6);
         assert_eq!(pair_stem(&small(), 0), "010001");
         assert_eq!(pair_stem(&small(), 4), "020002");
@@ -266,7 +313,9 @@ mod tests {
         assert_eq!(scan.pairs.len(), 6);
         let label = std::fs::read_to_string(dir.path().join("labels/010001.txt")).unwrap();
         for line in fusekit_dataset::parse_labels(&label) {
-            let fusekit_dataset::RowKind::Box(b) = line.row.unwrap() else { panic!() };
+            let fusekit_dataset::RowKind::Box(b) = line.row.unwrap() else {
+                panic!()
+            };
             assert!(!b.exceeds_image() && b.w > 0.0 && b.h > 0.0);
         }
     }
@@ -275,7 +324,13 @@ mod tests {
     fn refuses_to_overwrite_foreign_folders() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("precious.txt"), "keep").unwrap();
-        assert!(matches!(generate(dir.path(), &small()), Err(SynthError::NotEmpty(_))));
-        assert_eq!(std::fs::read_to_string(dir.path().join("precious.txt")).unwrap(), "keep");
+        assert!(matches!(
+            generate(dir.path(), &small(), &|| {}),
+            Err(SynthError::NotEmpty(_))
+        ));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("precious.txt")).unwrap(),
+            "keep"
+        );
     }
 }

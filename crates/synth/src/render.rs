@@ -61,16 +61,30 @@ struct Scene {
 }
 
 fn scene(options: &SynthOptions, scene: u64) -> Scene {
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ scene.wrapping_add(0x5CE4E));
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ scene.wrapping_add(0x5CE4E),
+    );
     let horizon: f64 = rng.random_range(0.3..0.5);
     let buildings = (0..rng.random_range(3..7))
         .map(|_| {
             let x = rng.random_range(0.0..0.9);
-            [x, x + rng.random_range(0.08..0.25), horizon - rng.random_range(0.1..0.28), rng.random_range(0.8..1.4), rng.random_range(-25.0..15.0)]
+            [
+                x,
+                x + rng.random_range(0.08..0.25),
+                horizon - rng.random_range(0.1..0.28),
+                rng.random_range(0.8..1.4),
+                rng.random_range(-25.0..15.0),
+            ]
         })
         .collect();
     let lamps = (0..rng.random_range(1..4))
-        .map(|_| [rng.random_range(0.05..0.95), horizon - rng.random_range(0.05..0.2), rng.random_range(0.02..0.05)])
+        .map(|_| {
+            [
+                rng.random_range(0.05..0.95),
+                horizon - rng.random_range(0.05..0.2),
+                rng.random_range(0.02..0.05),
+            ]
+        })
         .collect();
     let tint = [rng.random_range(1.0..1.3), 1.0, rng.random_range(0.6..0.9)];
     let classes = options.names.len() as u32;
@@ -84,12 +98,19 @@ fn scene(options: &SynthOptions, scene: u64) -> Scene {
                 vx: rng.random_range(-0.004..0.004),
                 bottom: rng.random_range((horizon + height).min(0.97)..0.98),
                 height,
-                aspect: 0.38 * (1.0 + f64::from(class)) * options.height as f64 / options.width as f64,
+                aspect: 0.38 * (1.0 + f64::from(class)) * options.height as f64
+                    / options.width as f64,
                 warmth: rng.random_range(150.0..215.0) - 25.0 * f64::from(class),
             }
         })
         .collect();
-    Scene { horizon, buildings, lamps, tint, tracks }
+    Scene {
+        horizon,
+        buildings,
+        lamps,
+        tint,
+        tracks,
+    }
 }
 
 /// Renders pair `index` of the dataset described by `options`.
@@ -107,18 +128,33 @@ pub(crate) fn render_pair(options: &SynthOptions, index: usize) -> Frame {
             let span = 1.0 - w;
             let raw = (t.x0 - w / 2.0 + t.vx * frame as f64).rem_euclid(2.0 * span);
             let left = if raw > span { 2.0 * span - raw } else { raw };
-            (Object { class: t.class, x: left + w / 2.0, y: t.bottom - t.height / 2.0, w, h: t.height }, t.warmth)
+            (
+                Object {
+                    class: t.class,
+                    x: left + w / 2.0,
+                    y: t.bottom - t.height / 2.0,
+                    w,
+                    h: t.height,
+                },
+                t.warmth,
+            )
         })
         .collect();
 
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        options.seed ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
     let mut rgb = vec![0u8; width * height * 3];
     let mut ir = vec![0u8; width * height];
     for py in 0..height {
         let y = (py as f64 + 0.5) / height as f64;
         for px in 0..width {
             let x = (px as f64 + 0.5) / width as f64;
-            let (mut light, mut heat) = if y < scene.horizon { (14.0 + 10.0 * y, 45.0 + 20.0 * y) } else { (26.0 + 8.0 * y, 105.0 + 15.0 * y) };
+            let (mut light, mut heat) = if y < scene.horizon {
+                (14.0 + 10.0 * y, 45.0 + 20.0 * y)
+            } else {
+                (26.0 + 8.0 * y, 105.0 + 15.0 * y)
+            };
             for b in &scene.buildings {
                 if x >= b[0] && x < b[1] && y >= b[2] && y < scene.horizon {
                     light = 20.0 * b[3];
@@ -139,16 +175,30 @@ pub(crate) fn render_pair(options: &SynthOptions, index: usize) -> Frame {
             let noise = rng.next_u32().to_le_bytes();
             let i = py * width + px;
             for c in 0..3 {
-                let v = light * scene.tint[c] + f64::from(noise[c] % 9) - 4.0;
+                let v = light * scene.tint[c] + f64::from(noise[c] % 19) - 9.0;
                 rgb[i * 3 + c] = v.clamp(0.0, 255.0) as u8;
             }
             ir[i] = (heat + f64::from(noise[3] % 7) - 3.0).clamp(0.0, 255.0) as u8;
         }
     }
-    let ir = if options.ir_channels == 3 { ir.iter().flat_map(|&v| [v, v, v]).collect() } else { ir };
+    let ir = if options.ir_channels == 3 {
+        ir.iter().flat_map(|&v| [v, v, v]).collect()
+    } else {
+        ir
+    };
     Frame {
-        rgb: Raster { width: options.width, height: options.height, channels: 3, data: rgb },
-        ir: Raster { width: options.width, height: options.height, channels: options.ir_channels, data: ir },
+        rgb: Raster {
+            width: options.width,
+            height: options.height,
+            channels: 3,
+            data: rgb,
+        },
+        ir: Raster {
+            width: options.width,
+            height: options.height,
+            channels: options.ir_channels,
+            data: ir,
+        },
         objects: objects.into_iter().map(|(o, _)| o).collect(),
     }
 }
@@ -156,7 +206,11 @@ pub(crate) fn render_pair(options: &SynthOptions, index: usize) -> Frame {
 /// Baseline JPEG of a raster.
 pub(crate) fn encode_jpeg(raster: &Raster, quality: u8) -> Vec<u8> {
     let mut out = Vec::new();
-    let color = if raster.channels == 1 { ExtendedColorType::L8 } else { ExtendedColorType::Rgb8 };
+    let color = if raster.channels == 1 {
+        ExtendedColorType::L8
+    } else {
+        ExtendedColorType::Rgb8
+    };
     JpegEncoder::new_with_quality(&mut out, quality)
         .encode(&raster.data, raster.width, raster.height, color)
         .expect("encoding an in-memory raster of valid size cannot fail");

@@ -43,7 +43,10 @@ mod tests {
     fn cpu_build_gets_only_rpath() {
         let dir = std::env::temp_dir().join("fusekit-torch-link-cpu");
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(link_args(&dir), vec![format!("-Wl,-rpath,{}", dir.display())]);
+        assert_eq!(
+            link_args(&dir),
+            vec![format!("-Wl,-rpath,{}", dir.display())]
+        );
     }
 
     #[test]

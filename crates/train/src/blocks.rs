@@ -1,7 +1,7 @@
 //! YOLOv8 building blocks.
 
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
 /// Ultralytics' `Conv`: a bias-free 2-D convolution with "same" padding, BatchNorm
 /// (eps 1e-3, momentum 0.03) and SiLU. Parameters are named `conv.weight` and
@@ -16,8 +16,17 @@ pub struct ConvBnSilu {
 impl ConvBnSilu {
     /// A `k`x`k` convolution from `c_in` to `c_out` channels with stride `s`.
     pub fn new(path: &nn::Path, c_in: i64, c_out: i64, k: i64, s: i64) -> Self {
-        let conv_config = nn::ConvConfig { stride: s, padding: k / 2, bias: false, ..Default::default() };
-        let bn_config = nn::BatchNormConfig { eps: 1e-3, momentum: 0.03, ..Default::default() };
+        let conv_config = nn::ConvConfig {
+            stride: s,
+            padding: k / 2,
+            bias: false,
+            ..Default::default()
+        };
+        let bn_config = nn::BatchNormConfig {
+            eps: 1e-3,
+            momentum: 0.03,
+            ..Default::default()
+        };
         Self {
             conv: nn::conv2d(path / "conv", c_in, c_out, k, conv_config),
             bn: nn::batch_norm2d(path / "bn", c_out, bn_config),
@@ -50,12 +59,21 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["model.0.bn.bias", "model.0.bn.running_mean", "model.0.bn.running_var", "model.0.bn.weight", "model.0.conv.weight"]
+            [
+                "model.0.bn.bias",
+                "model.0.bn.running_mean",
+                "model.0.bn.running_var",
+                "model.0.bn.weight",
+                "model.0.conv.weight"
+            ]
         );
         for (name, var) in vars.iter().filter(|(_, v)| v.requires_grad()) {
             let grad = var.grad();
             assert!(grad.defined(), "{name} has no gradient");
-            assert!(grad.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name} gradient is zero");
+            assert!(
+                grad.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name} gradient is zero"
+            );
         }
         // Eval mode uses the running statistics updated by the training pass.
         let eval = block.forward_t(&xs, false);

@@ -33,7 +33,10 @@ pub fn parse_device(text: &str) -> Result<Device, DeviceError> {
     };
     let available = Cuda::device_count().max(0) as usize;
     if index >= available {
-        return Err(DeviceError::Unavailable { asked: text.to_owned(), available });
+        return Err(DeviceError::Unavailable {
+            asked: text.to_owned(),
+            available,
+        });
     }
     Ok(Device::Cuda(index))
 }
@@ -76,7 +79,10 @@ mod tests {
         assert!(matches!(parse_device("gpu"), Err(DeviceError::Unknown(_))));
         let cuda = Cuda::device_count() as usize;
         assert_eq!(parse_device("cuda:0").is_ok(), cuda > 0);
-        assert!(matches!(parse_device("cuda:99"), Err(DeviceError::Unavailable { .. })));
+        assert!(matches!(
+            parse_device("cuda:99"),
+            Err(DeviceError::Unavailable { .. })
+        ));
         let auto = parse_device("auto").unwrap();
         assert_eq!(auto.is_cuda(), cuda > 0);
     }

@@ -1,1 +1,183 @@
-fn main(){}
+//! Developer tasks, run as `cargo xtask TASK` from anywhere in the checkout.
+//!
+//! - `setup`: install libtorch (PyPI's `torch` wheel) once under `~/.cache/fusekit` (or
+//!   `$FUSEKIT_HOME`) and link it as `.libtorch`, where `.cargo/config.toml` points torch-sys.
+//! - `demo`: setup, build fusekit, generate the sample dataset if missing, and lint it.
+//! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
+//! - `bench`: setup, install Ultralytics for the reference numbers, run the benchmarks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail, ensure};
+
+/// The torch release tch 0.26 is built against.
+const TORCH_VERSION: &str = "2.13.0";
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let root = workspace_root();
+    match task.as_str() {
+        "setup" => setup(&root).map(|_| ()),
+        "demo" => demo(&root),
+        "test" => test(&root),
+        "bench" => bench(&root),
+        _ => bail!(
+            "usage: cargo xtask <setup|demo|test|bench>\n\n{}",
+            include_str!("usage.txt")
+        ),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/xtask is two levels down")
+        .to_path_buf()
+}
+
+fn fusekit_home() -> anyhow::Result<PathBuf> {
+    if let Some(home) = std::env::var_os("FUSEKIT_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME").context("neither FUSEKIT_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cache/fusekit"))
+}
+
+/// Installs torch into `<home>/torch-<version>` unless it is there, and links `.libtorch`.
+fn setup(root: &Path) -> anyhow::Result<PathBuf> {
+    let target = fusekit_home()?.join(format!("torch-{TORCH_VERSION}"));
+    let version_file = target.join("torch/version.py");
+    let installed = std::fs::read_to_string(&version_file)
+        .is_ok_and(|v| v.contains(&format!("'{TORCH_VERSION}")));
+    if !installed {
+        let partial = target.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)
+                .with_context(|| format!("removing {}", partial.display()))?;
+        }
+        eprintln!(
+            "xtask: installing torch=={TORCH_VERSION} from PyPI into {} (once; ~4.7 GB)",
+            target.display()
+        );
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-warn-script-location",
+                "--target",
+            ])
+            .arg(&partial)
+            .arg(format!("torch=={TORCH_VERSION}")))?;
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        std::fs::rename(&partial, &target)
+            .with_context(|| format!("moving {} into place", partial.display()))?;
+    }
+    let link = root.join(".libtorch");
+    if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    ensure!(
+        target.join("torch/lib/libtorch_cpu.so").is_file(),
+        "{} has no torch/lib/libtorch_cpu.so",
+        target.display()
+    );
+    Ok(target)
+}
+
+fn demo(root: &Path) -> anyhow::Result<()> {
+    setup(root)?;
+    cargo(root, &["build", "--release", "--bin", "fusekit"])?;
+    let fusekit = root.join("target/release/fusekit");
+    let sample = root.join("datasets/sample");
+    if !sample.join("data.yaml").is_file() {
+        run(Command::new(&fusekit)
+            .arg("synth")
+            .arg("--out")
+            .arg(&sample)
+            .current_dir(root))?;
+    }
+    // Lint exits 1 on findings; the demo shows them rather than failing.
+    let status = Command::new(&fusekit)
+        .arg("lint")
+        .arg(&sample)
+        .current_dir(root)
+        .status()?;
+    ensure!(
+        status.code().is_some_and(|c| c <= 1),
+        "fusekit lint failed: {status}"
+    );
+    Ok(())
+}
+
+fn test(root: &Path) -> anyhow::Result<()> {
+    setup(root)?;
+    cargo(root, &["fmt", "--all", "--check"])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo(root, &["test", "--workspace"])
+}
+
+fn bench(root: &Path) -> anyhow::Result<()> {
+    setup(root)?;
+    let venv = fusekit_home()?.join("ultralytics-venv");
+    let python = venv.join("bin/python");
+    if !python.is_file() || !run_quiet(Command::new(&python).args(["-c", "import ultralytics"])) {
+        eprintln!(
+            "xtask: installing ultralytics (reference for the benchmarks) into {}",
+            venv.display()
+        );
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "ultralytics",
+            ])
+            .arg(format!("torch=={TORCH_VERSION}")))?;
+    }
+    let mut command = Command::new("cargo");
+    command
+        .args(["bench", "--package", "fusekit-lint", "--bench", "lint"])
+        .current_dir(root)
+        .env("FUSEKIT_BENCH_PYTHON", &python);
+    run(&mut command)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("cargo").args(args).current_dir(root))
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    ensure!(status.success(), "{command:?} failed: {status}");
+    Ok(())
+}
+
+fn run_quiet(command: &mut Command) -> bool {
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -1,0 +1,159 @@
+//! `cargo bench -p fusekit-lint --bench lint` (or `cargo xtask bench`): lint throughput on 300
+//! generated 1280x1024 JPEG pairs, side by side with its references measured in the same run:
+//! - the decode floor: every image read and decoded once with the same decoder on all cores;
+//! - Ultralytics' label scan (`verify_image_label` over the RGB images, on its own thread pool),
+//!   when `FUSEKIT_BENCH_PYTHON` names a Python with ultralytics installed.
+//!
+//! Prints a Markdown table for BENCHMARKS.md. `FUSEKIT_BENCH_PAIRS` changes the pair count.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fusekit_dataset::{Dataset, DecodeLevel};
+use fusekit_lint::{LintOptions, lint};
+use fusekit_synth::{SynthOptions, generate};
+use rayon::prelude::*;
+
+const RUNS: usize = 3;
+
+fn main() {
+    let pairs: usize = std::env::var("FUSEKIT_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let data =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../target/bench-data/lint-{pairs}"));
+    if !data.join("data.yaml").is_file() {
+        eprintln!("generating {pairs} 1280x1024 pairs in {}", data.display());
+        let options = SynthOptions {
+            pairs,
+            width: 1280,
+            height: 1024,
+            scenes: 12,
+            ..SynthOptions::default()
+        };
+        generate(&data, &options, &|| {}).expect("generating the benchmark dataset");
+    }
+    let dataset =
+        Dataset::open(&data.join("data.yaml"), None).expect("the generated dataset opens");
+    let images: Vec<PathBuf> = dataset
+        .scan()
+        .pairs
+        .iter()
+        .flat_map(|p| {
+            [
+                p.rgb.clone(),
+                p.ir.path()
+                    .expect("every generated pair has IR")
+                    .to_path_buf(),
+            ]
+        })
+        .collect();
+    let bytes: u64 = images
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    // Warm the page cache so that every measurement reads from memory.
+    images.par_iter().for_each(|p| drop(std::fs::read(p)));
+
+    let floor = best(|| {
+        images.par_iter().for_each(|p| {
+            let file = std::fs::read(p).expect("readable");
+            image::load_from_memory(&file).expect("decodable");
+        })
+    });
+    let header = best(|| check_clean(&dataset, DecodeLevel::Header));
+    let full = best(|| check_clean(&dataset, DecodeLevel::Full));
+    let ultralytics = ultralytics_images_per_second(&data);
+
+    let threads = rayon::current_num_threads();
+    let rate = |d: Duration| pairs as f64 / d.as_secs_f64();
+    println!(
+        "| measure ({pairs} pairs, {:.0} KB per image on average, {threads} threads) | time | rate |",
+        bytes as f64 / images.len() as f64 / 1e3
+    );
+    println!("| --- | --- | --- |");
+    println!(
+        "| decode floor (read + decode RGB and IR once, all cores) | {:.3} s | {:.0} pairs/s |",
+        floor.as_secs_f64(),
+        rate(floor)
+    );
+    println!(
+        "| fusekit lint --decode header | {:.3} s | {:.0} pairs/s |",
+        header.as_secs_f64(),
+        rate(header)
+    );
+    println!(
+        "| fusekit lint --decode full | {:.3} s | {:.0} pairs/s |",
+        full.as_secs_f64(),
+        rate(full)
+    );
+    match ultralytics {
+        Some(images_per_second) => {
+            println!("| Ultralytics label scan (RGB only) | | {images_per_second:.0} images/s |");
+            println!();
+            println!(
+                "header pair rate / Ultralytics image rate: **{:.2}x** (goal >= 2)",
+                rate(header) / images_per_second
+            );
+        }
+        None => println!(
+            "\nUltralytics not measured: set FUSEKIT_BENCH_PYTHON (cargo xtask bench does)."
+        ),
+    }
+    println!(
+        "full decode time / decode floor: **{:.2}x** (goal <= 1.3)",
+        full.as_secs_f64() / floor.as_secs_f64()
+    );
+}
+
+fn check_clean(dataset: &Dataset, decode: DecodeLevel) {
+    let run = lint(
+        dataset,
+        &LintOptions {
+            decode,
+            ..LintOptions::default()
+        },
+        &|| {},
+    );
+    assert_eq!(
+        run.report.summary.errors, 0,
+        "the benchmark dataset lints clean"
+    );
+}
+
+fn best(mut f: impl FnMut()) -> Duration {
+    (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .min()
+        .expect("RUNS > 0")
+}
+
+fn ultralytics_images_per_second(data: &Path) -> Option<f64> {
+    let python = std::env::var_os("FUSEKIT_BENCH_PYTHON")?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ultralytics_scan.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(data.join("images"))
+        .arg(RUNS.to_string())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        eprintln!(
+            "ultralytics scan failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .lines()
+        .last()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,195 @@
+//! Every rule against a generated dataset with that defect injected, and a clean dataset.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use fusekit_dataset::{Dataset, DecodeLevel};
+use fusekit_lint::{Code, LintOptions, LintRun, apply_fixes, lint};
+use fusekit_synth::{Defect, SynthOptions, generate};
+
+fn synth(dir: &Path, inject: Vec<Defect>) -> std::path::PathBuf {
+    let options = SynthOptions {
+        pairs: 40,
+        width: 96,
+        height: 80,
+        scenes: 4,
+        inject,
+        ..SynthOptions::default()
+    };
+    generate(dir, &options, &|| {}).unwrap().data_yaml
+}
+
+fn run(yaml: &Path, decode: DecodeLevel) -> LintRun {
+    let dataset = Dataset::open(yaml, None).unwrap();
+    lint(
+        &dataset,
+        &LintOptions {
+            decode,
+            ..LintOptions::default()
+        },
+        &|| {},
+    )
+}
+
+fn codes(run: &LintRun) -> BTreeSet<Code> {
+    run.report.findings.iter().map(|f| f.code).collect()
+}
+
+#[test]
+fn clean_dataset_has_no_findings_in_either_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = synth(dir.path(), Vec::new());
+    for decode in [DecodeLevel::Header, DecodeLevel::Full] {
+        let run = run(&yaml, decode);
+        assert_eq!(run.report.findings, vec![], "{decode:?}");
+        assert_eq!(run.report.summary.pairs, 40);
+        assert!(run.fixes.is_empty());
+    }
+}
+
+#[test]
+fn every_injected_defect_is_found_at_its_pair_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = synth(dir.path(), Defect::ALL.to_vec());
+    let options = SynthOptions {
+        pairs: 40,
+        scenes: 4,
+        ..SynthOptions::default()
+    };
+    let header = run(&yaml, DecodeLevel::Header);
+    let full = run(&yaml, DecodeLevel::Full);
+    for (index, &defect) in Defect::ALL.iter().enumerate() {
+        let report = if defect.needs_full_decode() {
+            &full.report
+        } else {
+            &header.report
+        };
+        let stem = fusekit_synth::pair_stem(&options, index);
+        let code = Code::parse(defect.code()).unwrap();
+        let found = report.findings.iter().any(|f| {
+            f.code == code
+                && (f.message.contains(&stem)
+                    || [&f.rgb, &f.ir, &f.label]
+                        .iter()
+                        .any(|p| p.as_deref().is_some_and(|p| p.contains(&stem)))
+                    || code == Code::DS002
+                    || code == Code::DS003)
+        });
+        assert!(
+            found,
+            "{code} not reported for pair {stem}:\n{}",
+            report.to_human("", 0)
+        );
+    }
+    let expected: BTreeSet<Code> = Defect::ALL
+        .iter()
+        .map(|d| Code::parse(d.code()).unwrap())
+        .collect();
+    let header_expected: BTreeSet<Code> = expected
+        .iter()
+        .copied()
+        .filter(|c| *c != Code::IMG006)
+        .collect();
+    assert_eq!(
+        codes(&header),
+        header_expected,
+        "{}",
+        header.report.to_human("", 0)
+    );
+    assert_eq!(codes(&full), expected, "{}", full.report.to_human("", 0));
+}
+
+#[test]
+fn fixes_are_safe_backed_up_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let yaml = synth(
+        &data,
+        vec![
+            Defect::Lbl007,
+            Defect::Lbl009,
+            Defect::Lbl012,
+            Defect::Lbl003,
+        ],
+    );
+    let images_before = std::fs::read(data.join("images/010001.jpg")).unwrap();
+    let first = run(&yaml, DecodeLevel::Header);
+    assert_eq!(first.fixes.len(), 3);
+    let backups = dir.path().join("backup");
+    let written = apply_fixes(&first.fixes, &data, &backups).unwrap();
+    assert_eq!(written.len(), 3);
+    for backup in &written {
+        let relative = backup.strip_prefix(&backups).unwrap();
+        assert_ne!(
+            std::fs::read(backup).unwrap(),
+            std::fs::read(data.join(relative)).unwrap()
+        );
+    }
+    let second = run(&yaml, DecodeLevel::Header);
+    assert!(second.fixes.is_empty());
+    let left = codes(&second);
+    assert!(
+        !left.contains(&Code::LBL007)
+            && !left.contains(&Code::LBL009)
+            && !left.contains(&Code::LBL012)
+    );
+    // The unfixable row stays, byte for byte.
+    assert!(left.contains(&Code::LBL003));
+    let lbl003 = fusekit_synth::pair_stem(
+        &SynthOptions {
+            pairs: 40,
+            scenes: 4,
+            ..SynthOptions::default()
+        },
+        3,
+    );
+    let text = std::fs::read_to_string(data.join(format!("labels/{lbl003}.txt"))).unwrap();
+    assert!(text.ends_with("0 0.5 0.5 0.1\n"), "{text}");
+    assert_eq!(
+        std::fs::read(data.join("images/010001.jpg")).unwrap(),
+        images_before
+    );
+}
+
+#[test]
+fn a_re_encoded_copy_is_found_by_full_decode() {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in ["images", "imagesIR", "labels"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let picture = image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 5) as u8, 40])
+    });
+    for (path, compression) in [
+        ("images/a.png", CompressionType::Fast),
+        ("imagesIR/a.png", CompressionType::Best),
+    ] {
+        let file = std::fs::File::create(root.join(path)).unwrap();
+        picture
+            .write_with_encoder(PngEncoder::new_with_quality(
+                file,
+                compression,
+                FilterType::Adaptive,
+            ))
+            .unwrap();
+    }
+    std::fs::write(root.join("labels/a.txt"), "0 0.5 0.5 0.2 0.2\n").unwrap();
+    assert_ne!(
+        std::fs::read(root.join("images/a.png")).unwrap(),
+        std::fs::read(root.join("imagesIR/a.png")).unwrap()
+    );
+    let dataset = Dataset::open(root, Some(vec!["person".into()])).unwrap();
+    let header = lint(&dataset, &LintOptions::default(), &|| {});
+    assert!(!codes(&header).contains(&Code::PAIR006));
+    let full = lint(
+        &dataset,
+        &LintOptions {
+            decode: DecodeLevel::Full,
+            ..LintOptions::default()
+        },
+        &|| {},
+    );
+    assert_eq!(codes(&full), BTreeSet::from([Code::PAIR006]));
+}
