@@ -300,3 +300,77 @@ fn device_reports_libtorch_without_ld_library_path() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stdout(&output).contains("cuda devices:"));
 }
+
+#[test]
+fn split_writes_lists_reports_and_is_a_no_op_on_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(
+        dir.path(),
+        &["--inject", "PAIR001,LBL004", "--names", "person,car"],
+    );
+    let data_arg = data.to_str().unwrap();
+    let output = fusekit(
+        &["split", data_arg, "--val", "0.25", "--group", r"^(\d{2})"],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("38 pairs in 4 groups (grouping: regex ^(\\d{2}))"),
+        "{text}"
+    );
+    assert!(
+        text.contains("left out, with lint errors: 2 pairs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wrote train.txt, val.txt, split.yaml, split.json"),
+        "{text}"
+    );
+    let val = std::fs::read_to_string(data.join("val.txt")).unwrap();
+    assert!(val.lines().all(|l| l.starts_with("./images/")), "{val}");
+    let rerun = fusekit(
+        &[
+            "split",
+            data_arg,
+            "--val",
+            "0.25",
+            "--group",
+            r"^(\d{2})",
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(json(&rerun)["outcome"], "up_to_date");
+    // The derived yaml lints clean: the broken pairs were left out.
+    let derived = fusekit(
+        &["lint", data.join("split.yaml").to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(derived.status.code(), Some(0), "{}", stdout(&derived));
+}
+
+#[test]
+fn split_rejects_bad_shares_and_regexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), &[]);
+    let data_arg = data.to_str().unwrap();
+    let shares = fusekit(
+        &["split", data_arg, "--val", "0.7", "--test", "0.4"],
+        dir.path(),
+    );
+    assert_eq!(shares.status.code(), Some(2));
+    assert!(
+        stderr(&shares).contains("leave a share for train"),
+        "{}",
+        stderr(&shares)
+    );
+    let regex = fusekit(&["split", data_arg, "--group", "(unclosed"], dir.path());
+    assert_eq!(regex.status.code(), Some(2));
+    assert!(
+        stderr(&regex).contains("--group `(unclosed`"),
+        "{}",
+        stderr(&regex)
+    );
+}

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use fusekit_dataset::{Dataset, DecodeLevel};
 use fusekit_lint::{
-    LevelSelectors, Levels, LintOptions, Report, apply_fixes, find_config, lint_scan,
+    LevelSelectors, Levels, LintOptions, LintSection, Report, apply_fixes, find_config, lint_scan,
     pairs_to_check, parse_decode, read_config,
 };
 
@@ -77,22 +77,32 @@ enum Format {
     Sarif,
 }
 
+/// The `[lint]` section of the config file that applies to `data`: `explicit`, else
+/// `fusekit.toml` next to the dataset, else in the working directory; empty when there is none.
+pub fn load_config(
+    data: &Path,
+    explicit: Option<&Path>,
+) -> anyhow::Result<(Option<PathBuf>, LintSection)> {
+    let dataset_dir = if data.is_dir() {
+        data
+    } else {
+        data.parent().unwrap_or(Path::new("."))
+    };
+    let path = match explicit {
+        Some(path) => Some(path.to_path_buf()),
+        None => find_config(&[dataset_dir, Path::new(".")]),
+    };
+    let section = match &path {
+        Some(path) => read_config(path)?,
+        None => LintSection::default(),
+    };
+    Ok((path, section))
+}
+
 /// Runs the lint and prints the report; the exit code follows the report.
 pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let dataset_dir = if args.data.is_dir() {
-        args.data.clone()
-    } else {
-        args.data.parent().unwrap_or(Path::new(".")).to_path_buf()
-    };
-    let config_path = match &args.config {
-        Some(path) => Some(path.clone()),
-        None => find_config(&[&dataset_dir, Path::new(".")]),
-    };
-    let section = match &config_path {
-        Some(path) => read_config(path)?,
-        None => Default::default(),
-    };
+    let (config_path, section) = load_config(&args.data, args.config.as_deref())?;
     let mut levels = Levels::default();
     levels.apply(&section.selectors())?;
     levels.apply(&LevelSelectors {

@@ -5,6 +5,7 @@ mod device;
 mod lint;
 mod progress;
 mod rules;
+mod split;
 mod synth;
 
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Check a paired dataset: pairing, both images of every pair, labels, splits.
     Lint(lint::LintArgs),
+    /// Write deterministic, stratified, leak-free train/val(/test) lists and a data yaml.
+    Split(split::SplitArgs),
     /// List the lint rules with their codes, default levels and descriptions.
     Rules(rules::RulesArgs),
     /// Write a deterministic LLVIP-like sample dataset (optionally with defects injected).
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lint(args) => lint::run(args),
         Command::Rules(args) => rules::run(&args),
+        Command::Split(args) => split::run(&args),
         Command::Synth(args) => synth::run(&args),
         #[cfg(feature = "train")]
         Command::Device => device::run(),

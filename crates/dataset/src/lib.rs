@@ -19,7 +19,7 @@ pub use image::ImageFormat;
 pub use label::{BoxRow, LabelLine, RowError, RowKind, parse_labels};
 pub use probe::{
     DecodeLevel, ImageInfo, PixelSummary, ProbeError, SUPPORTED_EXTENSIONS, UNSUPPORTED_EXTENSIONS,
-    is_image_path, probe_bytes, probe_image,
+    is_image_path, perceptual_hash, probe_bytes, probe_image,
 };
 pub use scan::{IrPartner, MissingListed, Orphan, OrphanKind, PairRecord, Scan, StemClash};
 pub use swap::ComponentSwap;

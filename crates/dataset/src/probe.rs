@@ -152,6 +152,35 @@ pub fn probe_bytes(bytes: &[u8], level: DecodeLevel) -> Result<ImageInfo, ProbeE
     })
 }
 
+/// A 64-bit difference hash (dHash) of an image's brightness: decode, shrink to 9x8 grey,
+/// one bit per horizontal neighbour pair. Near-identical pictures (consecutive video frames,
+/// re-encodes) differ in few bits; compare with `(a ^ b).count_ones()`.
+pub fn perceptual_hash(path: &Path) -> Result<u64, ProbeError> {
+    let bytes = std::fs::read(path)?;
+    let image = image::load_from_memory(&bytes).map_err(|e| ProbeError::Decode {
+        message: e.to_string(),
+        truncated: false,
+    })?;
+    Ok(difference_hash(&image))
+}
+
+fn difference_hash(image: &DynamicImage) -> u64 {
+    let small = image::imageops::resize(
+        &image.to_luma8(),
+        9,
+        8,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut hash = 0u64;
+    for y in 0..8 {
+        for x in 0..8 {
+            let brighter = small.get_pixel(x + 1, y)[0] > small.get_pixel(x, y)[0];
+            hash = (hash << 1) | u64::from(brighter);
+        }
+    }
+    hash
+}
+
 fn lacks_end_marker(format: ImageFormat, bytes: &[u8]) -> bool {
     match format {
         ImageFormat::Jpeg => {
@@ -235,6 +264,22 @@ mod tests {
         assert!(!a.pixels.unwrap().constant);
         assert_eq!(a.pixels.unwrap().pixel_hash, b.pixels.unwrap().pixel_hash);
         assert_ne!(a.file_hash, b.file_hash);
+    }
+
+    #[test]
+    fn difference_hash_is_robust_to_re_encoding_but_not_to_content() {
+        let g = gradient(64, 48);
+        let noisy = DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x as u8).wrapping_add((x * y % 3) as u8), y as u8, 7])
+        }));
+        let flipped = g.fliph();
+        let (a, b, c) = (
+            difference_hash(&g),
+            difference_hash(&noisy),
+            difference_hash(&flipped),
+        );
+        assert!((a ^ b).count_ones() <= 4, "{:064b}\n{:064b}", a, b);
+        assert!((a ^ c).count_ones() > 16);
     }
 
     #[test]

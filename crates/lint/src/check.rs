@@ -1,6 +1,6 @@
 //! The checks: per pair (in parallel), then over the whole dataset.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use fusekit_dataset::{
@@ -9,7 +9,7 @@ use fusekit_dataset::{
 };
 use rayon::prelude::*;
 
-use crate::codes::Code;
+use crate::codes::{Code, Severity};
 use crate::report::{Finding, Report, Subject};
 use crate::settings::LintOptions;
 
@@ -35,13 +35,32 @@ pub struct PendingFix {
     pub codes: Vec<Code>,
 }
 
-/// A finished lint run: the report and the fixes `--fix` would write.
+/// What lint learned about one checked pair, for the stages after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairFacts {
+    /// The RGB image.
+    pub rgb: PathBuf,
+    /// Its IR partner, when found.
+    pub ir: Option<PathBuf>,
+    /// Indices into the dataset's splits that list the pair.
+    pub splits: Vec<usize>,
+    /// No error-level finding is about this pair: it may be split, cached and trained on.
+    pub usable: bool,
+    /// xxh3 of the RGB and IR files, when both could be read.
+    pub content: Option<(u64, u64)>,
+    /// Boxes per class in its label file (rows without errors).
+    pub boxes: BTreeMap<u32, usize>,
+}
+
+/// A finished lint run: the report, the fixes `--fix` would write and the facts per pair.
 #[derive(Debug, Clone)]
 pub struct LintRun {
     /// Findings and summary.
     pub report: Report,
     /// Label files with safe fixes, in path order.
     pub fixes: Vec<PendingFix>,
+    /// Every checked pair, in path order.
+    pub pairs: Vec<PairFacts>,
 }
 
 struct PairOutcome {
@@ -87,12 +106,34 @@ pub fn lint_scan(
     findings.extend(ctx.split_overlaps(pairs));
     findings.extend(ctx.class_usage(&outcomes));
     let mut fixes = Vec::new();
-    for outcome in outcomes {
+    let mut facts = Vec::with_capacity(pairs.len());
+    for (pair, outcome) in pairs.iter().zip(outcomes) {
         findings.extend(outcome.findings);
         fixes.extend(outcome.fix);
+        facts.push(PairFacts {
+            rgb: pair.rgb.clone(),
+            ir: pair.ir.path().map(Path::to_path_buf),
+            splits: pair.splits.clone(),
+            usable: true,
+            content: outcome.content,
+            boxes: outcome.class_counts,
+        });
     }
     let report = Report::new(pairs.len(), findings, &options.levels);
-    LintRun { report, fixes }
+    let broken: HashSet<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .filter_map(|f| f.rgb.as_deref())
+        .collect();
+    for fact in &mut facts {
+        fact.usable = !broken.contains(ctx.rel(&fact.rgb).as_str());
+    }
+    LintRun {
+        report,
+        fixes,
+        pairs: facts,
+    }
 }
 
 struct Context<'a> {

@@ -11,7 +11,7 @@ mod fix;
 mod report;
 mod settings;
 
-pub use check::{LintRun, PendingFix, lint, lint_scan, pairs_to_check};
+pub use check::{LintRun, PairFacts, PendingFix, lint, lint_scan, pairs_to_check};
 pub use codes::{Code, Severity};
 pub use fix::{FixError, apply_fixes};
 pub use report::{Finding, REPORT_VERSION, Report, Subject, Summary};

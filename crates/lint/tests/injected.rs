@@ -97,6 +97,26 @@ fn every_injected_defect_is_found_at_its_pair_and_nothing_else() {
         header.report.to_human("", 0)
     );
     assert_eq!(codes(&full), expected, "{}", full.report.to_human("", 0));
+    // Pairs with an error-level finding are marked unusable; warnings and infos keep a pair.
+    let usable = |stem: &str| {
+        header
+            .pairs
+            .iter()
+            .find(|p| p.rgb.ends_with(format!("{stem}.jpg")))
+            .unwrap()
+            .usable
+    };
+    let stem_of = |defect: Defect| {
+        fusekit_synth::pair_stem(
+            &options,
+            Defect::ALL.iter().position(|d| *d == defect).unwrap(),
+        )
+    };
+    assert!(!usable(&stem_of(Defect::Pair001)));
+    assert!(!usable(&stem_of(Defect::Lbl003)));
+    assert!(usable(&stem_of(Defect::Lbl009)));
+    assert!(usable(&stem_of(Defect::Lbl001)));
+    assert!(header.pairs.iter().filter(|p| !p.usable).count() >= 12);
 }
 
 #[test]

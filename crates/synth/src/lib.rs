@@ -199,15 +199,9 @@ fn prepare_out(out: &Path) -> Result<(), SynthError> {
                 if !out.join(MARKER).is_file() {
                     return Err(SynthError::NotEmpty(out.to_path_buf()));
                 }
-                for sub in ["images", "imagesIR", "labels"] {
-                    let dir = out.join(sub);
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir).map_err(io_error(&dir))?;
-                    }
-                }
-                for file in ["test.txt", "data.yaml"] {
-                    let _ = std::fs::remove_file(out.join(file));
-                }
+                // The marker says the whole folder is an earlier synth output (with whatever
+                // later stages wrote from it, such as split lists): replace all of it.
+                std::fs::remove_dir_all(out).map_err(io_error(out))?;
             }
         }
     }

@@ -156,7 +156,13 @@ fn bench(root: &Path) -> anyhow::Result<()> {
     }
     let mut command = Command::new("cargo");
     command
-        .args(["bench", "--package", "fusekit-lint", "--bench", "lint"])
+        .args([
+            "bench",
+            "--package",
+            "fusekit-lint",
+            "--package",
+            "fusekit-split",
+        ])
         .current_dir(root)
         .env("FUSEKIT_BENCH_PYTHON", &python);
     run(&mut command)
