@@ -1,5 +1,6 @@
 //! `fusekit`: lint, split, cache and train paired RGB + infrared detection datasets.
 
+mod cache;
 #[cfg(feature = "train")]
 mod device;
 mod lint;
@@ -30,6 +31,8 @@ enum Command {
     Lint(lint::LintArgs),
     /// Write deterministic, stratified, leak-free train/val(/test) lists and a data yaml.
     Split(split::SplitArgs),
+    /// Build, verify, inspect or look at memory-mapped paired-tensor caches.
+    Cache(cache::CacheArgs),
     /// List the lint rules with their codes, default levels and descriptions.
     Rules(rules::RulesArgs),
     /// Write a deterministic LLVIP-like sample dataset (optionally with defects injected).
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lint(args) => lint::run(args),
         Command::Rules(args) => rules::run(&args),
+        Command::Cache(args) => cache::run(args),
         Command::Split(args) => split::run(&args),
         Command::Synth(args) => synth::run(&args),
         #[cfg(feature = "train")]

@@ -130,6 +130,8 @@ pub struct Manifest {
     pub classes: Vec<ClassSplit>,
     /// Pairs left out because lint found errors in them.
     pub excluded: Vec<String>,
+    /// The side of every group (empty when each pair is its own group: the lists say it).
+    pub group_sides: BTreeMap<String, Side>,
     /// Pairs whose stem the group regex did not match (groups of one).
     pub ungrouped: usize,
     /// Groups joined because RGB or IR files were byte-identical.
@@ -191,6 +193,15 @@ impl Manifest {
             background: stats.background.into(),
             classes,
             excluded: plan.excluded.clone(),
+            group_sides: match group_by {
+                GroupBy::Pair => BTreeMap::new(),
+                _ => plan
+                    .records
+                    .iter()
+                    .zip(&plan.assignment.sides)
+                    .map(|(r, s)| (r.group.clone(), *s))
+                    .collect(),
+            },
             ungrouped: plan.ungrouped,
             content_joins: plan.assignment.content_joins,
             near_duplicates,

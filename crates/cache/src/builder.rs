@@ -1,0 +1,478 @@
+//! Building a cache from dataset pairs: decode both images, resize the long side to `imgsz`
+//! (aspect kept), store planes and boxes. Parallel over pairs, streaming in bounded chunks.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
+use fusekit_dataset::{RowKind, parse_labels};
+use rayon::prelude::*;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::format::{BOX_LEN, FORMAT_VERSION, Metadata, PAGE};
+use crate::reader::{Cache, CacheError, MapMode};
+use crate::writer::{CacheWriter, Record, partial_path};
+
+/// One pair to cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInput {
+    /// RGB path relative to the dataset root (the sample's name).
+    pub name: String,
+    /// RGB image.
+    pub rgb: PathBuf,
+    /// IR image.
+    pub ir: PathBuf,
+    /// Label file (absent: a background image).
+    pub label: Option<PathBuf>,
+}
+
+/// IR planes to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrChannels {
+    /// One plane when a spread sample of 16 IR images is grey, else three.
+    Auto,
+    /// One plane (IR decoded as grey).
+    Grey,
+    /// Three planes.
+    Colour,
+}
+
+/// Build parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildOptions {
+    /// Long side of the stored images.
+    pub imgsz: u32,
+    /// How the loader maps the cache by default; `Ram` also checks memory before building.
+    pub mode: MapMode,
+    /// IR planes.
+    pub ir_channels: IrChannels,
+    /// Dataset split name, for the metadata.
+    pub split: String,
+    /// Class names.
+    pub names: Vec<String>,
+    /// Pairs left out before the build (lint errors), for the metadata.
+    pub skipped: Vec<String>,
+    /// Rebuild even when the cache is current.
+    pub force: bool,
+}
+
+/// A build that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Reading an input or writing the cache failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// An input image could not be decoded.
+    #[error("{path}: cannot decode: {message}")]
+    Decode {
+        /// The image.
+        path: PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Another build holds the lock.
+    #[error(
+        "another `fusekit cache build` is writing {0} (its lock file is held); wait for it to finish"
+    )]
+    Locked(PathBuf),
+    /// The cache would not fit.
+    #[error("{0}")]
+    NoRoom(String),
+    /// Nothing to build.
+    #[error("no usable pairs to cache")]
+    Empty,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuildOutcome {
+    /// The cache at the target is current; nothing was written.
+    UpToDate,
+    /// A new cache was written.
+    Built {
+        /// Samples written.
+        samples: usize,
+        /// File size.
+        bytes: u64,
+        /// IR planes chosen.
+        ir_channels: u8,
+    },
+}
+
+/// Stored size of a `width` x `height` image at `imgsz`, as Ultralytics resizes for its caches:
+/// long side to `imgsz`, the other side rounded up, aspect kept.
+pub fn stored_size(width: u32, height: u32, imgsz: u32) -> (u32, u32) {
+    let r = f64::from(imgsz) / f64::from(width.max(height));
+    if (r - 1.0).abs() < f64::EPSILON {
+        return (width, height);
+    }
+    let scale = |v: u32| ((f64::from(v) * r).ceil() as u32).clamp(1, imgsz);
+    (scale(width), scale(height))
+}
+
+/// Bytes the cache will take, from the image headers (without decoding).
+pub fn estimate_bytes(inputs: &[BuildInput], imgsz: u32, ir_planes: u8) -> Result<u64, BuildError> {
+    let sizes: Vec<u64> = inputs
+        .par_iter()
+        .map(|input| {
+            let (w, h) = image::image_dimensions(&input.rgb).map_err(|e| BuildError::Decode {
+                path: input.rgb.clone(),
+                message: e.to_string(),
+            })?;
+            let (w, h) = stored_size(w, h, imgsz);
+            let planes = u64::from(w) * u64::from(h) * (3 + u64::from(ir_planes));
+            Ok(planes.next_multiple_of(PAGE) + 64 * BOX_LEN as u64)
+        })
+        .collect::<Result<_, BuildError>>()?;
+    Ok(sizes.iter().sum::<u64>() + 2 * PAGE)
+}
+
+/// Fingerprint of the inputs (paths, sizes, modification times, label contents) and the
+/// parameters; a cache with the same fingerprint is current.
+pub fn fingerprint(inputs: &[BuildInput], options: &BuildOptions) -> String {
+    let mut hasher = Xxh3::new();
+    let params = format!(
+        "v{FORMAT_VERSION} imgsz {} ir {:?} split {} names {:?} skipped {:?}",
+        options.imgsz, options.ir_channels, options.split, options.names, options.skipped
+    );
+    hasher.update(params.as_bytes());
+    let stat = |path: &Path| {
+        std::fs::metadata(path).ok().map(|m| {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos());
+            (m.len(), mtime)
+        })
+    };
+    for input in inputs {
+        let label = input
+            .label
+            .as_ref()
+            .and_then(|l| std::fs::read(l).ok())
+            .map(|b| xxhash_rust::xxh3::xxh3_64(&b));
+        let line = format!(
+            "{}\t{:?}\t{:?}\t{:?}\n",
+            input.name,
+            stat(&input.rgb),
+            stat(&input.ir),
+            label
+        );
+        hasher.update(line.as_bytes());
+    }
+    format!("{:016x}", hasher.digest())
+}
+
+/// Available memory in bytes (MemAvailable from /proc/meminfo), when known.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Pairs decoded at once: bounds memory whatever the dataset size.
+const CHUNK: usize = 32;
+
+/// Builds (or keeps) the cache at `target`. `progress` is called once per pair written.
+pub fn build(
+    target: &Path,
+    inputs: &[BuildInput],
+    options: &BuildOptions,
+    progress: &(dyn Fn() + Sync),
+) -> Result<BuildOutcome, BuildError> {
+    if inputs.is_empty() {
+        return Err(BuildError::Empty);
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Cache(CacheError::Io { path, source })
+    };
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let lock_path = target.with_extension("lock");
+    let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+    if lock.try_lock().is_err() {
+        return Err(BuildError::Locked(target.to_path_buf()));
+    }
+    remove_stale_partials(target);
+
+    let print = fingerprint(inputs, options);
+    if !options.force
+        && let Ok(existing) = Cache::open(target, Some(MapMode::Disk))
+        && existing.meta().fingerprint == print
+    {
+        return Ok(BuildOutcome::UpToDate);
+    }
+    let ir_planes = match options.ir_channels {
+        IrChannels::Grey => 1,
+        IrChannels::Colour => 3,
+        IrChannels::Auto => {
+            if ir_is_grey(inputs)? {
+                1
+            } else {
+                3
+            }
+        }
+    };
+    let estimate = estimate_bytes(inputs, options.imgsz, ir_planes)?;
+    check_room(target, dir, estimate, options.mode)?;
+
+    let mut writer = CacheWriter::create(target)?;
+    for chunk in inputs.chunks(CHUNK) {
+        let records: Vec<Record> = chunk
+            .par_iter()
+            .map(|input| make_record(input, options.imgsz, ir_planes))
+            .collect::<Result<_, BuildError>>()?;
+        for record in records {
+            writer.push(&record)?;
+            progress();
+        }
+    }
+    let meta = Metadata {
+        imgsz: options.imgsz,
+        ir_channels: ir_planes,
+        mode: match options.mode {
+            MapMode::Ram => "ram".into(),
+            MapMode::Disk => "disk".into(),
+        },
+        names: options.names.clone(),
+        split: options.split.clone(),
+        samples: inputs.iter().map(|i| i.name.clone()).collect(),
+        fingerprint: print,
+        skipped: options.skipped.clone(),
+        written_by: concat!("fusekit ", env!("CARGO_PKG_VERSION")).into(),
+    };
+    let samples = writer.len();
+    let bytes = writer.finish(&meta)?;
+    drop(lock);
+    let _ = std::fs::remove_file(&lock_path);
+    Ok(BuildOutcome::Built {
+        samples,
+        bytes,
+        ir_channels: ir_planes,
+    })
+}
+
+fn remove_stale_partials(target: &Path) {
+    let prefix = partial_path(target, "");
+    let (Some(dir), Some(prefix)) = (prefix.parent(), prefix.file_name()) else {
+        return;
+    };
+    let prefix = prefix.to_string_lossy().into_owned();
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn check_room(target: &Path, dir: &Path, estimate: u64, mode: MapMode) -> Result<(), BuildError> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if mode == MapMode::Ram
+        && let Some(available) = available_memory()
+        && estimate > available / 10 * 9
+    {
+        return Err(BuildError::NoRoom(format!(
+            "{}: the cache needs {:.2} GiB but only {:.2} GiB of memory is available for --mode ram; use --mode disk (same file, read lazily from disk) or a smaller --imgsz",
+            target.display(),
+            gib(estimate),
+            gib(available)
+        )));
+    }
+    if let Ok(free) = fs4::available_space(dir)
+        && estimate > free
+    {
+        return Err(BuildError::NoRoom(format!(
+            "{}: the cache needs {:.2} GiB but the disk has {:.2} GiB free; choose another --out",
+            target.display(),
+            gib(estimate),
+            gib(free)
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a spread sample of up to 16 IR images holds grey content only.
+fn ir_is_grey(inputs: &[BuildInput]) -> Result<bool, BuildError> {
+    let step = inputs.len().div_ceil(16).max(1);
+    let sample: Vec<&BuildInput> = inputs.iter().step_by(step).collect();
+    let grey: Vec<bool> = sample
+        .par_iter()
+        .map(|input| {
+            let (pixels, _, _, channels) = decode(&input.ir, false)?;
+            Ok(channels == 1 || is_grey(&pixels))
+        })
+        .collect::<Result<_, BuildError>>()?;
+    Ok(grey.iter().all(|&g| g))
+}
+
+fn is_grey(rgb: &[u8]) -> bool {
+    rgb.chunks_exact(3)
+        .all(|p| p[0].abs_diff(p[1]) <= 2 && p[1].abs_diff(p[2]) <= 2)
+}
+
+/// Decodes an image to interleaved u8: grey (1 channel) when `grey` is asked, else RGB.
+/// JPEGs go through zune-jpeg directly, which decodes the luma plane alone for grey output.
+fn decode(path: &Path, grey: bool) -> Result<(Vec<u8>, u32, u32, u8), BuildError> {
+    let bytes = std::fs::read(path).map_err(|source| {
+        BuildError::Cache(CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    let fail = |message: String| BuildError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        use zune_core::colorspace::ColorSpace;
+        use zune_core::options::DecoderOptions;
+        let colorspace = if grey {
+            ColorSpace::Luma
+        } else {
+            ColorSpace::RGB
+        };
+        let options = DecoderOptions::default().jpeg_set_out_colorspace(colorspace);
+        let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+            zune_core::bytestream::ZCursor::new(&bytes),
+            options,
+        );
+        let pixels = decoder.decode().map_err(|e| fail(e.to_string()))?;
+        let info = decoder
+            .info()
+            .ok_or_else(|| fail("no image information".into()))?;
+        let channels = if grey { 1 } else { 3 };
+        return Ok((
+            pixels,
+            u32::from(info.width),
+            u32::from(info.height),
+            channels,
+        ));
+    }
+    let image = image::load_from_memory(&bytes).map_err(|e| fail(e.to_string()))?;
+    let (w, h) = (image.width(), image.height());
+    if grey {
+        Ok((image.into_luma8().into_raw(), w, h, 1))
+    } else {
+        Ok((image.into_rgb8().into_raw(), w, h, 3))
+    }
+}
+
+/// Resizes interleaved pixels (box filter when shrinking, bilinear when growing) and appends
+/// them to `planes` as separate planes.
+fn resize_into_planes(
+    pixels: Vec<u8>,
+    (w, h): (u32, u32),
+    channels: u8,
+    (nw, nh): (u32, u32),
+    planes: &mut Vec<u8>,
+    path: &Path,
+) -> Result<(), BuildError> {
+    let fail = |message: String| BuildError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    let pixel_type = if channels == 1 {
+        PixelType::U8
+    } else {
+        PixelType::U8x3
+    };
+    let resized = if (w, h) == (nw, nh) {
+        pixels
+    } else {
+        let src = Image::from_vec_u8(w, h, pixels, pixel_type).map_err(|e| fail(e.to_string()))?;
+        let mut dst = Image::new(nw, nh, pixel_type);
+        let filter = if nw < w {
+            FilterType::Box
+        } else {
+            FilterType::Bilinear
+        };
+        Resizer::new()
+            .resize(
+                &src,
+                &mut dst,
+                &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        dst.into_vec()
+    };
+    let n = (nw * nh) as usize;
+    let start = planes.len();
+    planes.resize(start + n * channels as usize, 0);
+    let (_, out) = planes.split_at_mut(start);
+    if channels == 1 {
+        out.copy_from_slice(&resized[..n]);
+    } else {
+        let (r, rest) = out.split_at_mut(n);
+        let (g, b) = rest.split_at_mut(n);
+        for (i, px) in resized.chunks_exact(3).enumerate() {
+            r[i] = px[0];
+            g[i] = px[1];
+            b[i] = px[2];
+        }
+    }
+    Ok(())
+}
+
+fn make_record(input: &BuildInput, imgsz: u32, ir_planes: u8) -> Result<Record, BuildError> {
+    let (rgb, w, h, _) = decode(&input.rgb, false)?;
+    let (ir, iw, ih, ic) = decode(&input.ir, ir_planes == 1)?;
+    if (iw, ih) != (w, h) {
+        return Err(BuildError::Decode {
+            path: input.ir.clone(),
+            message: format!("IR is {iw}x{ih} but RGB is {w}x{h} (lint: PAIR003)"),
+        });
+    }
+    let (nw, nh) = stored_size(w, h, imgsz);
+    let mut planes = Vec::with_capacity((nw * nh) as usize * (3 + ir_planes as usize));
+    resize_into_planes(rgb, (w, h), 3, (nw, nh), &mut planes, &input.rgb)?;
+    resize_into_planes(ir, (w, h), ic, (nw, nh), &mut planes, &input.ir)?;
+    let boxes = match &input.label {
+        Some(label) => match std::fs::read_to_string(label) {
+            Ok(text) => parse_labels(&text)
+                .into_iter()
+                .filter_map(|line| line.row.ok())
+                .map(|row| {
+                    let b = match row {
+                        RowKind::Box(b) => b.clipped(),
+                        polygon @ RowKind::Polygon { .. } => polygon.bounding_box(),
+                    };
+                    [
+                        b.class as f32,
+                        b.x as f32,
+                        b.y as f32,
+                        b.w as f32,
+                        b.h as f32,
+                    ]
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(BuildError::Cache(CacheError::Io {
+                    path: label.clone(),
+                    source,
+                }));
+            }
+        },
+        None => Vec::new(),
+    };
+    Ok(Record {
+        height: nh,
+        width: nw,
+        source_height: h,
+        source_width: w,
+        planes,
+        boxes,
+    })
+}

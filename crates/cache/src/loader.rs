@@ -1,0 +1,282 @@
+//! Batches from a cache: letterboxed to `imgsz` x `imgsz`, channel-first u8 (R, G, B, IR...),
+//! in a seeded order per epoch, sharded by rank, built on a background thread (and rayon)
+//! ahead of the consumer.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::augment::{Augment, augment_sample};
+use crate::format::PAD_VALUE;
+use crate::reader::{Cache, CacheError, Sample};
+
+/// How batches are formed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoaderOptions {
+    /// Images per batch.
+    pub batch: usize,
+    /// Shuffle each epoch (seeded by `seed` and the epoch).
+    pub shuffle: bool,
+    /// Seed of the order and the augmentation.
+    pub seed: u64,
+    /// This process's rank in data-parallel training.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+    /// Paired augmentation (None: letterbox only, for validation).
+    pub augment: Option<Augment>,
+    /// Batches built ahead of the consumer.
+    pub prefetch: usize,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        Self {
+            batch: 16,
+            shuffle: true,
+            seed: 0,
+            rank: 0,
+            world: 1,
+            augment: None,
+            prefetch: 2,
+        }
+    }
+}
+
+/// A box in a batch, normalised to the `imgsz` square.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchBox {
+    /// Image index within the batch.
+    pub image: u32,
+    /// Class id.
+    pub class: u32,
+    /// Centre x.
+    pub x: f32,
+    /// Centre y.
+    pub y: f32,
+    /// Width.
+    pub w: f32,
+    /// Height.
+    pub h: f32,
+}
+
+/// One batch: `len() x planes x imgsz x imgsz` bytes, channel-first, plus its boxes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Side of the square images.
+    pub imgsz: usize,
+    /// Planes per image (3 RGB + IR).
+    pub planes: usize,
+    /// The pixels.
+    pub images: Vec<u8>,
+    /// Cache index of each image.
+    pub samples: Vec<usize>,
+    /// Every box of every image.
+    pub boxes: Vec<BatchBox>,
+}
+
+impl Batch {
+    /// Images in the batch.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether the batch holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Image `i`'s planes.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.planes * self.imgsz * self.imgsz;
+        &self.images[i * n..(i + 1) * n]
+    }
+}
+
+/// The sample order of one epoch for one rank: a seeded permutation (or 0..len), of which rank
+/// `r` takes positions `r, r + world, ...`, so that the ranks together cover every sample once.
+pub fn epoch_order(
+    len: usize,
+    seed: u64,
+    epoch: u64,
+    shuffle: bool,
+    rank: usize,
+    world: usize,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if shuffle {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
+    }
+    order.into_iter().skip(rank).step_by(world.max(1)).collect()
+}
+
+/// Letterboxes a sample into `out` (`planes x size x size`): centred, padded with 114, no
+/// scaling (the cache stores the long side at `size`). Returns the left and top padding.
+pub fn letterbox(sample: &Sample<'_>, size: usize, out: &mut [u8]) -> (usize, usize) {
+    let (h, w) = (sample.height.min(size), sample.width.min(size));
+    let (left, top) = ((size - w) / 2, (size - h) / 2);
+    for (k, plane_out) in out.chunks_exact_mut(size * size).enumerate() {
+        let plane = sample.plane(k);
+        plane_out[..top * size].fill(PAD_VALUE);
+        for y in 0..h {
+            let row = &mut plane_out[(top + y) * size..(top + y + 1) * size];
+            row[..left].fill(PAD_VALUE);
+            row[left..left + w].copy_from_slice(&plane[y * sample.width..y * sample.width + w]);
+            row[left + w..].fill(PAD_VALUE);
+        }
+        plane_out[(top + h) * size..].fill(PAD_VALUE);
+    }
+    (left, top)
+}
+
+/// Batches over a cache.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    cache: Arc<Cache>,
+    options: LoaderOptions,
+}
+
+impl Loader {
+    /// A loader; `options.batch` and `options.world` must be at least 1.
+    pub fn new(cache: Arc<Cache>, options: LoaderOptions) -> Self {
+        assert!(
+            options.batch > 0 && options.world > 0 && options.rank < options.world,
+            "batch, world and rank must be valid"
+        );
+        Self { cache, options }
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Batches this rank yields per epoch (the last one may be smaller).
+    pub fn batches_per_epoch(&self) -> usize {
+        let mine = epoch_order(
+            self.cache.len(),
+            0,
+            0,
+            false,
+            self.options.rank,
+            self.options.world,
+        )
+        .len();
+        mine.div_ceil(self.options.batch)
+    }
+
+    /// Builds one batch of the given cache indices; `epoch` seeds the augmentation.
+    pub fn make_batch(&self, samples: &[usize], epoch: u64) -> Result<Batch, CacheError> {
+        let size = self.cache.meta().imgsz as usize;
+        let planes = self.cache.meta().planes();
+        let per_image = planes * size * size;
+        let mut images = vec![0u8; samples.len() * per_image];
+        let boxes: Vec<Vec<[f32; 5]>> = images
+            .par_chunks_mut(per_image)
+            .zip(samples.par_iter())
+            .map(|(out, &index)| match &self.options.augment {
+                Some(augment) => {
+                    let seed = self.options.seed
+                        ^ epoch.wrapping_mul(0xA076_1D64_78BD_642F)
+                        ^ (index as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB);
+                    augment_sample(
+                        &self.cache,
+                        index,
+                        augment,
+                        &mut ChaCha8Rng::seed_from_u64(seed),
+                        out,
+                    )
+                }
+                None => {
+                    let sample = self.cache.sample(index)?;
+                    let (left, top) = letterbox(&sample, size, out);
+                    let (sx, sy) = (
+                        sample.width as f32 / size as f32,
+                        sample.height as f32 / size as f32,
+                    );
+                    let (ox, oy) = (left as f32 / size as f32, top as f32 / size as f32);
+                    Ok(sample
+                        .boxes
+                        .iter()
+                        .map(|b| [b[0], b[1] * sx + ox, b[2] * sy + oy, b[3] * sx, b[4] * sy])
+                        .collect())
+                }
+            })
+            .collect::<Result<_, CacheError>>()?;
+        let boxes = boxes
+            .into_iter()
+            .enumerate()
+            .flat_map(|(image, list)| {
+                list.into_iter().map(move |b| BatchBox {
+                    image: image as u32,
+                    class: b[0] as u32,
+                    x: b[1],
+                    y: b[2],
+                    w: b[3],
+                    h: b[4],
+                })
+            })
+            .collect();
+        Ok(Batch {
+            imgsz: size,
+            planes,
+            images,
+            samples: samples.to_vec(),
+            boxes,
+        })
+    }
+
+    /// The batches of `epoch`, built ahead on a background thread.
+    pub fn epoch(&self, epoch: u64) -> EpochBatches {
+        let o = &self.options;
+        let order = epoch_order(self.cache.len(), o.seed, epoch, o.shuffle, o.rank, o.world);
+        let (sender, receiver) = sync_channel(o.prefetch.max(1));
+        let loader = self.clone();
+        let producer = std::thread::Builder::new()
+            .name("fusekit-loader".into())
+            .spawn(move || {
+                for chunk in order.chunks(loader.options.batch) {
+                    let batch = loader.make_batch(chunk, epoch);
+                    let failed = batch.is_err();
+                    if sender.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        EpochBatches {
+            receiver: Some(receiver),
+            producer: Some(producer),
+        }
+    }
+}
+
+/// The batches of one epoch; dropping it stops the background thread.
+pub struct EpochBatches {
+    receiver: Option<Receiver<Result<Batch, CacheError>>>,
+    producer: Option<JoinHandle<()>>,
+}
+
+impl Iterator for EpochBatches {
+    type Item = Result<Batch, CacheError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.receiver.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for EpochBatches {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        if let Some(producer) = self.producer.take() {
+            let _ = producer.join();
+        }
+    }
+}
