@@ -374,3 +374,213 @@ fn split_rejects_bad_shares_and_regexes() {
         stderr(&regex)
     );
 }
+
+fn cache_dataset(dir: &Path) -> PathBuf {
+    let out = dir.join("ds");
+    let args = [
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--pairs",
+        "24",
+        "--size",
+        "160x128",
+        "--scenes",
+        "4",
+        "--inject",
+        "PAIR001",
+    ];
+    assert!(fusekit(&args, dir).status.success());
+    let split = fusekit(
+        &["split", out.to_str().unwrap(), "--group", r"^(\d{2})"],
+        dir,
+    );
+    assert!(split.status.success(), "{}", stderr(&split));
+    out
+}
+
+#[test]
+fn cache_build_inspect_verify_show_and_skip_when_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = cache_dataset(dir.path());
+    let out = dir.path().join("cache");
+    let args = [
+        "cache",
+        "build",
+        data.to_str().unwrap(),
+        "--imgsz",
+        "80",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let output = fusekit(&args, dir.path());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("train.fkc: ") && text.contains("val.fkc: "),
+        "{text}"
+    );
+    assert!(out.join("train.fkc").is_file() && out.join("val.fkc").is_file());
+    let again = fusekit(&args, dir.path());
+    assert!(stdout(&again).contains("up to date"), "{}", stdout(&again));
+    let inspect = json(&fusekit(
+        &[
+            "cache",
+            "inspect",
+            out.join("train.fkc").to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(inspect["imgsz"], 80);
+    assert_eq!(inspect["planes"]["ir"], 1);
+    let train = inspect["samples"].as_u64().unwrap();
+    let val = json(&fusekit(
+        &[
+            "cache",
+            "inspect",
+            out.join("val.fkc").to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    ))["samples"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(train + val, 23, "24 pairs less the one without IR partner");
+    let verify = fusekit(
+        &["cache", "verify", out.join("train.fkc").to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(verify.status.code(), Some(0), "{}", stdout(&verify));
+    let png = dir.path().join("pair.png");
+    let show = fusekit(
+        &[
+            "cache",
+            "show",
+            out.join("val.fkc").to_str().unwrap(),
+            "0",
+            "--out",
+            png.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(show.status.success(), "{}", stderr(&show));
+    let picture = image::open(&png).unwrap();
+    assert_eq!((picture.width(), picture.height()), (2 * 80 + 8, 64));
+    // A flipped byte: verify names the record and exits 1.
+    let path = out.join("train.fkc");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4096 + 100] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    let verify = fusekit(&["cache", "verify", path.to_str().unwrap()], dir.path());
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        stdout(&verify).contains("record 0 (images/"),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+#[test]
+fn cache_build_refuses_ram_mode_that_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = cache_dataset(dir.path());
+    let out = dir.path().join("cache");
+    let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+        .args([
+            "cache",
+            "build",
+            data.to_str().unwrap(),
+            "--imgsz",
+            "80",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("FUSEKIT_MEMORY_LIMIT", "100000")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--mode disk"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!out.join("train.fkc").exists());
+}
+
+#[test]
+fn a_killed_build_leaves_the_previous_cache_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = cache_dataset(dir.path());
+    let out = dir.path().join("cache");
+    let build = |data: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_fusekit"))
+            .args([
+                "cache",
+                "build",
+                data.to_str().unwrap(),
+                "--split",
+                "train",
+                "--imgsz",
+                "256",
+                "--out",
+                out.to_str().unwrap(),
+                "--force",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    assert!(build(&small).wait().unwrap().success());
+    let before = std::fs::read(out.join("train.fkc")).unwrap();
+    // A bigger dataset takes long enough to be killed mid-way.
+    let big = dir.path().join("big");
+    let args = [
+        "synth",
+        "--out",
+        big.to_str().unwrap(),
+        "--pairs",
+        "200",
+        "--size",
+        "384x384",
+        "--scenes",
+        "4",
+    ];
+    assert!(fusekit(&args, dir.path()).status.success());
+    let mut child = build(&big);
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().contains(".partial-"))
+    {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the build never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        std::fs::read(out.join("train.fkc")).unwrap(),
+        before,
+        "the old cache survives a kill -9"
+    );
+    let verify = fusekit(
+        &["cache", "verify", out.join("train.fkc").to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(verify.status.code(), Some(0));
+    // A rerun cleans the leftover and builds.
+    assert!(build(&small).wait().unwrap().success());
+    assert!(
+        !std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(".partial-"))
+    );
+}

@@ -165,16 +165,43 @@ pub fn fingerprint(inputs: &[BuildInput], options: &BuildOptions) -> String {
     format!("{:016x}", hasher.digest())
 }
 
-/// Available memory in bytes (MemAvailable from /proc/meminfo), when known.
+/// Memory available to this process in bytes, when known: `FUSEKIT_MEMORY_LIMIT` if set (for
+/// containers whose limits are not visible), else the smaller of /proc/meminfo's MemAvailable
+/// and the cgroup v2 limit left (memory.max - memory.current).
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    if let Some(limit) = std::env::var("FUSEKIT_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(limit);
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+                .map(|kb| kb * 1024)
+        });
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{name}"))
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    let cgroup =
+        read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Pairs decoded at once: bounds memory whatever the dataset size.
-const CHUNK: usize = 32;
+const CHUNK: usize = 48;
 
 /// Builds (or keeps) the cache at `target`. `progress` is called once per pair written.
 pub fn build(
@@ -223,17 +250,32 @@ pub fn build(
     let estimate = estimate_bytes(inputs, options.imgsz, ir_planes)?;
     check_room(target, dir, estimate, options.mode)?;
 
+    // Decode and resize a chunk on the rayon pool while a writer thread appends the previous
+    // chunk, in input order.
     let mut writer = CacheWriter::create(target)?;
-    for chunk in inputs.chunks(CHUNK) {
-        let records: Vec<Record> = chunk
-            .par_iter()
-            .map(|input| make_record(input, options.imgsz, ir_planes))
-            .collect::<Result<_, BuildError>>()?;
-        for record in records {
-            writer.push(&record)?;
-            progress();
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Record>>(1);
+    let writer = std::thread::scope(|scope| -> Result<CacheWriter, BuildError> {
+        let writing = scope.spawn(move || -> Result<CacheWriter, CacheError> {
+            for records in receiver {
+                for record in &records {
+                    writer.push(record)?;
+                    progress();
+                }
+            }
+            Ok(writer)
+        });
+        for chunk in inputs.chunks(CHUNK) {
+            let records: Vec<Record> = chunk
+                .par_iter()
+                .map(|input| make_record(input, options.imgsz, ir_planes))
+                .collect::<Result<_, BuildError>>()?;
+            if sender.send(records).is_err() {
+                break;
+            }
         }
-    }
+        drop(sender);
+        Ok(writing.join().expect("the writer thread does not panic")?)
+    })?;
     let meta = Metadata {
         imgsz: options.imgsz,
         ir_channels: ir_planes,

@@ -65,8 +65,10 @@ pub struct BatchBox {
     pub h: f32,
 }
 
-/// One batch: `len() x planes x imgsz x imgsz` bytes, channel-first, plus its boxes.
-#[derive(Debug, Clone, PartialEq)]
+/// One batch: `len() x planes x imgsz x imgsz` bytes, channel-first, plus its boxes. Dropping
+/// it hands its pixel buffer back to the loader, so that steady-state batches reuse memory
+/// instead of faulting in fresh pages.
+#[derive(Debug, Clone)]
 pub struct Batch {
     /// Side of the square images.
     pub imgsz: usize,
@@ -78,6 +80,59 @@ pub struct Batch {
     pub samples: Vec<usize>,
     /// Every box of every image.
     pub boxes: Vec<BatchBox>,
+    recycle: Option<BufferPool>,
+}
+
+impl PartialEq for Batch {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.imgsz,
+            self.planes,
+            &self.images,
+            &self.samples,
+            &self.boxes,
+        ) == (
+            other.imgsz,
+            other.planes,
+            &other.images,
+            &other.samples,
+            &other.boxes,
+        )
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.recycle {
+            pool.give(std::mem::take(&mut self.images));
+        }
+    }
+}
+
+/// Pixel buffers of dropped batches, for the next ones.
+#[derive(Debug, Clone, Default)]
+struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    const KEEP: usize = 8;
+
+    /// A buffer of exactly `len` bytes, reused when one is free (its bytes are stale: callers
+    /// overwrite every byte).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reused = self.0.lock().map(|mut pool| pool.pop()).unwrap_or(None);
+        let mut buffer = reused.unwrap_or_default();
+        buffer.resize(len, 0);
+        buffer
+    }
+
+    fn give(&self, buffer: Vec<u8>) {
+        if buffer.capacity() > 0
+            && let Ok(mut pool) = self.0.lock()
+            && pool.len() < Self::KEEP
+        {
+            pool.push(buffer);
+        }
+    }
 }
 
 impl Batch {
@@ -141,6 +196,7 @@ pub fn letterbox(sample: &Sample<'_>, size: usize, out: &mut [u8]) -> (usize, us
 pub struct Loader {
     cache: Arc<Cache>,
     options: LoaderOptions,
+    buffers: BufferPool,
 }
 
 impl Loader {
@@ -150,7 +206,11 @@ impl Loader {
             options.batch > 0 && options.world > 0 && options.rank < options.world,
             "batch, world and rank must be valid"
         );
-        Self { cache, options }
+        Self {
+            cache,
+            options,
+            buffers: BufferPool::default(),
+        }
     }
 
     /// The cache.
@@ -177,7 +237,7 @@ impl Loader {
         let size = self.cache.meta().imgsz as usize;
         let planes = self.cache.meta().planes();
         let per_image = planes * size * size;
-        let mut images = vec![0u8; samples.len() * per_image];
+        let mut images = self.buffers.take(samples.len() * per_image);
         let boxes: Vec<Vec<[f32; 5]>> = images
             .par_chunks_mut(per_image)
             .zip(samples.par_iter())
@@ -230,6 +290,7 @@ impl Loader {
             images,
             samples: samples.to_vec(),
             boxes,
+            recycle: Some(self.buffers.clone()),
         })
     }
 
