@@ -57,6 +57,21 @@ pub struct BuildOptions {
     pub force: bool,
 }
 
+impl Default for BuildOptions {
+    /// imgsz 640, ram mode, IR planes detected, split `train`, no names, nothing skipped.
+    fn default() -> Self {
+        Self {
+            imgsz: 640,
+            mode: MapMode::Ram,
+            ir_channels: IrChannels::Auto,
+            split: "train".into(),
+            names: Vec::new(),
+            skipped: Vec::new(),
+            force: false,
+        }
+    }
+}
+
 /// A build that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -162,6 +162,8 @@ fn bench(root: &Path) -> anyhow::Result<()> {
             "fusekit-lint",
             "--package",
             "fusekit-split",
+            "--package",
+            "fusekit-cache",
         ])
         .current_dir(root)
         .env("FUSEKIT_BENCH_PYTHON", &python);
