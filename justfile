@@ -5,7 +5,7 @@
 setup:
     cargo xtask setup
 
-# Build fusekit, generate the sample dataset if missing and lint it.
+# Build fusekit, generate the sample dataset if missing, lint, split and cache it.
 demo:
     cargo xtask demo
 

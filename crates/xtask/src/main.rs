@@ -2,7 +2,8 @@
 //!
 //! - `setup`: install libtorch (PyPI's `torch` wheel) once under `~/.cache/fusekit` (or
 //!   `$FUSEKIT_HOME`) and link it as `.libtorch`, where `.cargo/config.toml` points torch-sys.
-//! - `demo`: setup, build fusekit, generate the sample dataset if missing, and lint it.
+//! - `demo`: setup, build fusekit, generate the sample dataset if missing, lint it, split it
+//!   and cache it.
 //! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
 //! - `bench`: setup, install Ultralytics for the reference numbers, run the benchmarks.
 
@@ -115,6 +116,20 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         status.code().is_some_and(|c| c <= 1),
         "fusekit lint failed: {status}"
     );
+    // Scenes (the first two digits of the names) stay on one side of the split.
+    run(Command::new(&fusekit)
+        .args([
+            "split",
+            "datasets/sample",
+            "--val",
+            "0.2",
+            "--group",
+            r"^(\d{2})",
+        ])
+        .current_dir(root))?;
+    run(Command::new(&fusekit)
+        .args(["cache", "build", "datasets/sample", "--imgsz", "640"])
+        .current_dir(root))?;
     Ok(())
 }
 
