@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use fusekit_cache::{
-    BuildInput, BuildOptions, Cache, IrChannels, Loader, LoaderOptions, MapMode, build,
-};
+use fusekit_cache::{BuildInput, BuildOptions, Cache, Loader, LoaderOptions, MapMode, build};
 use fusekit_synth::{SynthOptions, generate};
 use fusekit_train::batch_tensors;
 use tch::{Device, Kind};
