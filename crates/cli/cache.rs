@@ -128,7 +128,7 @@ fn open_dataset(data: &Path, names: Option<Vec<String>>) -> anyhow::Result<Datas
     } else {
         data.to_path_buf()
     };
-    Dataset::open(&source, names).with_context(|| format!("DS001: {}", source.display()))
+    Dataset::open(&source, names).context("DS001: the dataset description cannot be used")
 }
 
 fn build_caches(args: &BuildArgs) -> anyhow::Result<ExitCode> {

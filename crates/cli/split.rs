@@ -124,7 +124,7 @@ pub fn run(args: &SplitArgs) -> anyhow::Result<ExitCode> {
     };
 
     let dataset = Dataset::open(&args.data, args.names.clone())
-        .with_context(|| format!("DS001: {}", args.data.display()))?;
+        .context("DS001: the dataset description cannot be used")?;
     let scan = dataset.scan();
     let bar = progress::bar("lint", pairs_to_check(&scan, &options) as u64, "pairs");
     let lint_run = lint_scan(&dataset, &scan, &options, &|| bar.inc(1));

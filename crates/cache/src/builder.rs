@@ -230,7 +230,12 @@ pub fn build(
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| BuildError::Cache(CacheError::Io { path, source })
+        move |source| {
+            BuildError::Cache(CacheError::Io {
+                path,
+                cause: source,
+            })
+        }
     };
     let dir = target
         .parent()
@@ -385,7 +390,7 @@ fn decode(path: &Path, grey: bool) -> Result<(Vec<u8>, u32, u32, u8), BuildError
     let bytes = std::fs::read(path).map_err(|source| {
         BuildError::Cache(CacheError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })
     })?;
     let fail = |message: String| BuildError::Decode {
@@ -518,7 +523,7 @@ fn make_record(input: &BuildInput, imgsz: u32, ir_planes: u8) -> Result<Record, 
             Err(source) => {
                 return Err(BuildError::Cache(CacheError::Io {
                     path: label.clone(),
-                    source,
+                    cause: source,
                 }));
             }
         },

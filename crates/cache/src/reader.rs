@@ -13,12 +13,12 @@ use crate::format::{BOX_LEN, HEADER_LEN, Header, IndexRow, Metadata, PAGE, ROW_L
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The cache file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The header, metadata or index is wrong (truncated, corrupted, foreign, old version).
     #[error("{path}: {message}")]
@@ -106,7 +106,7 @@ impl Cache {
         };
         let io = |source| CacheError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();

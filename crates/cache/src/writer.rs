@@ -51,7 +51,7 @@ impl CacheWriter {
         let temp = partial_path(target, &std::process::id().to_string());
         let io = |source| CacheError::Io {
             path: temp.clone(),
-            source,
+            cause: source,
         };
         let mut file = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(io)?);
         file.write_all(&[0u8; PAGE as usize]).map_err(io)?;
@@ -67,7 +67,7 @@ impl CacheWriter {
     fn io(&self) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
         move |source| CacheError::Io {
             path: self.temp.clone(),
-            source,
+            cause: source,
         }
     }
 
@@ -87,7 +87,7 @@ impl CacheWriter {
         let temp = self.temp.clone();
         let io = |source| CacheError::Io {
             path: temp.clone(),
-            source,
+            cause: source,
         };
         self.file
             .write_all(&[0u8; PAGE as usize][..pad])
@@ -152,7 +152,7 @@ impl CacheWriter {
         io_result.map_err(self.io())?;
         std::fs::rename(&self.temp, &self.target).map_err(|source| CacheError::Io {
             path: self.target.clone(),
-            source,
+            cause: source,
         })?;
         Ok(file_len)
     }

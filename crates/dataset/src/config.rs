@@ -11,12 +11,12 @@ use crate::swap::ComponentSwap;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or folder could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The path that failed.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The yaml does not parse or has a value of the wrong type.
     #[error("{path}: invalid yaml: {message}")]
@@ -118,7 +118,7 @@ impl Dataset {
     pub fn open(path: &Path, names: Option<Vec<String>>) -> Result<Self, ConfigError> {
         let meta = std::fs::metadata(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         if meta.is_file() {
             return Self::from_yaml_file(path, names);
@@ -158,7 +158,7 @@ impl Dataset {
     pub fn from_yaml_file(file: &Path, names: Option<Vec<String>>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
             path: file.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Self::from_yaml_str(&text, file, names)
     }

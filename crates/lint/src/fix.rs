@@ -7,12 +7,12 @@ use crate::check::PendingFix;
 
 /// A fix that could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{path}: {cause}")]
 pub struct FixError {
     /// The file being backed up or written.
     pub path: PathBuf,
     /// The underlying error.
-    pub source: std::io::Error,
+    pub cause: std::io::Error,
 }
 
 /// Writes `fixes`: each original label goes to `backup_dir` under its path relative to `root`
@@ -45,7 +45,7 @@ pub fn apply_fixes(
 fn fix_error(path: &Path, source: std::io::Error) -> FixError {
     FixError {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

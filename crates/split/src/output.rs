@@ -25,12 +25,12 @@ const ASSIGN_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Writing would replace a file the user owns.
     #[error("{0}")]
@@ -40,7 +40,7 @@ pub enum SplitError {
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SplitError + '_ {
     move |source| SplitError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 

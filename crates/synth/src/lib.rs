@@ -18,12 +18,12 @@ pub use defects::Defect;
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
     /// A file could not be written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The path being written.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The output folder holds files that fusekit synth did not write.
     #[error("{0} is not empty and was not written by `fusekit synth`; choose another --out")]
@@ -36,7 +36,7 @@ pub enum SynthError {
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
     move |source| SynthError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }
 
