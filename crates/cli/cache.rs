@@ -14,7 +14,9 @@ use fusekit_dataset::Dataset;
 use fusekit_lint::{Levels, LintOptions, lint_scan, pairs_to_check};
 use serde_json::json;
 
+use crate::draw;
 use crate::lint::load_config;
+use crate::output::Format;
 use crate::progress;
 
 /// Arguments of `fusekit cache`.
@@ -51,12 +53,6 @@ enum CacheCommand {
         #[arg(long, default_value = "pair.png")]
         out: PathBuf,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Human,
-    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -131,6 +127,39 @@ fn open_dataset(data: &Path, names: Option<Vec<String>>) -> anyhow::Result<Datas
     Dataset::open(&source, names).context("DS001: the dataset description cannot be used")
 }
 
+/// `cache/<dataset folder>-<imgsz>`.
+fn default_out_dir(dataset: &Dataset, imgsz: u32) -> PathBuf {
+    let root = std::path::absolute(&dataset.root).unwrap_or(dataset.root.clone());
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into());
+    PathBuf::from("cache").join(format!("{name}-{imgsz}"))
+}
+
+#[cfg(feature = "train")]
+/// Builds (or keeps, when current) the caches of every split of `data` at `imgsz` in the
+/// default folder, as `fusekit cache build DATA --imgsz N` would; returns that folder.
+pub fn build_for_training(data: &Path, imgsz: u32) -> anyhow::Result<PathBuf> {
+    let dataset = open_dataset(data, None)?;
+    let out = default_out_dir(&dataset, imgsz);
+    let args = BuildArgs {
+        data: data.to_path_buf(),
+        split: "all".into(),
+        imgsz,
+        mode: ModeArg::Ram,
+        ir_channels: IrArg::Auto,
+        out: Some(out.clone()),
+        force: false,
+        names: None,
+    };
+    let code = build_caches(&args)?;
+    if code != ExitCode::SUCCESS {
+        bail!("building the caches of {} failed", data.display());
+    }
+    Ok(out)
+}
+
 fn build_caches(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let dataset = open_dataset(&args.data, args.names.clone())?;
     let (_, section) = load_config(&args.data, None)?;
@@ -160,14 +189,10 @@ fn build_caches(args: &BuildArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let out = args.out.clone().unwrap_or_else(|| {
-        let root = std::path::absolute(&dataset.root).unwrap_or(dataset.root.clone());
-        let name = root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "dataset".into());
-        PathBuf::from("cache").join(format!("{name}-{}", args.imgsz))
-    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir(&dataset, args.imgsz));
     let relative = |p: &Path| dataset.relative(p).to_string_lossy().into_owned();
     for split in splits {
         let name = &dataset.splits[split].name;
@@ -400,44 +425,16 @@ fn show(path: &Path, index: usize, out: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     let sample = cache.sample(index)?;
-    let (w, h) = (sample.width as u32, sample.height as u32);
-    let ir_planes = cache.meta().ir_channels as usize;
-    let mut picture = image::RgbImage::new(2 * w + 8, h);
-    for y in 0..h {
-        for x in 0..w {
-            let at = (y * w + x) as usize;
-            let rgb = [
-                sample.plane(0)[at],
-                sample.plane(1)[at],
-                sample.plane(2)[at],
-            ];
-            let ir: [u8; 3] =
-                std::array::from_fn(|c| sample.plane(3 + if ir_planes == 3 { c } else { 0 })[at]);
-            picture.put_pixel(x, y, image::Rgb(rgb));
-            picture.put_pixel(w + 8 + x, y, image::Rgb(ir));
-        }
-    }
+    let (w, h) = (sample.width as f32, sample.height as f32);
+    let mut picture = draw::side_by_side(&sample, cache.meta().ir_channels as usize);
     for b in &sample.boxes {
-        let (x0, y0) = (
-            ((b[1] - b[3] / 2.0) * w as f32).max(0.0) as u32,
-            ((b[2] - b[4] / 2.0) * h as f32).max(0.0) as u32,
-        );
-        let (x1, y1) = (
-            ((b[1] + b[3] / 2.0) * w as f32).min(w as f32 - 1.0) as u32,
-            ((b[2] + b[4] / 2.0) * h as f32).min(h as f32 - 1.0) as u32,
-        );
-        for offset in [0, w + 8] {
-            for x in x0..=x1 {
-                for y in [y0, y1] {
-                    picture.put_pixel(offset + x, y, image::Rgb([0, 255, 0]));
-                }
-            }
-            for y in y0..=y1 {
-                for x in [x0, x1] {
-                    picture.put_pixel(offset + x, y, image::Rgb([0, 255, 0]));
-                }
-            }
-        }
+        let corners = [
+            (b[1] - b[3] / 2.0) * w,
+            (b[2] - b[4] / 2.0) * h,
+            (b[1] + b[3] / 2.0) * w,
+            (b[2] + b[4] / 2.0) * h,
+        ];
+        draw::draw_box(&mut picture, corners, draw::class_colour(0));
     }
     picture
         .save(out)

@@ -3,11 +3,18 @@
 mod cache;
 #[cfg(feature = "train")]
 mod device;
+mod draw;
+mod import;
 mod lint;
+mod output;
+#[cfg(feature = "train")]
+mod predict;
 mod progress;
 mod rules;
 mod split;
 mod synth;
+#[cfg(feature = "train")]
+mod train;
 
 use std::process::ExitCode;
 
@@ -35,11 +42,19 @@ enum Command {
     Cache(cache::CacheArgs),
     /// List the lint rules with their codes, default levels and descriptions.
     Rules(rules::RulesArgs),
+    /// Convert LLVIP or another Pascal VOC style RGB + IR dataset into fusekit's layout.
+    Import(import::ImportArgs),
     /// Write a deterministic LLVIP-like sample dataset (optionally with defects injected).
     Synth(synth::SynthArgs),
     /// Show what libtorch offers on this machine (CUDA, cuDNN, threads).
     #[cfg(feature = "train")]
     Device,
+    /// Train the dual-stream detector from a cache (batch arithmetic, schedule, EMA, mAP).
+    #[cfg(feature = "train")]
+    Train(Box<train::TrainArgs>),
+    /// Detect objects in RGB + IR pairs with trained weights (JSON records and pictures).
+    #[cfg(feature = "train")]
+    Predict(predict::PredictArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,8 +65,13 @@ fn main() -> ExitCode {
         Command::Cache(args) => cache::run(args),
         Command::Split(args) => split::run(&args),
         Command::Synth(args) => synth::run(&args),
+        Command::Import(args) => import::run(&args),
         #[cfg(feature = "train")]
         Command::Device => device::run(),
+        #[cfg(feature = "train")]
+        Command::Predict(args) => predict::run(&args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => train::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@ use regex::Regex;
 use serde_json::json;
 
 use crate::lint::load_config;
+use crate::output::Format;
 use crate::progress;
 
 /// Arguments of `fusekit split`.
@@ -77,12 +78,6 @@ pub struct SplitArgs {
 enum StratifyArg {
     Classes,
     None,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Human,
-    Json,
 }
 
 /// Lints, plans, writes (unless current) and reports the split.

@@ -57,6 +57,7 @@ struct Canvas {
 /// [class, x, y, w, h] normalised to the output square.
 pub(crate) fn augment_sample(
     cache: &Cache,
+    population: usize,
     index: usize,
     augment: &Augment,
     rng: &mut ChaCha8Rng,
@@ -65,7 +66,8 @@ pub(crate) fn augment_sample(
     let size = cache.meta().imgsz as usize;
     let planes = cache.meta().planes();
     let canvas = if rng.random::<f32>() < augment.mosaic {
-        let others: [usize; 3] = std::array::from_fn(|_| rng.random_range(0..cache.len()));
+        let others: [usize; 3] =
+            std::array::from_fn(|_| rng.random_range(0..population.min(cache.len()).max(1)));
         mosaic(
             cache,
             [index, others[0], others[1], others[2]],

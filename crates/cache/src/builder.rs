@@ -287,7 +287,7 @@ pub fn build(
         for chunk in inputs.chunks(CHUNK) {
             let records: Vec<Record> = chunk
                 .par_iter()
-                .map(|input| make_record(input, options.imgsz, ir_planes))
+                .map(|input| prepare_pair(input, options.imgsz, ir_planes))
                 .collect::<Result<_, BuildError>>()?;
             if sender.send(records).is_err() {
                 break;
@@ -487,7 +487,9 @@ fn resize_into_planes(
     Ok(())
 }
 
-fn make_record(input: &BuildInput, imgsz: u32, ir_planes: u8) -> Result<Record, BuildError> {
+/// Decodes and resizes one pair exactly as the cache stores it (long side `imgsz`, R, G, B then
+/// `ir_planes` IR planes) with its label boxes: what predictions on new images must see.
+pub fn prepare_pair(input: &BuildInput, imgsz: u32, ir_planes: u8) -> Result<Record, BuildError> {
     let (rgb, w, h, _) = decode(&input.rgb, false)?;
     let (ir, iw, ih, ic) = decode(&input.ir, ir_planes == 1)?;
     if (iw, ih) != (w, h) {

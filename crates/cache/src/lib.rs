@@ -19,7 +19,7 @@ mod writer;
 pub use augment::Augment;
 pub use builder::{
     BuildError, BuildInput, BuildOptions, BuildOutcome, IrChannels, available_memory, build,
-    estimate_bytes, fingerprint, stored_size,
+    estimate_bytes, fingerprint, prepare_pair, stored_size,
 };
 pub use loader::{Batch, BatchBox, EpochBatches, Loader, LoaderOptions, epoch_order, letterbox};
 pub use reader::{Cache, CacheError, MapMode, Sample};

@@ -32,6 +32,9 @@ pub struct LoaderOptions {
     pub augment: Option<Augment>,
     /// Batches built ahead of the consumer.
     pub prefetch: usize,
+    /// Use only the first N samples of the cache (Ultralytics' `fraction`, as a count); mosaic
+    /// partners are drawn from them too.
+    pub limit: Option<usize>,
 }
 
 impl Default for LoaderOptions {
@@ -44,6 +47,7 @@ impl Default for LoaderOptions {
             world: 1,
             augment: None,
             prefetch: 2,
+            limit: None,
         }
     }
 }
@@ -218,10 +222,22 @@ impl Loader {
         &self.cache
     }
 
+    /// Samples the loader draws from: the cache's, or the first `limit` of them.
+    pub fn len(&self) -> usize {
+        self.options
+            .limit
+            .map_or(self.cache.len(), |n| n.min(self.cache.len()))
+    }
+
+    /// `true` when the loader has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Batches this rank yields per epoch (the last one may be smaller).
     pub fn batches_per_epoch(&self) -> usize {
         let mine = epoch_order(
-            self.cache.len(),
+            self.len(),
             0,
             0,
             false,
@@ -248,6 +264,7 @@ impl Loader {
                         ^ (index as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB);
                     augment_sample(
                         &self.cache,
+                        self.len(),
                         index,
                         augment,
                         &mut ChaCha8Rng::seed_from_u64(seed),
@@ -297,7 +314,7 @@ impl Loader {
     /// The batches of `epoch`, built ahead on a background thread.
     pub fn epoch(&self, epoch: u64) -> EpochBatches {
         let o = &self.options;
-        let order = epoch_order(self.cache.len(), o.seed, epoch, o.shuffle, o.rank, o.world);
+        let order = epoch_order(self.len(), o.seed, epoch, o.shuffle, o.rank, o.world);
         let (sender, receiver) = sync_channel(o.prefetch.max(1));
         let loader = self.clone();
         let producer = std::thread::Builder::new()

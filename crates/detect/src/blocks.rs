@@ -1,25 +1,46 @@
-//! YOLOv8 building blocks.
+//! YOLOv8 building blocks with Ultralytics' parameter names.
 
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
 
+/// PyTorch's default initialisation for a convolution with `fan_in` inputs per output:
+/// uniform in +-1/sqrt(fan_in) for weights and biases (tch's own default is larger).
+pub(crate) fn torch_default_init(fan_in: i64) -> nn::Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// A plain 1x1 convolution with bias (the last layer of each head branch).
+pub(crate) fn conv1x1_with_bias(path: &nn::Path, c_in: i64, c_out: i64) -> nn::Conv2D {
+    let init = torch_default_init(c_in);
+    let config = nn::ConvConfig {
+        ws_init: init,
+        bs_init: init,
+        ..Default::default()
+    };
+    nn::conv2d(path, c_in, c_out, 1, config)
+}
+
 /// Ultralytics' `Conv`: a bias-free 2-D convolution with "same" padding, BatchNorm
 /// (eps 1e-3, momentum 0.03) and SiLU. Parameters are named `conv.weight` and
-/// `bn.{weight,bias,running_mean,running_var}` below the given path, as in Ultralytics'
-/// state dicts.
+/// `bn.{weight,bias,running_mean,running_var}` below the given path.
 #[derive(Debug)]
-pub struct ConvBnSilu {
+pub struct Conv {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
 }
 
-impl ConvBnSilu {
+impl Conv {
     /// A `k`x`k` convolution from `c_in` to `c_out` channels with stride `s`.
     pub fn new(path: &nn::Path, c_in: i64, c_out: i64, k: i64, s: i64) -> Self {
         let conv_config = nn::ConvConfig {
             stride: s,
             padding: k / 2,
             bias: false,
+            ws_init: torch_default_init(c_in * k * k),
             ..Default::default()
         };
         let bn_config = nn::BatchNormConfig {
@@ -34,50 +55,112 @@ impl ConvBnSilu {
     }
 }
 
-impl ModuleT for ConvBnSilu {
+impl ModuleT for Conv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         xs.apply(&self.conv).apply_t(&self.bn, train).silu()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tch::{Device, Kind};
+/// Two 3x3 `Conv`s with an optional residual connection (`cv1`, `cv2`).
+#[derive(Debug)]
+pub struct Bottleneck {
+    cv1: Conv,
+    cv2: Conv,
+    add: bool,
+}
 
-    #[test]
-    fn forward_and_backward_on_cpu() {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let block = ConvBnSilu::new(&(vs.root() / "model" / "0"), 3, 16, 3, 2);
-        let xs = Tensor::randn([2, 3, 32, 40], (Kind::Float, Device::Cpu));
-        let ys = block.forward_t(&xs, true);
-        assert_eq!(ys.size(), [2, 16, 16, 20]);
-        ys.square().mean(Kind::Float).backward();
-        let vars = vs.variables();
-        let mut names: Vec<_> = vars.keys().cloned().collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                "model.0.bn.bias",
-                "model.0.bn.running_mean",
-                "model.0.bn.running_var",
-                "model.0.bn.weight",
-                "model.0.conv.weight"
-            ]
-        );
-        for (name, var) in vars.iter().filter(|(_, v)| v.requires_grad()) {
-            let grad = var.grad();
-            assert!(grad.defined(), "{name} has no gradient");
-            assert!(
-                grad.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{name} gradient is zero"
-            );
+impl Bottleneck {
+    /// A bottleneck from `c_in` to `c_out` channels (expansion 1.0, as inside C2f).
+    pub fn new(path: &nn::Path, c_in: i64, c_out: i64, shortcut: bool) -> Self {
+        Self {
+            cv1: Conv::new(&(path / "cv1"), c_in, c_out, 3, 1),
+            cv2: Conv::new(&(path / "cv2"), c_out, c_out, 3, 1),
+            add: shortcut && c_in == c_out,
         }
-        // Eval mode uses the running statistics updated by the training pass.
-        let eval = block.forward_t(&xs, false);
-        assert_eq!(eval.size(), ys.size());
-        assert!(eval.isfinite().all().int64_value(&[]) == 1);
     }
+}
+
+impl ModuleT for Bottleneck {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let ys = self.cv2.forward_t(&self.cv1.forward_t(xs, train), train);
+        if self.add { xs + ys } else { ys }
+    }
+}
+
+/// YOLOv8's C2f: split, `n` bottlenecks each fed the previous output, concatenate, fuse.
+#[derive(Debug)]
+pub struct C2f {
+    cv1: Conv,
+    cv2: Conv,
+    m: Vec<Bottleneck>,
+}
+
+impl C2f {
+    /// A C2f from `c_in` to `c_out` channels with `n` bottlenecks.
+    pub fn new(path: &nn::Path, c_in: i64, c_out: i64, n: i64, shortcut: bool) -> Self {
+        let hidden = c_out / 2;
+        Self {
+            cv1: Conv::new(&(path / "cv1"), c_in, 2 * hidden, 1, 1),
+            cv2: Conv::new(&(path / "cv2"), (2 + n) * hidden, c_out, 1, 1),
+            m: (0..n)
+                .map(|i| Bottleneck::new(&(path / "m" / i), hidden, hidden, shortcut))
+                .collect(),
+        }
+    }
+}
+
+impl ModuleT for C2f {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut parts = self.cv1.forward_t(xs, train).chunk(2, 1);
+        for bottleneck in &self.m {
+            let next = bottleneck.forward_t(&parts[parts.len() - 1], train);
+            parts.push(next);
+        }
+        self.cv2.forward_t(&Tensor::cat(&parts, 1), train)
+    }
+}
+
+/// Spatial pyramid pooling, fast: three chained 5x5 max pools concatenated.
+#[derive(Debug)]
+pub struct Sppf {
+    cv1: Conv,
+    cv2: Conv,
+}
+
+impl Sppf {
+    /// An SPPF from `c_in` to `c_out` channels.
+    pub fn new(path: &nn::Path, c_in: i64, c_out: i64) -> Self {
+        let hidden = c_in / 2;
+        Self {
+            cv1: Conv::new(&(path / "cv1"), c_in, hidden, 1, 1),
+            cv2: Conv::new(&(path / "cv2"), hidden * 4, c_out, 1, 1),
+        }
+    }
+}
+
+impl ModuleT for Sppf {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut parts = vec![self.cv1.forward_t(xs, train)];
+        for _ in 0..3 {
+            let pooled = parts[parts.len() - 1].max_pool2d([5, 5], [1, 1], [2, 2], [1, 1], false);
+            parts.push(pooled);
+        }
+        self.cv2.forward_t(&Tensor::cat(&parts, 1), train)
+    }
+}
+
+/// Nearest-neighbour 2x upsampling.
+pub(crate) fn upsample2(xs: &Tensor) -> Tensor {
+    let size = xs.size();
+    xs.upsample_nearest2d([size[2] * 2, size[3] * 2], 2.0, 2.0)
+}
+
+/// Number of elements of every parameter (not BatchNorm running statistics) in `vs`, as
+/// Ultralytics counts `model.parameters()`.
+pub fn parameter_count(vs: &nn::VarStore) -> i64 {
+    vs.variables()
+        .iter()
+        .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
+        .map(|(_, t)| t.numel() as i64)
+        .sum()
 }

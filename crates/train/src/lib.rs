@@ -1,13 +1,79 @@
-//! The libtorch (tch) side of fusekit.
+//! The trainer: batches from a fusekit cache through the dual-stream detector.
 //!
-//! Today: choosing a device ([`parse_device`]), reporting what libtorch offers on this machine
-//! ([`RuntimeInfo`]), the YOLOv8 `Conv` block ([`ConvBnSilu`]) that the detector is built from,
-//! and feeding cache batches to libtorch without copies ([`batch_tensors`]). Only this crate and the CLI's `train` feature link libtorch.
+//! [`train`] runs the loop (accumulation, the scheduled [`Optimizer`] with Ultralytics'
+//! parameter groups, gradient clipping, [`Ema`], validation, `results.csv`, weights and
+//! resumable checkpoints); [`validate`] measures a model on a cache; [`parse_device`] and
+//! [`RuntimeInfo`] choose and describe devices; [`batch_tensors`] feeds cache batches to
+//! libtorch without copies.
 
-mod blocks;
 mod device;
+mod ema;
 mod feed;
+mod optim;
+mod results;
+mod trainer;
+mod validate;
 
-pub use blocks::ConvBnSilu;
+use std::path::PathBuf;
+
 pub use device::{DeviceError, RuntimeInfo, parse_device};
+pub use ema::Ema;
 pub use feed::{BatchTensors, batch_tensors};
+pub use optim::{Optimizer, StepSettings, param_group};
+pub use results::{EpochRecord, RESULTS_HEADER, append_results, truncate_results};
+pub use trainer::{Event, MAX_GRAD_NORM, RunFiles, TrainOptions, TrainSummary, train};
+pub use validate::{Validation, validate};
+
+/// Why training stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A cache could not be opened or read.
+    #[error(transparent)]
+    Cache(#[from] fusekit_cache::CacheError),
+    /// Weights or a checkpoint could not be read or written.
+    #[error(transparent)]
+    Weights(#[from] fusekit_detect::weights::WeightsError),
+    /// Hyperparameters are invalid.
+    #[error(transparent)]
+    Hyp(#[from] fusekit_hyp::HypError),
+    /// The batch arithmetic is invalid.
+    #[error(transparent)]
+    Batch(#[from] fusekit_hyp::BatchError),
+    /// The schedule is invalid.
+    #[error(transparent)]
+    Schedule(#[from] fusekit_hyp::ScheduleError),
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "the loss is not finite at epoch {epoch}, batch {batch} (lr {lr:.3e}); pairs in the \
+batch: {}; likely causes: a learning rate too high for this batch size, a misaligned RGB/IR \
+pair, or a degenerate box (run `fusekit lint`)",
+        samples.join(", ")
+    )]
+    NonFinite {
+        /// Epoch, 1-based.
+        epoch: u32,
+        /// Batch within the epoch, 0-based.
+        batch: u64,
+        /// The batch's samples.
+        samples: Vec<String>,
+        /// Learning rate of the weight group at that moment.
+        lr: f64,
+    },
+    /// Inputs that do not go together (cache vs imgsz, weights vs model, train vs val).
+    #[error("{0}")]
+    Incompatible(String),
+    /// A run cannot be resumed.
+    #[error("{0}")]
+    Resume(String),
+    /// A numeric or serialisation failure.
+    #[error("{0}")]
+    Numeric(String),
+}

@@ -1,0 +1,335 @@
+//! `fusekit import`: LLVIP and other Pascal VOC style RGB + IR datasets into fusekit's layout.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use fusekit_import::{
+    ImportOptions, ImportReport, Layout, Progress, Side, SplitRule, Stage, TransferMode,
+    VOC_ANNOTATIONS, VOC_IR, VOC_RGB, import,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget};
+
+use crate::output::Format;
+use crate::progress;
+
+/// Arguments of `fusekit import`.
+#[derive(Args)]
+#[command(
+    after_long_help = "Writes OUT/images/{train,val}/ (RGB), OUT/imagesIR/{train,val}/ (IR, same \
+file names), OUT/labels/{train,val}/*.txt (YOLO `class cx cy w h`, normalised by each image's own \
+size from the annotation's <size>, or from the image header when that is missing or zero) and \
+OUT/data.yaml, written last and atomically: an import without data.yaml is incomplete. Images are \
+hard-linked when --out is on the same file system, else copied (the summary says which).\n\n\
+Nothing is dropped silently: malformed objects (missing fields, non-numbers, xmin >= xmax, more \
+than 1 px outside the image, unknown class with --names) are left out of the labels and listed \
+with file, object and line; boxes at most 1 px outside are clipped and counted. Images without \
+annotation file are background (no label file); annotations without image, images without IR \
+partner and images sharing a stem are listed, and such pairs skipped.\n\n\
+Exit status: 0 when the import completed (problems are listed as warnings), 2 when it could not \
+run or found nothing to import."
+)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    source: SourceCommand,
+}
+
+#[derive(Subcommand)]
+enum SourceCommand {
+    /// LLVIP as distributed: Annotations/*.xml, visible/{train,test}/, infrared/{train,test}/;
+    /// its test split becomes val.
+    Llvip {
+        /// The LLVIP folder (holding Annotations/, visible/ and infrared/).
+        src: PathBuf,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// A Pascal VOC folder with an IR image folder beside the RGB one, split by
+    /// ImageSets/Main/{train,val}.txt where present (else everything goes to train).
+    Voc(VocArgs),
+}
+
+/// Arguments of `fusekit import voc`.
+#[derive(Args)]
+#[command(
+    after_long_help = "Split: stems in ImageSets/Main/val.txt (or --val-list) go to val. With \
+ImageSets/Main/train.txt, stems in it go to train and images in neither list are skipped and \
+listed; without it, every image not in the val list goes to train. A stem in both lists is \
+skipped and listed. List lines hold a stem (its first word counts; `a.jpg` counts as `a`)."
+)]
+struct VocArgs {
+    /// The VOC folder (holding the annotation and image folders).
+    src: PathBuf,
+    /// The RGB image folder, below SRC.
+    #[arg(long, value_name = "NAME", default_value = VOC_RGB)]
+    rgb_dir: PathBuf,
+    /// The IR image folder, below SRC: same file names as the RGB folder (another image
+    /// extension is accepted).
+    #[arg(long, value_name = "NAME", default_value = VOC_IR)]
+    ir_dir: PathBuf,
+    /// The folder of <stem>.xml annotation files, below SRC.
+    #[arg(long, value_name = "NAME", default_value = VOC_ANNOTATIONS)]
+    annotations_dir: PathBuf,
+    /// A list of val stems replacing ImageSets/Main/val.txt.
+    #[arg(long, value_name = "FILE")]
+    val_list: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// The output folder; created, and it must be empty unless --force is given.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Class names in id order, comma-separated; objects of other classes are reported as
+    /// malformed. Default: every class name found in the annotations, sorted.
+    #[arg(long, value_delimiter = ',')]
+    names: Option<Vec<String>>,
+    /// Write into a non-empty --out: the files an import writes (and data.yaml) are replaced,
+    /// nothing else is changed or deleted (other files are listed as stale).
+    #[arg(long)]
+    force: bool,
+    /// Copy images instead of hard-linking them (links share the source's bytes).
+    #[arg(long)]
+    copy: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+/// Entries of one problem list printed before `--format json` is needed.
+const SHOWN: usize = 10;
+
+/// Runs the import and prints its report; problems are warnings (exit 0), failures errors.
+pub fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let (layout, common) = match &args.source {
+        SourceCommand::Llvip { src, common } => (Layout::llvip(src), common),
+        SourceCommand::Voc(voc) => {
+            let mut layout = Layout::voc(&voc.src, voc.val_list.clone());
+            layout.rgb.clone_from(&voc.rgb_dir);
+            layout.ir.clone_from(&voc.ir_dir);
+            layout.annotations.clone_from(&voc.annotations_dir);
+            (layout, &voc.common)
+        }
+    };
+    let options = ImportOptions {
+        names: common.names.clone(),
+        force: common.force,
+        transfer: if common.copy {
+            TransferMode::Copy
+        } else {
+            TransferMode::Link
+        },
+    };
+    let bars = Bars::new();
+    let report = import(&layout, &common.out, &options, &|event| bars.event(event));
+    bars.finish();
+    let report = report?;
+    match common.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Human => print!("{}", human(&report)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One progress bar per stage, drawn only once the import has run for a second.
+struct Bars {
+    started: Instant,
+    /// The current bar, and whether bars are drawn yet.
+    state: Mutex<(ProgressBar, bool)>,
+}
+
+impl Bars {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            state: Mutex::new((ProgressBar::hidden(), false)),
+        }
+    }
+
+    fn event(&self, event: Progress) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (bar, shown) = &mut *state;
+        match event {
+            Progress::Begin { stage, total } => {
+                bar.finish_and_clear();
+                let unit = match stage {
+                    Stage::Read => "annotations",
+                    Stage::Write => "pairs",
+                };
+                *bar = progress::bar(stage.as_str(), total, unit);
+                if !*shown {
+                    bar.set_draw_target(ProgressDrawTarget::hidden());
+                }
+            }
+            Progress::Step => bar.inc(1),
+        }
+        if !*shown && self.started.elapsed() >= Duration::from_secs(1) {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            *shown = true;
+        }
+    }
+
+    fn finish(&self) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0.finish_and_clear();
+    }
+}
+
+fn human(r: &ImportReport) -> String {
+    let mut s = String::new();
+    let names = if r.names.is_empty() {
+        "no classes".to_owned()
+    } else {
+        format!(
+            "{} class{} ({}{})",
+            r.names.len(),
+            if r.names.len() == 1 { "" } else { "es" },
+            r.names.join(", "),
+            if r.names_given { ", as given" } else { "" }
+        )
+    };
+    let _ = writeln!(
+        s,
+        "fusekit import {} {} -> {}: {} pairs, {names}",
+        r.preset,
+        r.source.display(),
+        r.out.display(),
+        r.pairs()
+    );
+    let _ = writeln!(
+        s,
+        "\n  side     pairs  labelled  background     boxes  clipped  size from image"
+    );
+    for side in Side::ALL {
+        let c = r.side(side);
+        let _ = writeln!(
+            s,
+            "  {:<6}{:>8}{:>10}{:>12}{:>10}{:>9}{:>17}",
+            side.as_str(),
+            c.pairs,
+            c.labelled,
+            c.background,
+            c.boxes,
+            c.clipped_boxes,
+            c.size_from_image
+        );
+    }
+    let _ = writeln!(s, "\n  split: {}", split_text(&r.split));
+    let t = &r.transfer;
+    let _ = match (&t.link_error, t.mode) {
+        (Some(why), _) => writeln!(
+            s,
+            "  images: {} hard-linked, {} copied (hard links failed: {why})",
+            t.linked, t.copied
+        ),
+        (None, TransferMode::Copy) => writeln!(s, "  images: {} copied (--copy)", t.copied),
+        (None, TransferMode::Link) => writeln!(s, "  images: {} hard-linked", t.linked),
+    };
+
+    let problems = r.problem_count();
+    if problems > 0 {
+        let _ = writeln!(s, "\nwarnings ({problems}):");
+    }
+    let mut section = |title: &str, lines: Vec<String>| {
+        if lines.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "  {title} ({}):", lines.len());
+        for line in lines.iter().take(SHOWN) {
+            let _ = writeln!(s, "    {line}");
+        }
+        if lines.len() > SHOWN {
+            let _ = writeln!(
+                s,
+                "    ... and {} more (--format json lists all)",
+                lines.len() - SHOWN
+            );
+        }
+    };
+    section(
+        "malformed objects, left out of the labels",
+        r.malformed
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{} object {}: {}",
+                    m.file.display(),
+                    m.line,
+                    m.object,
+                    m.reason
+                )
+            })
+            .collect(),
+    );
+    section(
+        "unusable annotation files, pairs skipped",
+        r.unusable
+            .iter()
+            .map(|u| match u.line {
+                Some(line) => format!("{}:{line}: {}", u.file.display(), u.reason),
+                None => format!("{}: {}", u.file.display(), u.reason),
+            })
+            .collect(),
+    );
+    let paths = |list: &[PathBuf]| list.iter().map(|p| p.display().to_string()).collect();
+    section(
+        "RGB images without IR partner, skipped",
+        paths(&r.missing_ir),
+    );
+    section("annotations without image", paths(&r.orphan_annotations));
+    section(
+        "RGB images sharing a stem (one annotation), skipped",
+        r.stem_clashes
+            .iter()
+            .map(|files| {
+                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                files.join(", ")
+            })
+            .collect(),
+    );
+    section(
+        "listed stems without image",
+        r.listed_missing
+            .iter()
+            .map(|m| format!("{}:{}: {}", m.list.display(), m.line, m.stem))
+            .collect(),
+    );
+    section(
+        "stems listed for both train and val, skipped",
+        r.listed_twice.clone(),
+    );
+    section("images in no split list, skipped", paths(&r.unlisted));
+    section(
+        "files in --out not written by this import, left in place",
+        paths(&r.stale),
+    );
+    let _ = writeln!(s, "\nwrote {}", r.data_yaml.display());
+    s
+}
+
+fn split_text(split: &SplitRule) -> String {
+    match split {
+        SplitRule::Folders { train, val } => format!(
+            "folders {} -> train, {} -> val",
+            train.join(", "),
+            val.join(", ")
+        ),
+        SplitRule::Lists {
+            train: None,
+            val: None,
+        } => "no split lists: everything is in train (make a val side with `fusekit split`)"
+            .to_owned(),
+        SplitRule::Lists { train, val } => {
+            let list = |l: &Option<PathBuf>| {
+                l.as_ref()
+                    .map_or("(none)".to_owned(), |p| p.display().to_string())
+            };
+            format!("lists train {}, val {}", list(train), list(val))
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! `fusekit train`: train the dual-stream detector from a prepared cache.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fusekit_cache::Cache;
+use fusekit_hyp::{
+    Accumulate, BatchPlan, Fusion, Hyp, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
+    Schedule, render_table,
+};
+use fusekit_train::{Event, RunFiles, TrainOptions, parse_device, train};
+use serde_json::json;
+
+use crate::cache::build_for_training;
+use crate::output::Format;
+use crate::progress;
+
+/// Train the dual-stream detector from a fusekit cache.
+///
+/// The batch arithmetic is done for you: `--accumulate auto` makes the effective batch close
+/// to `--nbs` (64) as Ultralytics does, and `--lr-scaling linear` scales lr0 and weight decay
+/// by effective / nbs, so `--batch 8 --accumulate 4` trains like batch 32 at half the
+/// nominal lr. The line printed at start shows the numbers. Every flag can also be set in
+/// `--hyp hyp.yaml` under Ultralytics' names (command-line values win).
+///
+/// Writes `PROJECT/NAME/` (NAME, NAME2, ... when taken): `args.yaml`, `results.csv` with
+/// Ultralytics' columns, `weights/last.safetensors` and `weights/best.safetensors` (EMA
+/// weights, for `fusekit predict`) and `weights/last.ckpt` (for `--resume`).
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A cache folder with train.fkc and val.fkc (from `fusekit cache build`).
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    cache: Option<PathBuf>,
+    /// A dataset (data yaml or folder): its caches are built first, or reused when current.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Hyperparameters in a yaml file with Ultralytics' keys.
+    #[arg(long)]
+    hyp: Option<PathBuf>,
+    /// YOLOv8 scale.
+    #[arg(long, value_parser = parse_word::<ModelScale>)]
+    model: Option<ModelScale>,
+    /// rgb, ir (single stream), early (input concat), mid (P3-P5 fusion), late (two detectors).
+    #[arg(long, value_parser = parse_word::<Fusion>)]
+    fusion: Option<Fusion>,
+    /// Training epochs.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Images per micro-batch (per device).
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Image size; must equal the cache's.
+    #[arg(long)]
+    imgsz: Option<u32>,
+    /// Micro-batches per optimizer step: `auto` (round(nbs / batch)) or a number.
+    #[arg(long, value_parser = parse_word::<Accumulate>)]
+    accumulate: Option<Accumulate>,
+    /// Nominal batch size the learning rate and weight decay are given for.
+    #[arg(long)]
+    nbs: Option<u32>,
+    /// Initial learning rate at nbs images per step.
+    #[arg(long)]
+    lr0: Option<f64>,
+    /// Final learning rate as a fraction of lr0.
+    #[arg(long)]
+    lrf: Option<f64>,
+    /// `linear`: scale lr0 and weight decay by effective batch / nbs; `none`: weight decay only.
+    #[arg(long, value_parser = parse_word::<LrScaling>)]
+    lr_scaling: Option<LrScaling>,
+    /// Warmup epochs (0 for none, e.g. when fine-tuning).
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    /// Cosine learning-rate decay instead of linear.
+    #[arg(long)]
+    cos_lr: bool,
+    /// SGD (Nesterov, momentum 0.937) or AdamW.
+    #[arg(long, value_parser = parse_word::<Optimizer>)]
+    optimizer: Option<Optimizer>,
+    /// Turn mosaic off for the last N epochs.
+    #[arg(long)]
+    close_mosaic: Option<u32>,
+    /// Epochs without improvement before stopping (0: never).
+    #[arg(long)]
+    patience: Option<u32>,
+    /// Random seed (order and augmentation).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// `stop`, or `rollback` to the epoch's start at half the lr.
+    #[arg(long, value_parser = parse_word::<NanPolicy>)]
+    nan_policy: Option<NanPolicy>,
+    /// Validate and save the raw weights instead of an exponential moving average.
+    #[arg(long)]
+    no_ema: bool,
+    /// Mixed precision on CUDA (fp16 autocast); CPU always trains in f32.
+    #[arg(long)]
+    amp: bool,
+    /// Train on this fraction of the training set (its first samples).
+    #[arg(long, conflicts_with = "limit")]
+    fraction: Option<f64>,
+    /// Train on the first N samples of the training set.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Initial weights: fusekit `.safetensors`, or an Ultralytics state dict as safetensors.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Continue the run NAME (or the latest run in PROJECT) from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Run name (default `train`; with --resume, the latest run).
+    #[arg(long)]
+    name: Option<String>,
+    /// Folder of runs.
+    #[arg(long, default_value = "runs/fuse")]
+    project: PathBuf,
+    /// `auto` (CUDA 0 when present), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print the learning rate of each group and the momentum at every batch, then exit.
+    #[arg(long)]
+    print_schedule: bool,
+    /// `human` prints progress; `json` prints one summary object at the end.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+fn parse_word<T: std::str::FromStr>(text: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| e.to_string())
+}
+
+impl TrainArgs {
+    fn overrides(&self) -> HypOverrides {
+        HypOverrides {
+            model_scale: self.model,
+            fusion: self.fusion,
+            epochs: self.epochs,
+            batch: self.batch,
+            imgsz: self.imgsz,
+            accumulate: self.accumulate,
+            nbs: self.nbs,
+            lr0: self.lr0,
+            lrf: self.lrf,
+            lr_scaling: self.lr_scaling,
+            warmup_epochs: self.warmup_epochs,
+            cos_lr: self.cos_lr.then_some(true),
+            optimizer: self.optimizer,
+            close_mosaic: self.close_mosaic,
+            patience: self.patience,
+            seed: self.seed,
+            nan_policy: self.nan_policy,
+            ema: self.no_ema.then_some(false),
+            amp: self.amp.then_some(true),
+            ..HypOverrides::default()
+        }
+    }
+}
+
+/// Runs `fusekit train`.
+pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let run_dir = if args.resume {
+        resume_dir(&args.project, args.name.as_deref())?
+    } else {
+        fresh_dir(&args.project, args.name.as_deref().unwrap_or("train"))
+    };
+    let hyp_file = if args.resume {
+        Some(RunFiles::new(&run_dir).args)
+    } else {
+        args.hyp.clone()
+    };
+    let loaded = Hyp::resolve(hyp_file.as_deref(), &args.overrides())?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let hyp = loaded.hyp;
+    let cache_dir = match (&args.cache, &args.data) {
+        (Some(cache), _) => cache.clone(),
+        (None, Some(data)) => build_for_training(data, hyp.imgsz)?,
+        (None, None) => bail!("give --cache DIR or --data DATA"),
+    };
+    let train_cache = cache_dir.join("train.fkc");
+    if !train_cache.is_file() {
+        bail!(
+            "{}: no train.fkc (build it with `fusekit cache build DATA --out {}`)",
+            cache_dir.display(),
+            cache_dir.display()
+        );
+    }
+    let val_cache = cache_dir.join("val.fkc");
+    let val_cache = if val_cache.is_file() {
+        Some(val_cache)
+    } else {
+        eprintln!(
+            "warning: {} has no val.fkc: training without validation (metrics stay 0; \
+fusekit never validates on the training set)",
+            cache_dir.display()
+        );
+        None
+    };
+    let samples = Cache::open(&train_cache, None)?.len();
+    let limit = match (args.limit, args.fraction) {
+        (Some(n), _) => Some(n),
+        (None, Some(f)) if f > 0.0 && f <= 1.0 => {
+            Some(((samples as f64 * f).round() as usize).max(1))
+        }
+        (None, Some(f)) => bail!("--fraction {f} is not in (0, 1]"),
+        (None, None) => None,
+    };
+    if args.print_schedule {
+        let images = limit.map_or(samples, |n| n.min(samples));
+        let plan = BatchPlan::from_hyp(&hyp, 1)?;
+        let batches = images.div_ceil(hyp.batch as usize) as u64;
+        let schedule = Schedule::new(&hyp, &plan, batches, hyp.epochs)?.with_min_warmup(MIN_WARMUP);
+        println!("{plan}");
+        print!("{}", render_table(schedule.rows()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let device = parse_device(&args.device)?;
+    if hyp.amp && !device.is_cuda() && args.amp {
+        eprintln!("note: --amp applies on CUDA only; training in f32 on the CPU");
+    }
+    let options = TrainOptions {
+        hyp: hyp.clone(),
+        train_cache,
+        val_cache,
+        device,
+        run_dir: run_dir.clone(),
+        weights: args.weights.clone(),
+        resume: args.resume,
+        limit,
+        min_warmup: MIN_WARMUP,
+    };
+    let human = args.format == Format::Human;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut observer = |event: Event<'_>| match event {
+        Event::Started {
+            plan,
+            config,
+            parameters,
+            images,
+            batches,
+            warmup,
+            start_epoch,
+        } if human => {
+            println!("{plan}");
+            println!(
+                "model: yolov8{} {} fusion, {} classes, {} IR plane{}, {:.2}M parameters, on {}",
+                config.scale,
+                config.fusion,
+                config.names.len(),
+                config.ir_channels,
+                if config.ir_channels == 1 { "" } else { "s" },
+                parameters as f64 / 1e6,
+                device_name(device)
+            );
+            println!(
+                "data: {} train / {} val images, {batches} batches per epoch, warmup {warmup} batches{}",
+                images.0,
+                images.1,
+                if start_epoch > 0 {
+                    format!(", resuming at epoch {}", start_epoch + 1)
+                } else {
+                    String::new()
+                }
+            );
+            println!("run: {}", run_dir.display());
+        }
+        Event::Batch {
+            epoch,
+            batch,
+            batches,
+            loss,
+        } if human => {
+            let bar = bar.get_or_insert_with(|| progress::bar("train", batches, "batches"));
+            if batch == 0 {
+                bar.reset();
+                bar.set_length(batches);
+            }
+            bar.set_prefix(format!("epoch {}/{}", epoch + 1, hyp.epochs));
+            bar.set_message(format!(
+                "box {:.3} cls {:.3} dfl {:.3}",
+                loss[0], loss[1], loss[2]
+            ));
+            bar.set_position(batch + 1);
+        }
+        Event::Epoch(record) if human => {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            println!(
+                "epoch {:>3}/{}  box {:.3} cls {:.3} dfl {:.3}  P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3}  lr {:.5}  {:.1}s",
+                record.epoch,
+                hyp.epochs,
+                record.train_loss[0],
+                record.train_loss[1],
+                record.train_loss[2],
+                record.precision,
+                record.recall,
+                record.map50,
+                record.map50_95,
+                record.lr[0],
+                record.time
+            );
+        }
+        Event::Note(note) => eprintln!("note: {note}"),
+        _ => {}
+    };
+    let summary = train(&options, &mut observer)
+        .with_context(|| format!("training run {}", run_dir.display()))?;
+    let files = RunFiles::new(&run_dir);
+    if human {
+        if let Some(best) = &summary.best {
+            println!(
+                "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s)",
+                summary.best_epoch,
+                best.map50,
+                best.map50_95,
+                summary.epochs,
+                summary.seconds,
+                summary.images_per_second
+            );
+        }
+        println!(
+            "results: {}\nweights: {} (best), {} (last)",
+            files.results.display(),
+            files.best.display(),
+            files.last.display()
+        );
+    } else {
+        let record = |r: &Option<fusekit_train::EpochRecord>| {
+            r.as_ref().map(|r| {
+                json!({"epoch": r.epoch, "precision": r.precision, "recall": r.recall,
+                       "mAP50": r.map50, "mAP50-95": r.map50_95, "train_loss": r.train_loss,
+                       "val_loss": r.val_loss})
+            })
+        };
+        println!(
+            "{}",
+            json!({
+                "run": run_dir,
+                "epochs": summary.epochs,
+                "best_epoch": summary.best_epoch,
+                "best": record(&summary.best),
+                "last": record(&summary.last),
+                "stopped_early": summary.stopped_early,
+                "seconds": summary.seconds,
+                "images_per_second": summary.images_per_second,
+                "results": files.results,
+                "weights": {"best": files.best, "last": files.last},
+            })
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Warmup lasts at least this many batches when warmup_epochs > 0.
+const MIN_WARMUP: u64 = 100;
+
+/// `project/name`, or `name2`, `name3`, ... when taken.
+fn fresh_dir(project: &Path, name: &str) -> PathBuf {
+    let first = project.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (2..)
+        .map(|i| project.join(format!("{name}{i}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+/// The run to resume: `project/name`, or without a name the most recent run in `project`
+/// that has a checkpoint.
+fn resume_dir(project: &Path, name: Option<&str>) -> anyhow::Result<PathBuf> {
+    if let Some(name) = name {
+        let named = project.join(name);
+        if !RunFiles::new(&named).checkpoint.is_file() {
+            bail!(
+                "--resume: {} has no weights/last.ckpt (it never finished an epoch)",
+                named.display()
+            );
+        }
+        return Ok(named);
+    }
+    let latest = std::fs::read_dir(project)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter_map(|dir| {
+            let checkpoint = RunFiles::new(&dir).checkpoint;
+            let modified = checkpoint.metadata().ok()?.modified().ok()?;
+            Some((modified, dir))
+        })
+        .max();
+    match latest {
+        Some((_, dir)) => Ok(dir),
+        None => bail!(
+            "--resume: no run with weights/last.ckpt in {} (nothing to resume)",
+            project.display()
+        ),
+    }
+}
+
+fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    fusekit_torch_link::emit();
+}

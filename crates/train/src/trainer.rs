@@ -1,0 +1,633 @@
+//! The training loop: batches from a cache, v8 loss, accumulation, the scheduled optimizer,
+//! EMA, validation, `results.csv`, weights and resumable checkpoints.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use fusekit_cache::{Augment, Cache, Loader, LoaderOptions};
+use fusekit_detect::{
+    DetectionLoss, Detector, Fusion, LossGains, ModelConfig, NmsOptions, parameter_count, weights,
+};
+use fusekit_hyp::{BatchPlan, EMA_DECAY, EMA_TAU, Hyp, NanPolicy, Schedule};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::TrainError;
+use crate::ema::Ema;
+use crate::feed::batch_tensors;
+use crate::optim::{Optimizer, StepSettings};
+use crate::results::{EpochRecord, append_results, truncate_results};
+use crate::validate::{Validation, validate};
+
+/// Metadata key of a checkpoint's training state (JSON).
+const STATE_KEY: &str = "fusekit.train_state";
+
+/// Gradient-norm clipping threshold applied before every optimizer step.
+pub const MAX_GRAD_NORM: f64 = 10.0;
+
+/// Everything a training run needs.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Resolved hyperparameters.
+    pub hyp: Hyp,
+    /// The training cache (`train.fkc`).
+    pub train_cache: PathBuf,
+    /// The validation cache; `None` trains without validation (metrics stay 0).
+    pub val_cache: Option<PathBuf>,
+    /// Where to compute.
+    pub device: Device,
+    /// The run folder (`weights/`, `results.csv`, `args.yaml`); created if missing.
+    pub run_dir: PathBuf,
+    /// Initial weights: a fusekit weights file, or an Ultralytics state dict as safetensors.
+    pub weights: Option<PathBuf>,
+    /// Continue from `run_dir/weights/last.ckpt`.
+    pub resume: bool,
+    /// Train on the first N samples only.
+    pub limit: Option<usize>,
+    /// Warmup lasts at least this many batches (when warmup_epochs > 0).
+    pub min_warmup: u64,
+}
+
+/// Progress reported while training.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Training is about to start.
+    Started {
+        /// The batch arithmetic.
+        plan: &'a BatchPlan,
+        /// The model.
+        config: &'a ModelConfig,
+        /// Parameters of the model.
+        parameters: i64,
+        /// Train and validation images.
+        images: (usize, usize),
+        /// Batches per epoch.
+        batches: u64,
+        /// Warmup length in batches.
+        warmup: u64,
+        /// First epoch to run (0-based; > 0 when resuming).
+        start_epoch: u32,
+    },
+    /// A training batch finished.
+    Batch {
+        /// Epoch, 0-based.
+        epoch: u32,
+        /// Batch within the epoch, 0-based.
+        batch: u64,
+        /// Batches per epoch.
+        batches: u64,
+        /// Running mean of box, class and DFL losses this epoch.
+        loss: [f64; 3],
+    },
+    /// An epoch finished and was validated.
+    Epoch(&'a EpochRecord),
+    /// Something the user should know (a rollback, mosaic closed, weights imported).
+    Note(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Epochs completed in total (including before a resume).
+    pub epochs: u32,
+    /// Epoch (1-based) with the best fitness.
+    pub best_epoch: u32,
+    /// The last epoch's record.
+    pub last: Option<EpochRecord>,
+    /// The best epoch's record.
+    pub best: Option<EpochRecord>,
+    /// `true` when patience ran out.
+    pub stopped_early: bool,
+    /// Seconds spent in this process.
+    pub seconds: f64,
+    /// Training images per second (forward + backward + step), this process.
+    pub images_per_second: f64,
+}
+
+/// Where a run's files are.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    /// `results.csv`.
+    pub results: PathBuf,
+    /// `weights/last.safetensors` (EMA weights after the last epoch).
+    pub last: PathBuf,
+    /// `weights/best.safetensors` (EMA weights of the best epoch).
+    pub best: PathBuf,
+    /// `weights/last.ckpt` (everything needed to resume).
+    pub checkpoint: PathBuf,
+    /// `args.yaml`.
+    pub args: PathBuf,
+}
+
+impl RunFiles {
+    /// The files of the run in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            results: dir.join("results.csv"),
+            last: dir.join("weights/last.safetensors"),
+            best: dir.join("weights/best.safetensors"),
+            checkpoint: dir.join("weights/last.ckpt"),
+            args: dir.join("args.yaml"),
+        }
+    }
+}
+
+/// The resumable state saved with each checkpoint.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct TrainState {
+    /// Epochs completed.
+    epochs_done: u32,
+    best_fitness: f64,
+    best_epoch: u32,
+    optimizer_steps: u64,
+    ema_updates: u64,
+    /// Learning-rate multiplier after NaN rollbacks.
+    lr_factor: f64,
+    /// Training seconds before this process (results.csv's time continues).
+    seconds: f64,
+    hyp: String,
+    train_cache: String,
+}
+
+/// Cache loader options for training with `hyp`'s augmentation.
+fn train_loader_options(hyp: &Hyp, limit: Option<usize>, mosaic: bool) -> LoaderOptions {
+    LoaderOptions {
+        batch: hyp.batch as usize,
+        shuffle: true,
+        seed: hyp.seed,
+        augment: Some(Augment {
+            fliplr: hyp.fliplr as f32,
+            mosaic: if mosaic { hyp.mosaic as f32 } else { 0.0 },
+            scale: hyp.scale as f32,
+            translate: hyp.translate as f32,
+            hsv_h: hyp.hsv_h as f32,
+            hsv_s: hyp.hsv_s as f32,
+            hsv_v: hyp.hsv_v as f32,
+        }),
+        limit,
+        ..LoaderOptions::default()
+    }
+}
+
+/// Which streams an Ultralytics checkpoint initialises for each fusion mode.
+fn import_streams(fusion: Fusion) -> &'static [&'static str] {
+    match fusion {
+        Fusion::Rgb => &["rgb"],
+        Fusion::Ir => &["ir"],
+        Fusion::Early => &["early"],
+        Fusion::Mid | Fusion::Late => &["rgb", "ir"],
+    }
+}
+
+/// Trains as `options` say, reporting progress to `observer`.
+pub fn train(
+    options: &TrainOptions,
+    observer: &mut dyn FnMut(Event<'_>),
+) -> Result<TrainSummary, TrainError> {
+    let hyp = &options.hyp;
+    let device = options.device;
+    let files = RunFiles::new(&options.run_dir);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    std::fs::create_dir_all(options.run_dir.join("weights")).map_err(io(&options.run_dir))?;
+
+    let train_cache = Arc::new(Cache::open(&options.train_cache, None)?);
+    let meta = train_cache.meta().clone();
+    if meta.imgsz != hyp.imgsz {
+        return Err(TrainError::Incompatible(format!(
+            "{} was built at imgsz {}, but imgsz is {}: rebuild the cache or pass --imgsz {}",
+            options.train_cache.display(),
+            meta.imgsz,
+            hyp.imgsz,
+            meta.imgsz
+        )));
+    }
+    let mosaic_epochs = hyp.epochs.saturating_sub(hyp.close_mosaic);
+    let mut loader = Loader::new(
+        train_cache.clone(),
+        train_loader_options(hyp, options.limit, mosaic_epochs > 0),
+    );
+    if loader.is_empty() {
+        return Err(TrainError::Incompatible(format!(
+            "{} holds no samples",
+            options.train_cache.display()
+        )));
+    }
+    let val_loader = match &options.val_cache {
+        Some(path) => {
+            let cache = Arc::new(Cache::open(path, None)?);
+            let val_meta = cache.meta();
+            if val_meta.names != meta.names || val_meta.ir_channels != meta.ir_channels {
+                return Err(TrainError::Incompatible(format!(
+                    "{} and {} differ in class names or IR planes",
+                    options.train_cache.display(),
+                    path.display()
+                )));
+            }
+            Some(Loader::new(
+                cache,
+                LoaderOptions {
+                    batch: (hyp.batch as usize * 2).max(1),
+                    shuffle: false,
+                    ..LoaderOptions::default()
+                },
+            ))
+        }
+        None => None,
+    };
+
+    let config = ModelConfig {
+        scale: hyp.model_scale,
+        fusion: hyp.fusion,
+        names: meta.names.clone(),
+        ir_channels: i64::from(meta.ir_channels),
+    };
+    tch::manual_seed(hyp.seed as i64);
+    let vs = VarStore::new(device);
+    let model = Detector::new(&vs.root(), config.clone());
+    let ema_vs = VarStore::new(device);
+    let ema_model = Detector::new(&ema_vs.root(), config.clone());
+
+    let plan = BatchPlan::from_hyp(hyp, 1)?;
+    let batches = loader.batches_per_epoch() as u64;
+    let schedule =
+        Schedule::new(hyp, &plan, batches, hyp.epochs)?.with_min_warmup(options.min_warmup);
+    let mut optimizer = Optimizer::new(hyp.optimizer, vs.variables());
+
+    let mut state = TrainState {
+        epochs_done: 0,
+        best_fitness: f64::NEG_INFINITY,
+        best_epoch: 0,
+        optimizer_steps: 0,
+        ema_updates: 0,
+        lr_factor: 1.0,
+        seconds: 0.0,
+        hyp: hyp.to_yaml()?,
+        train_cache: options.train_cache.display().to_string(),
+    };
+    if options.resume {
+        state = restore_checkpoint(&files.checkpoint, &vs, &ema_vs, &mut optimizer)?;
+        truncate_results(&files.results, state.epochs_done).map_err(io(&files.results))?;
+        observer(Event::Note(format!(
+            "resuming {} after epoch {}",
+            files.checkpoint.display(),
+            state.epochs_done
+        )));
+    } else {
+        if let Some(path) = &options.weights {
+            observer(Event::Note(initialise(&vs, &config, path)?));
+        }
+        let _ = std::fs::remove_file(&files.results);
+    }
+    std::fs::write(&files.args, hyp.to_yaml()?).map_err(io(&files.args))?;
+    let mut ema = Ema::new(&vs, &ema_vs, EMA_DECAY, EMA_TAU);
+    if options.resume {
+        // The checkpoint's EMA weights were restored into ema_vs; Ema::new copied the live
+        // model over them, so load them again.
+        restore_ema(&files.checkpoint, &ema_vs)?;
+        ema.set_updates(state.ema_updates);
+    }
+
+    let loss_fn = DetectionLoss {
+        gains: LossGains {
+            box_gain: hyp.box_gain,
+            cls_gain: hyp.cls,
+            dfl_gain: hyp.dfl,
+        },
+        ..DetectionLoss::default()
+    };
+    observer(Event::Started {
+        plan: &plan,
+        config: &config,
+        parameters: parameter_count(&vs),
+        images: (loader.len(), val_loader.as_ref().map_or(0, |l| l.len())),
+        batches,
+        warmup: schedule.warmup_batches(),
+        start_epoch: state.epochs_done,
+    });
+
+    let started = Instant::now();
+    let previous_seconds = state.seconds;
+    let mut trained_images = 0usize;
+    let mut train_seconds = 0.0;
+    let mut last_record = None;
+    let mut best_record = None;
+    let mut stopped_early = false;
+    let mut epoch = state.epochs_done;
+    let mut good_state: Option<HashMap<String, Tensor>> = None;
+    while epoch < hyp.epochs {
+        if epoch == mosaic_epochs && hyp.mosaic > 0.0 && hyp.close_mosaic > 0 {
+            observer(Event::Note(format!(
+                "closing mosaic for the last {} epochs",
+                hyp.close_mosaic
+            )));
+        }
+        if epoch >= mosaic_epochs {
+            loader = Loader::new(
+                train_cache.clone(),
+                train_loader_options(hyp, options.limit, false),
+            );
+        }
+        if good_state.is_none() && hyp.nan_policy == NanPolicy::Rollback {
+            good_state = Some(snapshot(&vs));
+        }
+        let epoch_start = Instant::now();
+        let mut sums = [0.0; 3];
+        let mut seen = 0u64;
+        let mut last_step: Option<u64> = None;
+        let mut failure = None;
+        optimizer.zero_grad();
+        for (i, batch) in loader.epoch(u64::from(epoch)).enumerate() {
+            let batch = batch?;
+            let i = i as u64;
+            let step = schedule.at(epoch, i);
+            let tensors = batch_tensors(&batch, device);
+            let input = tensors.images.to_kind(Kind::Float) / 255.0;
+            let outputs = model.forward_t(&input, true);
+            let loss = loss_fn.compute(&outputs, &tensors.targets);
+            if !loss.parts.iter().all(|p| p.is_finite()) {
+                let names = batch
+                    .samples
+                    .iter()
+                    .filter_map(|&s| meta.samples.get(s).cloned())
+                    .collect();
+                failure = Some((i, names, step.lr[0] * state.lr_factor));
+                break;
+            }
+            loss.total.backward();
+            trained_images += batch.len();
+            let global = u64::from(epoch) * batches + i;
+            let since = last_step.map_or(global + 1, |s| global - s);
+            if since >= u64::from(step.accumulate.max(1)) || i + 1 == batches {
+                let _ = optimizer.clip_grad_norm(MAX_GRAD_NORM);
+                optimizer.step(&StepSettings {
+                    lr: step.lr.map(|lr| lr * state.lr_factor),
+                    momentum: step.momentum,
+                    weight_decay: plan.weight_decay(),
+                });
+                optimizer.zero_grad();
+                ema.update();
+                last_step = Some(global);
+            }
+            for (sum, part) in sums.iter_mut().zip(loss.parts) {
+                *sum += part;
+            }
+            seen += 1;
+            observer(Event::Batch {
+                epoch,
+                batch: i,
+                batches,
+                loss: sums.map(|s| s / seen as f64),
+            });
+        }
+        train_seconds += epoch_start.elapsed().as_secs_f64();
+        if let Some((batch, samples, lr)) = failure {
+            let error = TrainError::NonFinite {
+                epoch: epoch + 1,
+                batch,
+                samples,
+                lr,
+            };
+            match (&hyp.nan_policy, &good_state) {
+                (NanPolicy::Rollback, Some(saved)) if state.lr_factor > 1e-3 => {
+                    restore_snapshot(&vs, saved);
+                    optimizer = Optimizer::new(hyp.optimizer, vs.variables());
+                    ema = Ema::new(&vs, &ema_vs, EMA_DECAY, EMA_TAU);
+                    state.lr_factor /= 2.0;
+                    observer(Event::Note(format!(
+                        "{error}; rolled back to the start of the epoch, continuing at {}x lr",
+                        state.lr_factor
+                    )));
+                    continue;
+                }
+                _ => return Err(error),
+            }
+        }
+
+        let validation = match &val_loader {
+            Some(val) => {
+                let nms = NmsOptions::default();
+                let eval_model = if hyp.ema { &ema_model } else { &model };
+                if !hyp.ema {
+                    copy_variables(&vs, &ema_vs);
+                }
+                validate(eval_model, val, device, &loss_fn, &nms)?
+            }
+            None => Validation {
+                metrics: fusekit_eval::evaluate(&[], &[], config.names.len())
+                    .map_err(|e| TrainError::Numeric(e.to_string()))?,
+                loss: [0.0; 3],
+                images: 0,
+            },
+        };
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            time: previous_seconds + started.elapsed().as_secs_f64(),
+            train_loss: sums.map(|s| s / seen.max(1) as f64),
+            precision: validation.metrics.precision,
+            recall: validation.metrics.recall,
+            map50: validation.metrics.map50,
+            map50_95: validation.metrics.map50_95,
+            val_loss: validation.loss,
+            lr: schedule.epoch_end(epoch).lr.map(|lr| lr * state.lr_factor),
+        };
+        let saved_vs = if hyp.ema { &ema_vs } else { &vs };
+        weights::save(saved_vs, &config, &files.last)?;
+        let fitness = record.fitness();
+        if fitness > state.best_fitness || state.best_epoch == 0 {
+            state.best_fitness = fitness;
+            state.best_epoch = record.epoch;
+            weights::save(saved_vs, &config, &files.best)?;
+            best_record = Some(record.clone());
+        }
+        state.epochs_done = epoch + 1;
+        state.optimizer_steps = optimizer.steps();
+        state.ema_updates = ema.updates();
+        state.seconds = previous_seconds + started.elapsed().as_secs_f64();
+        // The checkpoint is the truth a resume starts from; the results row follows it.
+        save_checkpoint(&files.checkpoint, &vs, &ema_vs, &optimizer, &config, &state)?;
+        append_results(&files.results, &record).map_err(io(&files.results))?;
+        if hyp.nan_policy == NanPolicy::Rollback {
+            good_state = Some(snapshot(&vs));
+        }
+        observer(Event::Epoch(&record));
+        last_record = Some(record);
+        epoch += 1;
+        if hyp.patience > 0 && epoch - state.best_epoch >= hyp.patience && epoch < hyp.epochs {
+            observer(Event::Note(format!(
+                "no improvement for {} epochs (best: epoch {}): stopping early",
+                hyp.patience, state.best_epoch
+            )));
+            stopped_early = true;
+            break;
+        }
+    }
+    if best_record.is_none() && state.best_epoch > 0 {
+        best_record = read_record(&files.results, state.best_epoch);
+    }
+    Ok(TrainSummary {
+        epochs: state.epochs_done,
+        best_epoch: state.best_epoch,
+        last: last_record,
+        best: best_record,
+        stopped_early,
+        seconds: started.elapsed().as_secs_f64(),
+        images_per_second: trained_images as f64 / train_seconds.max(1e-9),
+    })
+}
+
+/// Initialises `vs` from `path`: a fusekit weights file of the same model layout, or an
+/// Ultralytics state dict. Returns a note for the user.
+fn initialise(vs: &VarStore, config: &ModelConfig, path: &Path) -> Result<String, TrainError> {
+    let (tensors, metadata) = weights::read_tensors(path)?;
+    if metadata.contains_key(weights::CONFIG_KEY) {
+        let saved = weights::config_of(path, &metadata)?;
+        if saved.fusion != config.fusion || saved.scale != config.scale {
+            return Err(TrainError::Incompatible(format!(
+                "{} holds a {}/{} model, this run trains {}/{}",
+                path.display(),
+                saved.scale,
+                saved.fusion,
+                config.scale,
+                config.fusion
+            )));
+        }
+        weights::copy_into(vs, path, &tensors, "")?;
+        return Ok(format!("initialised from {}", path.display()));
+    }
+    let report = weights::import_ultralytics(vs, path, import_streams(config.fusion))?;
+    let mut note = format!(
+        "imported {} tensors from {} into {}",
+        report.copied,
+        path.display(),
+        import_streams(config.fusion).join(" + ")
+    );
+    for (name, from, to) in &report.adapted_inputs {
+        note.push_str(&format!("; {name}: {from} input planes adapted to {to}"));
+    }
+    if !report.reinitialised.is_empty() {
+        note.push_str(&format!(
+            "; the class count differs, so the {} class-head tensors keep their initial values",
+            report.reinitialised.len()
+        ));
+    }
+    Ok(note)
+}
+
+fn snapshot(vs: &VarStore) -> HashMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.detach().copy()))
+        .collect()
+}
+
+fn restore_snapshot(vs: &VarStore, saved: &HashMap<String, Tensor>) {
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            if let Some(value) = saved.get(&name) {
+                var.copy_(value);
+            }
+        }
+    });
+}
+
+fn copy_variables(from: &VarStore, to: &VarStore) {
+    restore_snapshot(to, &from.variables());
+}
+
+fn save_checkpoint(
+    path: &Path,
+    vs: &VarStore,
+    ema_vs: &VarStore,
+    optimizer: &Optimizer,
+    config: &ModelConfig,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    tensors.extend(
+        vs.variables()
+            .into_iter()
+            .map(|(n, t)| (format!("model/{n}"), t)),
+    );
+    tensors.extend(
+        ema_vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (format!("ema/{n}"), t)),
+    );
+    let (buffers, _) = optimizer.state();
+    tensors.extend(buffers.into_iter().map(|(n, t)| (format!("optim/{n}"), t)));
+    let metadata = HashMap::from([
+        (
+            weights::CONFIG_KEY.to_string(),
+            serde_json::to_string(config).map_err(|e| TrainError::Numeric(e.to_string()))?,
+        ),
+        (
+            STATE_KEY.to_string(),
+            serde_json::to_string(state).map_err(|e| TrainError::Numeric(e.to_string()))?,
+        ),
+    ]);
+    weights::write_tensors(path, tensors, metadata)?;
+    Ok(())
+}
+
+fn restore_checkpoint(
+    path: &Path,
+    vs: &VarStore,
+    ema_vs: &VarStore,
+    optimizer: &mut Optimizer,
+) -> Result<TrainState, TrainError> {
+    if !path.is_file() {
+        return Err(TrainError::Resume(format!(
+            "{}: no checkpoint to resume from (was this run started?)",
+            path.display()
+        )));
+    }
+    let (tensors, metadata) = weights::read_tensors(path)?;
+    let state: TrainState = metadata
+        .get(STATE_KEY)
+        .and_then(|json| serde_json::from_str(json).ok())
+        .ok_or_else(|| {
+            TrainError::Resume(format!("{}: no training state in the file", path.display()))
+        })?;
+    weights::copy_into(vs, path, &tensors, "model/")?;
+    weights::copy_into(ema_vs, path, &tensors, "ema/")?;
+    let buffers: HashMap<String, Tensor> = tensors
+        .iter()
+        .filter_map(|(n, t)| Some((n.strip_prefix("optim/")?.to_string(), t.shallow_clone())))
+        .collect();
+    optimizer
+        .restore(&buffers, state.optimizer_steps)
+        .map_err(|m| TrainError::Resume(format!("{}: {m}", path.display())))?;
+    Ok(state)
+}
+
+fn restore_ema(path: &Path, ema_vs: &VarStore) -> Result<(), TrainError> {
+    let (tensors, _) = weights::read_tensors(path)?;
+    weights::copy_into(ema_vs, path, &tensors, "ema/")?;
+    Ok(())
+}
+
+/// The record of `epoch` in an existing `results.csv`.
+fn read_record(path: &Path, epoch: u32) -> Option<EpochRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.split(',').next().and_then(|e| e.parse::<u32>().ok()) == Some(epoch))?;
+    let v: Vec<f64> = line.split(',').filter_map(|f| f.parse().ok()).collect();
+    (v.len() == 15).then(|| EpochRecord {
+        epoch,
+        time: v[1],
+        train_loss: [v[2], v[3], v[4]],
+        precision: v[5],
+        recall: v[6],
+        map50: v[7],
+        map50_95: v[8],
+        val_loss: [v[9], v[10], v[11]],
+        lr: [v[12], v[13], v[14]],
+    })
+}

@@ -1,0 +1,86 @@
+//! Validation: losses, NMS and mAP of a model over a cache.
+
+use fusekit_cache::Loader;
+use fusekit_detect::{DetectionLoss, Detector, NmsOptions, non_max_suppression};
+use fusekit_eval::{Metrics, Prediction, Truth, evaluate};
+use tch::{Device, Kind};
+
+use crate::TrainError;
+use crate::feed::batch_tensors;
+
+/// What one validation pass measured.
+#[derive(Debug, Clone)]
+pub struct Validation {
+    /// Precision, recall and mAP as Ultralytics reports them (plus COCO's numbers).
+    pub metrics: Metrics,
+    /// Box, class and DFL losses, mean over batches.
+    pub loss: [f64; 3],
+    /// Images evaluated.
+    pub images: usize,
+}
+
+/// Validates `model` in eval mode on every batch of `loader` (no augmentation, fixed order)
+/// with Ultralytics' validation NMS settings.
+pub fn validate(
+    model: &Detector,
+    loader: &Loader,
+    device: Device,
+    loss: &DetectionLoss,
+    options: &NmsOptions,
+) -> Result<Validation, TrainError> {
+    let num_classes = model.config().names.len();
+    let mut predictions = Vec::new();
+    let mut truths = Vec::new();
+    let mut loss_sum = [0.0; 3];
+    let mut batches = 0usize;
+    let mut images = 0usize;
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let tensors = batch_tensors(&batch, device);
+        let size = batch.imgsz as f32;
+        let input = tensors.images.to_kind(Kind::Float) / 255.0;
+        let (parts, detections) = tch::no_grad(|| {
+            let outputs = model.forward_t(&input, false);
+            let parts = loss.compute(&outputs, &tensors.targets).parts;
+            let detections = non_max_suppression(&model.decode(&outputs), options);
+            (parts, detections)
+        });
+        for (sum, part) in loss_sum.iter_mut().zip(parts) {
+            *sum += part;
+        }
+        batches += 1;
+        for (i, image_detections) in detections.iter().enumerate() {
+            predictions.extend(image_detections.iter().map(|d| Prediction {
+                image: images + i,
+                class: d.class,
+                score: d.score,
+                bbox: d.bbox,
+            }));
+        }
+        truths.extend(batch.boxes.iter().map(|b| Truth {
+            image: images + b.image as usize,
+            class: b.class,
+            bbox: [
+                (b.x - b.w / 2.0) * size,
+                (b.y - b.h / 2.0) * size,
+                (b.x + b.w / 2.0) * size,
+                (b.y + b.h / 2.0) * size,
+            ],
+        }));
+        images += batch.len();
+    }
+    let metrics = evaluate(&predictions, &truths, num_classes)
+        .map_err(|e| TrainError::Numeric(format!("validation: {e}")))?;
+    let mean = |s: f64| {
+        if batches == 0 {
+            0.0
+        } else {
+            s / batches as f64
+        }
+    };
+    Ok(Validation {
+        metrics,
+        loss: loss_sum.map(mean),
+        images,
+    })
+}

@@ -1,0 +1,210 @@
+//! A detector overfits four generated pairs, and `fusekit predict` then finds their boxes.
+
+use std::path::Path;
+use std::process::Command;
+
+use fusekit_detect::{DetectionLoss, Detector, Fusion, ModelConfig, ModelScale, weights};
+use image::{GrayImage, RgbImage};
+use tch::nn::{self, OptimizerConfig, VarStore};
+use tch::{Device, Kind, Tensor};
+
+const SIZE: u32 = 64;
+
+/// Boxes per image as (class, x0, y0, x1, y1) pixels: class 0 red squares, class 1 green
+/// rectangles (4:3). One object per image: with several, which object a from-scratch model
+/// learns first in a few hundred steps depends on the initialisation (Ultralytics behaves
+/// the same way), and this test is about the pipeline, not about that race.
+fn scenes() -> [Vec<(u32, [u32; 4])>; 4] {
+    [
+        vec![(0, [8, 8, 36, 36])],
+        vec![(1, [24, 20, 56, 44])],
+        vec![(0, [30, 26, 58, 54])],
+        vec![(1, [8, 6, 40, 30])],
+    ]
+}
+
+/// Writes the pairs (RGB bright boxes on dark, IR the same shapes in grey) and returns the
+/// input tensor `[4, 4, 64, 64]` and targets `[n, 6]` for training.
+fn write_pairs(root: &Path) -> (Tensor, Tensor) {
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::create_dir_all(root.join("imagesIR")).unwrap();
+    let mut planes = Vec::new();
+    let mut targets = Vec::new();
+    for (i, boxes) in scenes().iter().enumerate() {
+        let mut rgb = RgbImage::from_pixel(SIZE, SIZE, image::Rgb([20, 30, 40]));
+        let mut ir = GrayImage::from_pixel(SIZE, SIZE, image::Luma([10]));
+        for &(class, [x0, y0, x1, y1]) in boxes {
+            let colour = if class == 0 {
+                [230, 60, 60]
+            } else {
+                [60, 220, 90]
+            };
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    rgb.put_pixel(x, y, image::Rgb(colour));
+                    ir.put_pixel(x, y, image::Luma([200]));
+                }
+            }
+            let s = SIZE as f32;
+            targets.extend([
+                i as f32,
+                class as f32,
+                (x0 + x1) as f32 / 2.0 / s,
+                (y0 + y1) as f32 / 2.0 / s,
+                (x1 - x0) as f32 / s,
+                (y1 - y0) as f32 / s,
+            ]);
+        }
+        rgb.save(root.join(format!("images/p{i}.png"))).unwrap();
+        ir.save(root.join(format!("imagesIR/p{i}.png"))).unwrap();
+        for c in 0..3 {
+            planes.extend(rgb.pixels().map(|p| p.0[c]));
+        }
+        planes.extend(ir.pixels().map(|p| p.0[0]));
+    }
+    let images = Tensor::from_slice(&planes)
+        .view([4, 4, SIZE as i64, SIZE as i64])
+        .to_kind(Kind::Float)
+        / 255.0;
+    let n = targets.len() as i64 / 6;
+    (images, Tensor::from_slice(&targets).view([n, 6]))
+}
+
+fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+#[test]
+fn overfit_four_pairs_then_predict_finds_their_boxes() {
+    // One libtorch thread: tests share few cores, and OpenMP threads waiting for a time
+    // slice make every operation slow.
+    tch::set_num_threads(1);
+    tch::manual_seed(0);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (images, targets) = write_pairs(&data);
+
+    let vs = VarStore::new(Device::Cpu);
+    let config = ModelConfig {
+        scale: ModelScale::N,
+        fusion: Fusion::Mid,
+        names: vec!["square".into(), "bar".into()],
+        ir_channels: 1,
+    };
+    let model = Detector::new(&vs.root(), config.clone());
+    let mut optimizer = nn::Adam::default().build(&vs, 1e-3).unwrap();
+    let loss = DetectionLoss::default();
+    let mut last = [f64::NAN; 3];
+    for _ in 0..250 {
+        let outputs = model.forward_t(&images, true);
+        let step = loss.compute(&outputs, &targets);
+        optimizer.zero_grad();
+        step.total.backward();
+        optimizer.step();
+        last = step.parts;
+    }
+    assert!(last[0] < 0.5, "box loss after overfitting: {last:?}");
+    let path = dir.path().join("overfit.safetensors");
+    weights::save(&vs, &config, &path).unwrap();
+
+    let out = dir.path().join("predict");
+    let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+        .args(["predict", "--weights"])
+        .arg(&path)
+        .env("OMP_NUM_THREADS", "1")
+        .arg("--source")
+        .arg(&data)
+        .args([
+            "--imgsz", "64", "--device", "cpu", "--format", "json", "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 4);
+    let jsonl = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 4);
+    for record in &records {
+        let rgb = record["rgb"].as_str().unwrap();
+        let i: usize = rgb[rgb.len() - 5..rgb.len() - 4].parse().unwrap();
+        let detections = record["detections"].as_array().unwrap();
+        for &(class, b) in &scenes()[i] {
+            let truth = b.map(f64::from);
+            let found = detections.iter().any(|d| {
+                let bbox: Vec<f64> = d["box"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                d["class"] == class && iou([bbox[0], bbox[1], bbox[2], bbox[3]], truth) > 0.5
+            });
+            assert!(
+                found,
+                "pair {i}: no detection of class {class} at {b:?} in {detections:?}"
+            );
+        }
+        assert!(detections.len() <= scenes()[i].len() + 2, "{detections:?}");
+    }
+    let pictures = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jpg")
+        })
+        .count();
+    assert_eq!(pictures, 4);
+}
+
+#[test]
+fn predict_reports_bad_weights_and_missing_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"nope").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+        .args(["predict", "--weights"])
+        .arg(&bad)
+        .args(["a.png", "b.png", "--device", "cpu"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.safetensors"), "{stderr}");
+
+    let vs = VarStore::new(Device::Cpu);
+    let config = ModelConfig {
+        scale: ModelScale::N,
+        fusion: Fusion::Rgb,
+        names: vec!["person".into()],
+        ir_channels: 1,
+    };
+    let _ = Detector::new(&vs.root(), config.clone());
+    let good = dir.path().join("w.safetensors");
+    weights::save(&vs, &config, &good).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+        .args(["predict", "--weights"])
+        .arg(&good)
+        .args(["missing.png", "b.png", "--device", "cpu"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("missing.png"), "{stderr}");
+}

@@ -1,0 +1,259 @@
+//! `fusekit train` driven as a user would: batch arithmetic, results.csv, weights, resume
+//! after kill -9, the NaN guard, hyp.yaml errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn fusekit(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fusekit"))
+        .args(args)
+        .current_dir(cwd)
+        // Tests run in parallel on few cores: one libtorch thread each avoids OpenMP threads
+        // waiting for a time slice on every operation.
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("fusekit runs")
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A generated dataset split by scene and cached at 64: returns the cache folder.
+fn cached_dataset(dir: &Path) -> PathBuf {
+    ok(&fusekit(
+        &[
+            "synth", "--out", "ds", "--pairs", "24", "--size", "96x80", "--scenes", "4",
+        ],
+        dir,
+    ));
+    ok(&fusekit(&["split", "ds", "--group", r"^(\d{2})"], dir));
+    ok(&fusekit(
+        &["cache", "build", "ds", "--imgsz", "64", "--out", "cache"],
+        dir,
+    ));
+    dir.join("cache")
+}
+
+const FAST: &[&str] = &["--imgsz", "64", "--device", "cpu"];
+
+fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--cache", "cache"];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn prints_the_batch_arithmetic_and_the_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    let out = ok(&fusekit(
+        &train_args(&[
+            "--batch",
+            "8",
+            "--accumulate",
+            "4",
+            "--print-schedule",
+            "--epochs",
+            "2",
+        ]),
+        dir.path(),
+    ));
+    assert!(
+        out.contains("batch 8 x accumulate 4 x 1 device = 32 effective; lr0 0.01 @ nbs 64 -> 0.005 (linear), weight_decay 0.0005 -> 0.00025"),
+        "{out}"
+    );
+    // One row per batch: 2 epochs of ceil(16 / 8) batches (16 train pairs).
+    let rows = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(char::is_numeric))
+        .count();
+    assert!(rows >= 4, "{out}");
+
+    let auto = ok(&fusekit(
+        &train_args(&["--batch", "4", "--print-schedule"]),
+        dir.path(),
+    ));
+    assert!(
+        auto.contains(
+            "batch 4 x accumulate 16 x 1 device = 64 effective; lr0 0.01 @ nbs 64 -> 0.01 (linear)"
+        ),
+        "{auto}"
+    );
+}
+
+#[test]
+fn trains_writes_ultralytics_results_and_weights_that_predict_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    let out = ok(&fusekit(
+        &train_args(&["--batch", "4", "--epochs", "2", "--fusion", "late"]),
+        dir.path(),
+    ));
+    assert!(out.contains("yolov8n late fusion"), "{out}");
+    let run = dir.path().join("runs/fuse/train");
+    let results = std::fs::read_to_string(run.join("results.csv")).unwrap();
+    let mut lines = results.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),\
+metrics/recall(B),metrics/mAP50(B),metrics/mAP50-95(B),val/box_loss,val/cls_loss,val/dfl_loss,\
+lr/pg0,lr/pg1,lr/pg2"
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.len(), 15);
+        assert_eq!(row[0], (i + 1) as f64);
+        assert!(
+            row[2..5].iter().all(|v| v.is_finite() && *v > 0.0),
+            "{row:?}"
+        );
+        assert!(row[5..9].iter().all(|v| (0.0..=1.0).contains(v)), "{row:?}");
+    }
+    let args = std::fs::read_to_string(run.join("args.yaml")).unwrap();
+    assert!(
+        args.contains("lr0: 0.01") && args.contains("fusion: late"),
+        "{args}"
+    );
+    for file in [
+        "weights/best.safetensors",
+        "weights/last.safetensors",
+        "weights/last.ckpt",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    // A second run gets its own folder.
+    ok(&fusekit(
+        &train_args(&["--batch", "4", "--epochs", "1", "--fusion", "rgb"]),
+        dir.path(),
+    ));
+    assert!(dir.path().join("runs/fuse/train2/results.csv").is_file());
+
+    let predicted = ok(&fusekit(
+        &[
+            "predict",
+            "--weights",
+            "runs/fuse/train/weights/best.safetensors",
+            "--source",
+            "ds",
+            "--imgsz",
+            "64",
+            "--device",
+            "cpu",
+            "--no-images",
+        ],
+        dir.path(),
+    ));
+    assert!(predicted.contains("24 pairs"), "{predicted}");
+}
+
+#[test]
+fn resume_after_kill_9_ends_with_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    let common = [
+        "--batch",
+        "4",
+        "--epochs",
+        "3",
+        "--accumulate",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--fusion",
+        "rgb",
+    ];
+    ok(&fusekit(
+        &train_args(&[&common[..], &["--name", "straight"]].concat()),
+        dir.path(),
+    ));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+        .args(train_args(&[&common[..], &["--name", "killed"]].concat()))
+        .env("OMP_NUM_THREADS", "1")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let results = dir.path().join("runs/fuse/killed/results.csv");
+    let checkpoint = dir.path().join("runs/fuse/killed/weights/last.ckpt");
+    let start = std::time::Instant::now();
+    loop {
+        if checkpoint.is_file() || start.elapsed().as_secs() > 120 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let out = ok(&fusekit(
+        &train_args(&["--resume", "--name", "killed"]),
+        dir.path(),
+    ));
+    assert!(out.contains("resuming at epoch"), "{out}");
+    let csv = std::fs::read_to_string(&results).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+
+    let a = std::fs::read(
+        dir.path()
+            .join("runs/fuse/straight/weights/last.safetensors"),
+    )
+    .unwrap();
+    let b = std::fs::read(dir.path().join("runs/fuse/killed/weights/last.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ from an uninterrupted run");
+}
+
+#[test]
+fn a_diverging_run_names_the_batch_and_the_learning_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    let output = fusekit(
+        &train_args(&[
+            "--batch",
+            "4",
+            "--epochs",
+            "2",
+            "--lr0",
+            "1e12",
+            "--warmup-epochs",
+            "0",
+            "--accumulate",
+            "1",
+            "--nan-policy",
+            "stop",
+            "--fusion",
+            "rgb",
+        ]),
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not finite"), "{stderr}");
+    assert!(stderr.contains("images/"), "{stderr}");
+    assert!(stderr.contains("lr"), "{stderr}");
+}
+
+#[test]
+fn hyp_yaml_errors_name_the_line_and_suggest_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    std::fs::write(dir.path().join("hyp.yaml"), "epochs: 1\nlr_0: 0.02\n").unwrap();
+    let output = fusekit(&train_args(&["--hyp", "hyp.yaml"]), dir.path());
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("hyp.yaml:2") && stderr.contains("lr0"),
+        "{stderr}"
+    );
+}
