@@ -6,6 +6,8 @@ mod device;
 mod draw;
 mod import;
 mod lint;
+#[cfg(feature = "train")]
+mod models;
 mod output;
 #[cfg(feature = "train")]
 mod predict;
@@ -52,6 +54,9 @@ enum Command {
     /// Train the dual-stream detector from a cache (batch arithmetic, schedule, EMA, mAP).
     #[cfg(feature = "train")]
     Train(Box<train::TrainArgs>),
+    /// Parameters and GFLOPs of every model scale and fusion mode.
+    #[cfg(feature = "train")]
+    Models(models::ModelsArgs),
     /// Detect objects in RGB + IR pairs with trained weights (JSON records and pictures).
     #[cfg(feature = "train")]
     Predict(predict::PredictArgs),
@@ -70,6 +75,8 @@ fn main() -> ExitCode {
         Command::Device => device::run(),
         #[cfg(feature = "train")]
         Command::Predict(args) => predict::run(&args),
+        #[cfg(feature = "train")]
+        Command::Models(args) => models::run(&args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::run(&args),
     };

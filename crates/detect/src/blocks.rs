@@ -1,7 +1,36 @@
 //! YOLOv8 building blocks with Ultralytics' parameter names.
 
+use std::cell::Cell;
+
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
+
+thread_local! {
+    /// Multiply-accumulates of convolutions run on this thread while counting is on.
+    static MACS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Runs `f` and returns its result with the multiply-accumulates of every convolution it ran
+/// on this thread (the basis of Ultralytics' GFLOPs figure, which is 2 x MACs).
+pub fn count_macs<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let previous = MACS.replace(Some(0));
+    let value = f();
+    let macs = MACS.replace(previous).unwrap_or(0);
+    (value, macs)
+}
+
+/// Adds a convolution's multiply-accumulates to the counter, when counting.
+pub(crate) fn record_conv(weight: &Tensor, output: &Tensor) {
+    MACS.with(|m| {
+        if let Some(total) = m.get() {
+            let w = weight.size();
+            let o = output.size();
+            let per_output: i64 = w[1..].iter().product();
+            let outputs: i64 = o.iter().product();
+            m.set(Some(total + (per_output * outputs) as u64));
+        }
+    });
+}
 
 /// PyTorch's default initialisation for a convolution with `fan_in` inputs per output:
 /// uniform in +-1/sqrt(fan_in) for weights and biases (tch's own default is larger).
@@ -57,7 +86,9 @@ impl Conv {
 
 impl ModuleT for Conv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train).silu()
+        let ys = xs.apply(&self.conv);
+        record_conv(&self.conv.ws, &ys);
+        ys.apply_t(&self.bn, train).silu()
     }
 }
 

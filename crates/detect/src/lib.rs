@@ -13,7 +13,7 @@ mod postprocess;
 pub mod weights;
 mod yolo;
 
-pub use blocks::{Bottleneck, C2f, Conv, Sppf, parameter_count};
+pub use blocks::{Bottleneck, C2f, Conv, Sppf, count_macs, parameter_count};
 pub use fusekit_hyp::{Fusion, ModelScale};
 pub use loss::{
     Assigner, Assignment, DetectionLoss, Loss, LossGains, ciou, distribution_focal_loss,

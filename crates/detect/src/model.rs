@@ -196,6 +196,22 @@ impl Detector {
         Tensor::cat(&decoded, 2)
     }
 
+    /// Giga floating-point operations (2 x multiply-accumulates of the convolutions, as
+    /// Ultralytics reports GFLOPs) of one eval forward pass at `imgsz` x `imgsz`.
+    pub fn gflops(&self, imgsz: i64) -> f64 {
+        let device = self
+            .heads()
+            .first()
+            .map_or(tch::Device::Cpu, |h| h.bins().device());
+        let images = Tensor::zeros(
+            [1, self.config.input_planes(), imgsz, imgsz],
+            (Kind::Float, device),
+        );
+        let (_, macs) =
+            crate::blocks::count_macs(|| tch::no_grad(|| self.forward_t(&images, false)));
+        2.0 * macs as f64 / 1e9
+    }
+
     /// Eval-mode forward and decode of `images` (u8 or float 0..1).
     pub fn predict(&self, images: &Tensor) -> Tensor {
         let x = if images.kind() == Kind::Uint8 {

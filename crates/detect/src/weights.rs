@@ -235,8 +235,8 @@ pub struct ImportReport {
 /// safetensors (keys `model.N...`). A variable `<stream>.model.N.rest` (and, for mid fusion,
 /// `head.model.N.rest`) takes `model.N.rest` when `<stream>` is in `streams` (`rgb`, `ir`,
 /// `early`; `head` is implied by `rgb` or `ir`). A first convolution with other input planes
-/// is adapted (summed to one plane for grey IR; the mean RGB filter for extra planes); a
-/// class head of another class count keeps its initialisation.
+/// is adapted (summed to one plane for grey IR; the mean RGB filter for extra planes); the
+/// class branch (`cv3`) of another class count keeps its initialisation.
 pub fn import_ultralytics(
     vs: &VarStore,
     path: &Path,
@@ -286,7 +286,8 @@ pub fn import_ultralytics(
                 .adapted_inputs
                 .push((name.clone(), shape[1], target[1]));
             adapt_input_planes(&source, target[1])
-        } else if key.contains(".cv3.") && key.contains(".2.") {
+        } else if key.contains(".cv3.") {
+            // The class branch's width and output depend on the class count.
             report.reinitialised.push(name);
             continue;
         } else {

@@ -168,7 +168,9 @@ impl Branch {
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let x = self.convs[1].forward_t(&self.convs[0].forward_t(xs, train), train);
-        x.apply(&self.out)
+        let ys = x.apply(&self.out);
+        crate::blocks::record_conv(&self.out.ws, &ys);
+        ys
     }
 }
 

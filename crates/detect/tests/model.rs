@@ -28,6 +28,17 @@ fn rgb_yolov8n_has_ultralytics_parameter_count() {
 }
 
 #[test]
+fn rgb_yolov8n_has_ultralytics_gflops_at_640() {
+    tch::set_num_threads(1);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Detector::new(&vs.root(), config(ModelScale::N, Fusion::Rgb, 80, 1));
+    // 2 x convolution MACs at 640: 8.74. Ultralytics 8.4's thop-based figure is 8.86: thop
+    // also counts BatchNorm, activations and pooling, within 1.5% of the convolutions alone.
+    let gflops = model.gflops(640);
+    assert!((gflops - 8.743).abs() < 0.005, "{gflops}");
+}
+
+#[test]
 fn every_scale_and_fusion_gives_three_levels_at_strides_8_16_32() {
     tch::set_num_threads(1);
     tch::manual_seed(0);
@@ -212,4 +223,45 @@ fn weights_errors_name_the_file_and_the_tensor() {
     .unwrap();
     let err = weights::load(&plain, Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("not a fusekit weights file"), "{err}");
+}
+
+#[test]
+fn ultralytics_state_dicts_initialise_both_streams_adapting_ir_and_class_head() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    // An Ultralytics-named state dict (`model.N...`) of a 3-class single-stream model.
+    let source = VarStore::new(Device::Cpu);
+    let _ = Detector::new(&source.root(), config(ModelScale::N, Fusion::Rgb, 3, 1));
+    let renamed: Vec<(String, Tensor)> = source
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n.trim_start_matches("rgb.").to_string(), t))
+        .collect();
+    let path = dir.path().join("yolov8n.safetensors");
+    weights::write_tensors(&path, renamed, HashMap::new()).unwrap();
+
+    let target = VarStore::new(Device::Cpu);
+    let _ = Detector::new(&target.root(), config(ModelScale::N, Fusion::Mid, 2, 1));
+    let report = weights::import_ultralytics(&target, &path, &["rgb", "ir"]).unwrap();
+    assert_eq!(
+        report.adapted_inputs,
+        [("ir.model.0.conv.weight".to_string(), 3, 1)]
+    );
+    assert!(report.reinitialised.iter().all(|n| n.contains(".cv3.")));
+    assert!(!report.reinitialised.is_empty());
+    assert!(report.untouched.iter().any(|n| n.starts_with("fuse.")));
+    let vars = target.variables();
+    let src = source.variables();
+    let rgb0 = &src["rgb.model.0.conv.weight"];
+    let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    assert_eq!(diff(&vars["rgb.model.0.conv.weight"], rgb0), 0.0);
+    let summed = rgb0.sum_dim_intlist(1, true, Kind::Float);
+    assert!(diff(&vars["ir.model.0.conv.weight"], &summed) < 1e-6);
+    assert_eq!(
+        diff(
+            &vars["head.model.15.cv1.conv.weight"],
+            &src["rgb.model.15.cv1.conv.weight"]
+        ),
+        0.0
+    );
 }

@@ -322,7 +322,8 @@ pub fn train(
     while epoch < hyp.epochs {
         if epoch == mosaic_epochs && hyp.mosaic > 0.0 && hyp.close_mosaic > 0 {
             observer(Event::Note(format!(
-                "closing mosaic for the last {} epochs",
+                "mosaic off for the last {} epochs (close_mosaic {})",
+                hyp.epochs - epoch,
                 hyp.close_mosaic
             )));
         }

@@ -130,6 +130,46 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     run(Command::new(&fusekit)
         .args(["cache", "build", "datasets/sample", "--imgsz", "640"])
         .current_dir(root))?;
+    // A short mid-fusion training run at 320 (a few minutes on 2 CPU cores), then predictions
+    // on the sample with its best weights.
+    run(Command::new(&fusekit)
+        .args([
+            "train",
+            "--data",
+            "datasets/sample",
+            "--imgsz",
+            "320",
+            "--fusion",
+            "mid",
+            "--epochs",
+            "3",
+            "--batch",
+            "8",
+            "--name",
+            "demo",
+        ])
+        .current_dir(root))?;
+    let weights = std::fs::read_dir(root.join("runs/fuse"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("weights/best.safetensors"))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .context("no weights from the demo run")?;
+    run(Command::new(&fusekit)
+        .arg("predict")
+        .arg("--weights")
+        .arg(&weights)
+        .args([
+            "--source",
+            "datasets/sample",
+            "--imgsz",
+            "320",
+            "--conf",
+            "0.1",
+            "--out",
+            "runs/predict/demo",
+        ])
+        .current_dir(root))?;
     Ok(())
 }
 
@@ -147,16 +187,34 @@ fn test(root: &Path) -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    cargo(root, &["test", "--workspace"])
+    // The parity tests compare with Ultralytics and pycocotools through this python.
+    let python = reference_python()?;
+    run(Command::new("cargo")
+        .args(["test", "--workspace"])
+        .current_dir(root)
+        .env("FUSEKIT_PYTHON", &python))
 }
 
-fn bench(root: &Path) -> anyhow::Result<()> {
-    setup(root)?;
+/// Versions of the Python reference the parity tests and benchmarks compare against.
+const ULTRALYTICS_VERSION: &str = "8.4.190";
+
+/// A virtual environment with Ultralytics (and pycocotools, safetensors) next to the same
+/// torch, created once under ~/.cache/fusekit; returns its python.
+fn reference_python() -> anyhow::Result<PathBuf> {
     let venv = fusekit_home()?.join("ultralytics-venv");
     let python = venv.join("bin/python");
-    if !python.is_file() || !run_quiet(Command::new(&python).args(["-c", "import ultralytics"])) {
+    let ready = python.is_file()
+        && run_quiet(Command::new(&python).args([
+            "-c",
+            &format!(
+                "import ultralytics, pycocotools, safetensors; \
+assert ultralytics.__version__ == '{ULTRALYTICS_VERSION}'"
+            ),
+        ]));
+    if !ready {
         eprintln!(
-            "xtask: installing ultralytics (reference for the benchmarks) into {}",
+            "xtask: installing ultralytics=={ULTRALYTICS_VERSION} (the reference for parity tests \
+and benchmarks) into {}",
             venv.display()
         );
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
@@ -165,10 +223,18 @@ fn bench(root: &Path) -> anyhow::Result<()> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "ultralytics",
+                &format!("ultralytics=={ULTRALYTICS_VERSION}"),
+                "pycocotools",
+                "safetensors",
             ])
             .arg(format!("torch=={TORCH_VERSION}")))?;
     }
+    Ok(python)
+}
+
+fn bench(root: &Path) -> anyhow::Result<()> {
+    setup(root)?;
+    let python = reference_python()?;
     let mut command = Command::new("cargo");
     command
         .args([
@@ -179,6 +245,8 @@ fn bench(root: &Path) -> anyhow::Result<()> {
             "fusekit-split",
             "--package",
             "fusekit-cache",
+            "--package",
+            "fusekit-detect",
         ])
         .current_dir(root)
         .env("FUSEKIT_BENCH_PYTHON", &python);
