@@ -155,6 +155,26 @@ lr/pg0,lr/pg1,lr/pg2"
         dir.path(),
     ));
     assert!(predicted.contains("24 pairs"), "{predicted}");
+
+    let validated = ok(&fusekit(
+        &[
+            "val",
+            "--weights",
+            "runs/fuse/train/weights/best.safetensors",
+            "--cache",
+            "cache/val.fkc",
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    ));
+    let report: serde_json::Value = serde_json::from_str(validated.trim()).unwrap();
+    assert_eq!(report["images"], 6);
+    let map50 = report["metrics"]["map50"].as_f64().unwrap();
+    // best.safetensors is the best epoch's EMA: `val` reproduces that epoch's mAP50.
+    assert!(rows.iter().any(|r| (r[7] - map50).abs() < 1e-5), "{report}");
 }
 
 #[test]

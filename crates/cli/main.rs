@@ -17,6 +17,8 @@ mod split;
 mod synth;
 #[cfg(feature = "train")]
 mod train;
+#[cfg(feature = "train")]
+mod val;
 
 use std::process::ExitCode;
 
@@ -54,6 +56,9 @@ enum Command {
     /// Train the dual-stream detector from a cache (batch arithmetic, schedule, EMA, mAP).
     #[cfg(feature = "train")]
     Train(Box<train::TrainArgs>),
+    /// Validate weights on a cache: P, R, mAP50, mAP50-95 overall and per class.
+    #[cfg(feature = "train")]
+    Val(val::ValArgs),
     /// Parameters and GFLOPs of every model scale and fusion mode.
     #[cfg(feature = "train")]
     Models(models::ModelsArgs),
@@ -77,6 +82,8 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(&args),
         #[cfg(feature = "train")]
         Command::Models(args) => models::run(&args),
+        #[cfg(feature = "train")]
+        Command::Val(args) => val::run(&args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::run(&args),
     };

@@ -310,6 +310,9 @@ pub fn train(
         start_epoch: state.epochs_done,
     });
 
+    // Mixed precision only on CUDA (fp16 autocast with dynamic loss scaling).
+    let amp = hyp.amp && device.is_cuda();
+    let mut scaler = LossScaler::new(amp);
     let started = Instant::now();
     let previous_seconds = state.seconds;
     let mut trained_images = 0usize;
@@ -348,8 +351,10 @@ pub fn train(
             let step = schedule.at(epoch, i);
             let tensors = batch_tensors(&batch, device);
             let input = tensors.images.to_kind(Kind::Float) / 255.0;
-            let outputs = model.forward_t(&input, true);
-            let loss = loss_fn.compute(&outputs, &tensors.targets);
+            let loss = tch::autocast(amp, || {
+                let outputs = model.forward_t(&input, true);
+                loss_fn.compute(&outputs, &tensors.targets)
+            });
             if !loss.parts.iter().all(|p| p.is_finite()) {
                 let names = batch
                     .samples
@@ -359,19 +364,21 @@ pub fn train(
                 failure = Some((i, names, step.lr[0] * state.lr_factor));
                 break;
             }
-            loss.total.backward();
+            (&loss.total * scaler.scale).backward();
             trained_images += batch.len();
             let global = u64::from(epoch) * batches + i;
             let since = last_step.map_or(global + 1, |s| global - s);
             if since >= u64::from(step.accumulate.max(1)) || i + 1 == batches {
-                let _ = optimizer.clip_grad_norm(MAX_GRAD_NORM);
-                optimizer.step(&StepSettings {
-                    lr: step.lr.map(|lr| lr * state.lr_factor),
-                    momentum: step.momentum,
-                    weight_decay: plan.weight_decay(),
-                });
+                if scaler.unscale(&mut optimizer) {
+                    let _ = optimizer.clip_grad_norm(MAX_GRAD_NORM);
+                    optimizer.step(&StepSettings {
+                        lr: step.lr.map(|lr| lr * state.lr_factor),
+                        momentum: step.momentum,
+                        weight_decay: plan.weight_decay(),
+                    });
+                    ema.update();
+                }
                 optimizer.zero_grad();
-                ema.update();
                 last_step = Some(global);
             }
             for (sum, part) in sums.iter_mut().zip(loss.parts) {
@@ -479,6 +486,45 @@ pub fn train(
         seconds: started.elapsed().as_secs_f64(),
         images_per_second: trained_images as f64 / train_seconds.max(1e-9),
     })
+}
+
+/// Dynamic loss scaling for fp16 training (PyTorch's GradScaler rule): losses are multiplied
+/// by `scale` before backward; a step whose unscaled gradients are not finite is skipped and
+/// halves the scale; 2000 good steps in a row double it. Disabled, the scale stays 1.
+struct LossScaler {
+    enabled: bool,
+    scale: f64,
+    good_steps: u32,
+}
+
+impl LossScaler {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            scale: if enabled { 65536.0 } else { 1.0 },
+            good_steps: 0,
+        }
+    }
+
+    /// Unscales the gradients; `false` when the step must be skipped.
+    fn unscale(&mut self, optimizer: &mut Optimizer) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        optimizer.scale_grads(1.0 / self.scale);
+        if optimizer.grads_finite() {
+            self.good_steps += 1;
+            if self.good_steps == 2000 {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+            true
+        } else {
+            self.scale /= 2.0;
+            self.good_steps = 0;
+            false
+        }
+    }
 }
 
 /// Initialises `vs` from `path`: a fusekit weights file of the same model layout, or an
