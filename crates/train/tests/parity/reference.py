@@ -5,6 +5,8 @@ Usage: python reference.py OUT_DIR SCALE NC SEED
 Builds an Ultralytics YOLOv8 detection model from its yaml (no download) with a fixed seed,
 and writes to OUT_DIR:
 - model.safetensors: its state dict (num_batches_tracked dropped);
+- stepped.safetensors: the state dict after one SGD step (Ultralytics' parameter groups with
+  lr 0.01 / 0.02 / 0.05, momentum 0.9, weight decay 5e-4, clipping at 10) on the first set;
 - reference.safetensors: random images, two target sets (several boxes with some on the image
   border and one image without boxes; no boxes at all), the eval-mode decoded output, the
   train-mode raw outputs and v8DetectionLoss's three parts (after gains) for each target set.
@@ -16,7 +18,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from types import SimpleNamespace
+
 from ultralytics.cfg import get_cfg
+from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.loss import v8DetectionLoss
 
@@ -76,6 +81,23 @@ def main() -> None:
             tensors["assigned_scores"] = captured["scores"]
             tensors["assigned_foreground"] = captured["foreground"]
     save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(out / "reference.safetensors"))
+
+    # One optimizer step with Ultralytics' own parameter groups (weight, bn, bias), distinct
+    # learning rates per group, gradient clipping at 10, as its trainer steps.
+    trainer = BaseTrainer.__new__(BaseTrainer)
+    trainer.args = SimpleNamespace(optimizer="SGD", lr0=0.01, momentum=0.9)
+    optimizer = trainer.build_optimizer(model, name="SGD", lr=0.01, momentum=0.9, decay=5e-4)
+    assert [g["param_group"] for g in optimizer.param_groups] == ["weight", "bn", "bias"]
+    for group, lr in zip(optimizer.param_groups, (0.01, 0.02, 0.05)):
+        group["lr"] = lr
+    targets = several
+    loss, _ = criterion(preds, {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:]})
+    optimizer.zero_grad()
+    loss.sum().backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+    optimizer.step()
+    stepped = {k: v.contiguous().float() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(stepped, str(out / "stepped.safetensors"))
 
 
 if __name__ == "__main__":

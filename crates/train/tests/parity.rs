@@ -1,5 +1,6 @@
 //! Parity with Ultralytics: the same weights, inputs and targets give the same raw outputs,
-//! decoded boxes and loss parts. Runs `tests/parity/reference.py` with the python named by
+//! decoded boxes, assigned targets and loss parts, and one SGD step with fusekit's parameter
+//! groups gives the same weights. Runs `tests/parity/reference.py` with the python named by
 //! `FUSEKIT_PYTHON` (which must import ultralytics and safetensors); skipped, with a note,
 //! when it is not set.
 
@@ -7,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fusekit_detect::{DetectionLoss, Detector, Fusion, ModelConfig, ModelScale, weights};
+use fusekit_hyp::Optimizer as OptimizerKind;
+use fusekit_train::{Optimizer, StepSettings};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -120,6 +123,30 @@ fn check(scale: ModelScale, nc: usize) {
             loss.parts
         );
     }
+
+    // One SGD step with fusekit's parameter groups gives Ultralytics' weights.
+    let mut optimizer = Optimizer::new(OptimizerKind::Sgd, vs.variables());
+    optimizer.zero_grad();
+    let loss = DetectionLoss::default().compute(&outputs, &r["targets_several"]);
+    loss.total.backward();
+    optimizer.clip_grad_norm(10.0);
+    optimizer.step(&StepSettings {
+        lr: [0.01, 0.02, 0.05],
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    });
+    let stepped = load(&dir.path().join("stepped.safetensors"));
+    let mut worst = 0.0f64;
+    for (name, var) in vs.variables() {
+        let expected = &stepped[name.trim_start_matches("rgb.")];
+        let d = (&var - expected).abs().max().double_value(&[]);
+        worst = worst.max(d);
+        assert!(
+            d < 1e-5,
+            "{scale}: {name} differs by {d:e} after one SGD step"
+        );
+    }
+    eprintln!("{scale}: weights after one SGD step within {worst:e} of Ultralytics'");
 }
 
 #[test]
