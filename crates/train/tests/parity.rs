@@ -1,13 +1,16 @@
 //! Parity with Ultralytics: the same weights, inputs and targets give the same raw outputs,
-//! decoded boxes, assigned targets and loss parts, and one SGD step with fusekit's parameter
-//! groups gives the same weights. Runs `tests/parity/reference.py` with the python named by
+//! decoded boxes, assigned targets, loss parts and NMS results, and one SGD step with
+//! fusekit's parameter groups gives the same weights. Runs `tests/parity/reference.py` with the python named by
 //! `FUSEKIT_PYTHON` (which must import ultralytics and safetensors); skipped, with a note,
 //! when it is not set.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fusekit_detect::{DetectionLoss, Detector, Fusion, ModelConfig, ModelScale, weights};
+use fusekit_detect::{
+    DetectionLoss, Detector, Fusion, ModelConfig, ModelScale, NmsOptions, non_max_suppression,
+    weights,
+};
 use fusekit_hyp::Optimizer as OptimizerKind;
 use fusekit_train::{Optimizer, StepSettings};
 use tch::nn::VarStore;
@@ -122,6 +125,40 @@ fn check(scale: ModelScale, nc: usize) {
             "{scale} {name}: loss {:?} vs Ultralytics {expected:?}",
             loss.parts
         );
+    }
+
+    // Class-aware NMS keeps the same boxes, scores and classes as Ultralytics'.
+    let options = NmsOptions {
+        conf: 0.25,
+        ..NmsOptions::default()
+    };
+    for (i, detections) in non_max_suppression(&r["nms_input"], &options)
+        .iter()
+        .enumerate()
+    {
+        let expected = &r[&format!("nms_output_{i}")];
+        assert_eq!(
+            detections.len() as i64,
+            expected.size()[0],
+            "{scale}: NMS image {i}"
+        );
+        for (k, d) in detections.iter().enumerate() {
+            let row: Vec<f32> = Vec::try_from(expected.get(k as i64)).unwrap();
+            let got = [
+                d.bbox[0],
+                d.bbox[1],
+                d.bbox[2],
+                d.bbox[3],
+                d.score,
+                d.class as f32,
+            ];
+            for (a, b) in got.iter().zip(&row) {
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{scale}: NMS image {i} row {k}: {got:?} vs {row:?}"
+                );
+            }
+        }
     }
 
     // One SGD step with fusekit's parameter groups gives Ultralytics' weights.

@@ -24,6 +24,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.loss import v8DetectionLoss
+from ultralytics.utils.nms import non_max_suppression
 
 
 def main() -> None:
@@ -72,6 +73,16 @@ def main() -> None:
         "train_boxes": preds["boxes"].detach(),
         "train_scores": preds["scores"].detach(),
     }
+    # NMS on one fixed set of random predictions (centre-xywh boxes, class probabilities), with
+    # the validator's settings but conf 0.25 so that many boxes compete.
+    candidates = torch.cat(
+        (torch.rand(2, 2, 400, generator=generator) * 96, 4 + torch.rand(2, 2, 400, generator=generator) * 30,
+         torch.rand(2, nc, 400, generator=generator)),
+        1,
+    )
+    tensors["nms_input"] = candidates
+    for i, kept in enumerate(non_max_suppression(candidates, 0.25, 0.7, multi_label=True, max_det=300)):
+        tensors[f"nms_output_{i}"] = kept
     for name, targets in (("several", several), ("empty", empty)):
         batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:]}
         _, parts = criterion(preds, batch)
