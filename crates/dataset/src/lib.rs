@@ -21,5 +21,7 @@ pub use probe::{
     DecodeLevel, ImageInfo, PixelSummary, ProbeError, SUPPORTED_EXTENSIONS, UNSUPPORTED_EXTENSIONS,
     is_image_path, perceptual_hash, probe_bytes, probe_image,
 };
-pub use scan::{IrPartner, MissingListed, Orphan, OrphanKind, PairRecord, Scan, StemClash};
+pub use scan::{
+    IrPartner, MissingListed, Orphan, OrphanKind, PairRecord, Scan, StemClash, images_by_stem,
+};
 pub use swap::ComponentSwap;

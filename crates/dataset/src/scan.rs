@@ -129,26 +129,32 @@ struct FolderIndex {
     folders: HashMap<PathBuf, BTreeMap<OsString, Vec<PathBuf>>>,
 }
 
+/// The image files directly in `dir` grouped by stem, each group sorted by path (empty when
+/// the folder cannot be read).
+pub fn images_by_stem(dir: &Path) -> BTreeMap<OsString, Vec<PathBuf>> {
+    let mut by_stem: BTreeMap<OsString, Vec<PathBuf>> = BTreeMap::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_image_path(p))
+        .collect();
+    files.sort();
+    for file in files {
+        by_stem
+            .entry(file.file_stem().unwrap_or_default().to_os_string())
+            .or_default()
+            .push(file);
+    }
+    by_stem
+}
+
 impl FolderIndex {
     fn folder(&mut self, dir: &Path) -> &BTreeMap<OsString, Vec<PathBuf>> {
-        self.folders.entry(dir.to_path_buf()).or_insert_with(|| {
-            let mut by_stem: BTreeMap<OsString, Vec<PathBuf>> = BTreeMap::new();
-            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && is_image_path(p))
-                .collect();
-            files.sort();
-            for file in files {
-                by_stem
-                    .entry(file.file_stem().unwrap_or_default().to_os_string())
-                    .or_default()
-                    .push(file);
-            }
-            by_stem
-        })
+        self.folders
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| images_by_stem(dir))
     }
 }
 

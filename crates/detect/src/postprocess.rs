@@ -80,7 +80,7 @@ fn image_detections(rows: &Tensor, options: &NmsOptions) -> Vec<Detection> {
             s.index_select(0, &keep),
         )
     };
-    let mut order = (score.argsort(0, true)).narrow(0, 0, score.size()[0]);
+    let mut order = score.argsort(0, true);
     if order.size()[0] > options.max_candidates as i64 {
         order = order.narrow(0, 0, options.max_candidates as i64);
     }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use fusekit_dataset::is_image_path;
+use fusekit_dataset::{images_by_stem, is_image_path};
 
 use crate::error::ImportError;
 use crate::layout::{Layout, SplitRule};
@@ -301,24 +301,10 @@ impl FolderIndex {
     /// extension, else `None`.
     fn partner(&mut self, expected: &Path) -> Option<PathBuf> {
         let dir = expected.parent()?;
-        let by_stem = self.folders.entry(dir.to_path_buf()).or_insert_with(|| {
-            let mut by_stem: BTreeMap<OsString, Vec<PathBuf>> = BTreeMap::new();
-            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && is_image_path(p))
-                .collect();
-            files.sort();
-            for file in files {
-                by_stem
-                    .entry(file.file_stem().unwrap_or_default().to_os_string())
-                    .or_default()
-                    .push(file);
-            }
-            by_stem
-        });
+        let by_stem = self
+            .folders
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| images_by_stem(dir));
         let files = by_stem.get(expected.file_stem()?)?;
         if files.iter().any(|f| f == expected) {
             Some(expected.to_path_buf())

@@ -68,24 +68,28 @@ pub fn append_results(path: &Path, record: &EpochRecord) -> std::io::Result<()> 
     file.flush()
 }
 
-/// Keeps the rows of epochs `1..=epoch` of an existing `results.csv` (resume after a crash
-/// that wrote later rows than the checkpoint).
-pub fn truncate_results(path: &Path, epoch: u32) -> std::io::Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+/// Keeps the header and the rows of epochs `1..=epoch` of an existing `results.csv`, and
+/// appends `last_row` (epoch `epoch`'s row, from the checkpoint) when that row is missing:
+/// a run killed between its checkpoint and the append resumes with a complete file.
+pub fn truncate_results(path: &Path, epoch: u32, last_row: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let row_epoch = |line: &str| {
+        line.split(',')
+            .next()
+            .and_then(|e| e.trim().parse::<u32>().ok())
     };
-    let kept: Vec<&str> = text
+    let mut kept: Vec<&str> = text
         .lines()
         .enumerate()
-        .filter(|(i, line)| {
-            *i == 0
-                || line
-                    .split(',')
-                    .next()
-                    .and_then(|e| e.trim().parse::<u32>().ok())
-                    .is_some_and(|e| e <= epoch)
-        })
+        .filter(|(i, line)| *i == 0 || row_epoch(line).is_some_and(|e| e <= epoch))
         .map(|(_, line)| line)
         .collect();
+    if kept.is_empty() {
+        kept.push(RESULTS_HEADER);
+    }
+    let has_last = kept.iter().any(|line| row_epoch(line) == Some(epoch));
+    if !has_last && epoch > 0 && !last_row.is_empty() {
+        kept.push(last_row);
+    }
     std::fs::write(path, kept.join("\n") + "\n")
 }

@@ -147,6 +147,10 @@ struct TrainState {
     lr_factor: f64,
     /// Training seconds before this process (results.csv's time continues).
     seconds: f64,
+    /// The last finished epoch's results row, rewritten on resume when a kill came between
+    /// the checkpoint and the results append.
+    #[serde(default)]
+    last_row: String,
     hyp: String,
     train_cache: String,
 }
@@ -266,12 +270,14 @@ pub fn train(
         ema_updates: 0,
         lr_factor: 1.0,
         seconds: 0.0,
+        last_row: String::new(),
         hyp: hyp.to_yaml()?,
         train_cache: options.train_cache.display().to_string(),
     };
     if options.resume {
         state = restore_checkpoint(&files.checkpoint, &vs, &ema_vs, &mut optimizer)?;
-        truncate_results(&files.results, state.epochs_done).map_err(io(&files.results))?;
+        truncate_results(&files.results, state.epochs_done, &state.last_row)
+            .map_err(io(&files.results))?;
         observer(Event::Note(format!(
             "resuming {} after epoch {}",
             files.checkpoint.display(),
@@ -320,7 +326,8 @@ pub fn train(
     let mut last_record = None;
     let mut best_record = None;
     let mut stopped_early = false;
-    let mut epoch = state.epochs_done;
+    let start_epoch = state.epochs_done;
+    let mut epoch = start_epoch;
     let mut good_state: Option<HashMap<String, Tensor>> = None;
     while epoch < hyp.epochs {
         if epoch == mosaic_epochs && hyp.mosaic > 0.0 && hyp.close_mosaic > 0 {
@@ -330,7 +337,8 @@ pub fn train(
                 hyp.close_mosaic
             )));
         }
-        if epoch >= mosaic_epochs {
+        // Mosaic closes once: at its epoch, or at the first epoch of a resumed run past it.
+        if epoch == mosaic_epochs.max(start_epoch) {
             loader = Loader::new(
                 train_cache.clone(),
                 train_loader_options(hyp, options.limit, false),
@@ -420,9 +428,6 @@ pub fn train(
             Some(val) => {
                 let nms = NmsOptions::default();
                 let eval_model = if hyp.ema { &ema_model } else { &model };
-                if !hyp.ema {
-                    copy_variables(&vs, &ema_vs);
-                }
                 validate(eval_model, val, device, &loss_fn, &nms)?
             }
             None => Validation {
@@ -456,6 +461,7 @@ pub fn train(
         state.optimizer_steps = optimizer.steps();
         state.ema_updates = ema.updates();
         state.seconds = previous_seconds + started.elapsed().as_secs_f64();
+        state.last_row = record.csv_row();
         // The checkpoint is the truth a resume starts from; the results row follows it.
         save_checkpoint(&files.checkpoint, &vs, &ema_vs, &optimizer, &config, &state)?;
         append_results(&files.results, &record).map_err(io(&files.results))?;
@@ -580,10 +586,6 @@ fn restore_snapshot(vs: &VarStore, saved: &HashMap<String, Tensor>) {
             }
         }
     });
-}
-
-fn copy_variables(from: &VarStore, to: &VarStore) {
-    restore_snapshot(to, &from.variables());
 }
 
 fn save_checkpoint(
