@@ -265,6 +265,60 @@ fn a_diverging_run_names_the_batch_and_the_learning_rate() {
 }
 
 #[test]
+fn out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    // Micro-batches above 3 images fail like CUDA's allocator does: 8 -> 4 -> 2.
+    let base = [
+        "--batch",
+        "8",
+        "--accumulate",
+        "2",
+        "--epochs",
+        "1",
+        "--fusion",
+        "rgb",
+        "--simulate-oom-above",
+    ];
+    let mut args = base.to_vec();
+    args.push("3");
+    let output = fusekit(&train_args(&args), dir.path());
+    let stdout = ok(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "out of memory with a micro-batch of 8: continuing with micro-batch 4 x accumulate 4 \
+(16 images per optimizer step and lr unchanged"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "out of memory with a micro-batch of 4: continuing with micro-batch 2 x accumulate 8"
+        ),
+        "{stderr}"
+    );
+    // The simulated panics are handled, not printed.
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains("best epoch 1"), "{stdout}");
+    let results = std::fs::read_to_string(dir.path().join("runs/fuse/train/results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 2, "{results}");
+
+    // At one image per micro-batch there is nothing left to halve: stop with advice.
+    let mut args = base.to_vec();
+    args.push("0");
+    let output = fusekit(&train_args(&args), dir.path());
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("out of memory with a micro-batch of 1 image"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--imgsz"), "{stderr}");
+    assert!(stderr.contains("--mode disk"), "{stderr}");
+}
+
+#[test]
 fn hyp_yaml_errors_name_the_line_and_suggest_a_key() {
     let dir = tempfile::tempdir().unwrap();
     cached_dataset(dir.path());

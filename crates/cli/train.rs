@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use fusekit_cache::Cache;
+use fusekit_detect::NmsOptions;
 use fusekit_hyp::{
     Accumulate, BatchPlan, Fusion, Hyp, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
     Schedule, render_table,
@@ -16,6 +17,7 @@ use serde_json::json;
 use crate::cache::build_for_training;
 use crate::output::Format;
 use crate::progress;
+use crate::val::{print_table, validate_weights};
 
 /// Train the dual-stream detector from a fusekit cache.
 ///
@@ -123,6 +125,10 @@ pub struct TrainArgs {
     /// `human` prints progress; `json` prints one summary object at the end.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
+    /// Testing aid: micro-batches of more than N images fail like a CUDA out-of-memory error,
+    /// so the fallback (halve the micro-batch, double accumulation) runs without a GPU.
+    #[arg(long, hide = true)]
+    simulate_oom_above: Option<usize>,
 }
 
 fn parse_word<T: std::str::FromStr>(text: &str) -> Result<T, String>
@@ -232,6 +238,7 @@ fusekit never validates on the training set)",
         resume: args.resume,
         limit,
         min_warmup: MIN_WARMUP,
+        simulate_oom_above: args.simulate_oom_above,
     };
     let human = args.format == Format::Human;
     let mut bar: Option<indicatif::ProgressBar> = None;
@@ -273,6 +280,9 @@ fusekit never validates on the training set)",
             batch,
             batches,
             loss,
+            images,
+            seconds,
+            lr,
         } if human => {
             let bar = bar.get_or_insert_with(|| progress::bar("train", batches, "batches"));
             if batch == 0 {
@@ -281,8 +291,11 @@ fusekit never validates on the training set)",
             }
             bar.set_prefix(format!("epoch {}/{}", epoch + 1, hyp.epochs));
             bar.set_message(format!(
-                "box {:.3} cls {:.3} dfl {:.3}",
-                loss[0], loss[1], loss[2]
+                "box {:.3} cls {:.3} dfl {:.3}  lr {lr:.5}  {:.1} img/s",
+                loss[0],
+                loss[1],
+                loss[2],
+                images as f64 / seconds.max(1e-9)
             ));
             bar.set_position(batch + 1);
         }
@@ -314,14 +327,23 @@ fusekit never validates on the training set)",
     if human {
         if let Some(best) = &summary.best {
             println!(
-                "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s)",
+                "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s, \
+{:.1}% of the time waiting for data)",
                 summary.best_epoch,
                 best.map50,
                 best.map50_95,
                 summary.epochs,
                 summary.seconds,
-                summary.images_per_second
+                summary.images_per_second,
+                summary.data_wait * 100.0
             );
+        }
+        if let Some(val) = &options.val_cache {
+            // Ultralytics' closing table: the best weights, per class.
+            println!("validating {}", files.best.display());
+            let (result, names) =
+                validate_weights(&files.best, val, device, VAL_BATCH, &NmsOptions::default())?;
+            print_table(&result, &names);
         }
         println!(
             "results: {}\nweights: {} (best), {} (last)",
@@ -348,6 +370,7 @@ fusekit never validates on the training set)",
                 "stopped_early": summary.stopped_early,
                 "seconds": summary.seconds,
                 "images_per_second": summary.images_per_second,
+                "data_wait": summary.data_wait,
                 "results": files.results,
                 "weights": {"best": files.best, "last": files.last},
             })
@@ -355,6 +378,9 @@ fusekit never validates on the training set)",
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Images per batch of the closing validation.
+const VAL_BATCH: usize = 32;
 
 /// Warmup lasts at least this many batches when warmup_epochs > 0.
 const MIN_WARMUP: u64 = 100;

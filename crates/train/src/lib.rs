@@ -67,6 +67,16 @@ pair, or a degenerate box (run `fusekit lint`)",
         /// Learning rate of the weight group at that moment.
         lr: f64,
     },
+    /// The device ran out of memory even with one image per micro-batch.
+    #[error(
+        "out of memory with a micro-batch of 1 image ({message}); train at a smaller --imgsz \
+or --model scale, or free the device; if host memory is what is short, build the cache with \
+`--mode disk`"
+    )]
+    OutOfMemory {
+        /// libtorch's error text.
+        message: String,
+    },
     /// Inputs that do not go together (cache vs imgsz, weights vs model, train vs val).
     #[error("{0}")]
     Incompatible(String),

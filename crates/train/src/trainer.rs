@@ -1,10 +1,12 @@
 //! The training loop: batches from a cache, v8 loss, accumulation, the scheduled optimizer,
 //! EMA, validation, `results.csv`, weights and resumable checkpoints.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fusekit_cache::{Augment, Cache, Loader, LoaderOptions};
 use fusekit_detect::{
@@ -48,6 +50,9 @@ pub struct TrainOptions {
     pub limit: Option<usize>,
     /// Warmup lasts at least this many batches (when warmup_epochs > 0).
     pub min_warmup: u64,
+    /// Makes every micro-batch of more than this many images fail the way a CUDA
+    /// out-of-memory error does, to exercise the fallback without a GPU.
+    pub simulate_oom_above: Option<usize>,
 }
 
 /// Progress reported while training.
@@ -80,6 +85,12 @@ pub enum Event<'a> {
         batches: u64,
         /// Running mean of box, class and DFL losses this epoch.
         loss: [f64; 3],
+        /// Images trained on this epoch so far.
+        images: usize,
+        /// Seconds since the epoch started.
+        seconds: f64,
+        /// Learning rate of the weight group for this batch.
+        lr: f64,
     },
     /// An epoch finished and was validated.
     Epoch(&'a EpochRecord),
@@ -104,6 +115,8 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Training images per second (forward + backward + step), this process.
     pub images_per_second: f64,
+    /// Fraction of the training time spent waiting for the loader's next batch.
+    pub data_wait: f64,
 }
 
 /// Where a run's files are.
@@ -329,6 +342,16 @@ pub fn train(
     let start_epoch = state.epochs_done;
     let mut epoch = start_epoch;
     let mut good_state: Option<HashMap<String, Tensor>> = None;
+    let mut data_wait = Duration::ZERO;
+    // Each loader batch runs as `split` micro-batches; doubled on out-of-memory errors.
+    let mut split = 1usize;
+    let micro = MicroBatches {
+        model: &model,
+        loss: &loss_fn,
+        amp,
+        oom_above: options.simulate_oom_above,
+    };
+    let _quiet = QuietOutOfMemory::install();
     while epoch < hyp.epochs {
         if epoch == mosaic_epochs && hyp.mosaic > 0.0 && hyp.close_mosaic > 0 {
             observer(Event::Note(format!(
@@ -350,37 +373,64 @@ pub fn train(
         let epoch_start = Instant::now();
         let mut sums = [0.0; 3];
         let mut seen = 0u64;
+        let mut epoch_images = 0usize;
         let mut last_step: Option<u64> = None;
         let mut failure = None;
         optimizer.zero_grad();
-        for (i, batch) in loader.epoch(u64::from(epoch)).enumerate() {
+        let mut batches_of_epoch = loader.epoch(u64::from(epoch)).enumerate();
+        loop {
+            let waiting = Instant::now();
+            let Some((i, batch)) = batches_of_epoch.next() else {
+                break;
+            };
+            data_wait += waiting.elapsed();
             let batch = batch?;
             let i = i as u64;
             let step = schedule.at(epoch, i);
+            let lr = step.lr.map(|lr| lr * state.lr_factor);
             let tensors = batch_tensors(&batch, device);
             let input = tensors.images.to_kind(Kind::Float) / 255.0;
-            let loss = tch::autocast(amp, || {
-                let outputs = model.forward_t(&input, true);
-                loss_fn.compute(&outputs, &tensors.targets)
-            });
-            if !loss.parts.iter().all(|p| p.is_finite()) {
+            let parts = loop {
+                match micro.backward(&input, &tensors.targets, split, scaler.scale) {
+                    Err(MicroBatchFailure::OutOfMemory(message)) => {
+                        // Partial gradients of the failed batch cannot be told apart from
+                        // the window's earlier ones: the interrupted step starts over.
+                        optimizer.zero_grad();
+                        let size = batch.len().div_ceil(split);
+                        if size <= 1 {
+                            return Err(TrainError::OutOfMemory { message });
+                        }
+                        split *= 2;
+                        observer(Event::Note(format!(
+                            "out of memory with a micro-batch of {size}: continuing with \
+micro-batch {} x accumulate {} ({} images per optimizer step and lr unchanged; the gradients \
+accumulated for the interrupted step were dropped)",
+                            batch.len().div_ceil(split),
+                            u64::from(plan.accumulate()) * split as u64,
+                            plan.effective()
+                        )));
+                    }
+                    other => break other,
+                }
+            };
+            let Ok(parts) = parts else {
                 let names = batch
                     .samples
                     .iter()
                     .filter_map(|&s| meta.samples.get(s).cloned())
                     .collect();
-                failure = Some((i, names, step.lr[0] * state.lr_factor));
+                failure = Some((i, names, lr[0]));
                 break;
-            }
-            (&loss.total * scaler.scale).backward();
+            };
             trained_images += batch.len();
+            epoch_images += batch.len();
             let global = u64::from(epoch) * batches + i;
             let since = last_step.map_or(global + 1, |s| global - s);
             if since >= u64::from(step.accumulate.max(1)) || i + 1 == batches {
                 if scaler.unscale(&mut optimizer) {
                     let _ = optimizer.clip_grad_norm(MAX_GRAD_NORM);
                     optimizer.step(&StepSettings {
-                        lr: step.lr.map(|lr| lr * state.lr_factor),
+                        lr,
                         momentum: step.momentum,
                         weight_decay: plan.weight_decay(),
                     });
@@ -389,7 +439,7 @@ pub fn train(
                 optimizer.zero_grad();
                 last_step = Some(global);
             }
-            for (sum, part) in sums.iter_mut().zip(loss.parts) {
+            for (sum, part) in sums.iter_mut().zip(parts) {
                 *sum += part;
             }
             seen += 1;
@@ -398,6 +448,9 @@ pub fn train(
                 batch: i,
                 batches,
                 loss: sums.map(|s| s / seen as f64),
+                images: epoch_images,
+                seconds: epoch_start.elapsed().as_secs_f64(),
+                lr: lr[0],
             });
         }
         train_seconds += epoch_start.elapsed().as_secs_f64();
@@ -491,7 +544,140 @@ pub fn train(
         stopped_early,
         seconds: started.elapsed().as_secs_f64(),
         images_per_second: trained_images as f64 / train_seconds.max(1e-9),
+        data_wait: data_wait.as_secs_f64() / train_seconds.max(1e-9),
     })
+}
+
+/// Why a batch's backward pass did not complete.
+enum MicroBatchFailure {
+    /// A loss part was NaN or infinite.
+    NonFinite,
+    /// The device ran out of memory (the error's text).
+    OutOfMemory(String),
+}
+
+/// Forward, loss and backward of one loader batch in micro-batches.
+struct MicroBatches<'a> {
+    model: &'a Detector,
+    loss: &'a DetectionLoss,
+    amp: bool,
+    oom_above: Option<usize>,
+}
+
+impl MicroBatches<'_> {
+    /// Backpropagates `input` (`[b, planes, s, s]`) against `targets` in `split` micro-batches
+    /// of `ceil(b / split)` images, each loss multiplied by `scale`. Gradients add up as they
+    /// do across accumulated batches (each micro-batch's loss is its mean times its size), so
+    /// the sum matches one pass over the whole batch. Returns the batch's loss parts
+    /// (micro-batches weighted by size).
+    fn backward(
+        &self,
+        input: &Tensor,
+        targets: &Tensor,
+        split: usize,
+        scale: f64,
+    ) -> Result<[f64; 3], MicroBatchFailure> {
+        let total = input.size()[0];
+        let size = (total as usize).div_ceil(split) as i64;
+        let mut parts = [0.0; 3];
+        let mut start = 0;
+        while start < total {
+            let len = size.min(total - start);
+            let (images, targets) = if len == total {
+                (input.shallow_clone(), targets.shallow_clone())
+            } else {
+                micro_batch(input, targets, start, len)
+            };
+            let loss = catch_out_of_memory(|| {
+                if self.oom_above.is_some_and(|limit| len as usize > limit) {
+                    panic!("CUDA out of memory (simulated: a micro-batch of {len} images)");
+                }
+                let loss = tch::autocast(self.amp, || {
+                    let outputs = self.model.forward_t(&images, true);
+                    self.loss.compute(&outputs, &targets)
+                });
+                if loss.parts.iter().all(|p| p.is_finite()) {
+                    (&loss.total * scale).backward();
+                }
+                loss.parts
+            })
+            .map_err(MicroBatchFailure::OutOfMemory)?;
+            if !loss.iter().all(|p| p.is_finite()) {
+                return Err(MicroBatchFailure::NonFinite);
+            }
+            for (sum, part) in parts.iter_mut().zip(loss) {
+                *sum += part * len as f64 / total as f64;
+            }
+            start += len;
+        }
+        Ok(parts)
+    }
+}
+
+/// Images `start..start + len` of a batch and their targets, renumbered from 0.
+fn micro_batch(input: &Tensor, targets: &Tensor, start: i64, len: i64) -> (Tensor, Tensor) {
+    let image = targets.select(1, 0);
+    let keep = image
+        .ge(start as f64)
+        .logical_and(&image.lt((start + len) as f64))
+        .nonzero()
+        .squeeze_dim(1);
+    let rows = targets.index_select(0, &keep);
+    if rows.size()[0] > 0 {
+        let mut column = rows.narrow(1, 0, 1);
+        let _ = column.g_sub_scalar_(start as f64);
+    }
+    (input.narrow(0, start, len), rows)
+}
+
+/// Runs `f`, turning a panic that reports an out-of-memory error (tch panics on libtorch
+/// errors) into `Err` with its text; other panics continue.
+fn catch_out_of_memory<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match panic_text(&*payload) {
+        Some(text) if is_out_of_memory(text) => text.to_owned(),
+        _ => panic::resume_unwind(payload),
+    })
+}
+
+fn panic_text(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+}
+
+/// libtorch's allocation failures: the caching allocator's and cuBLAS'.
+fn is_out_of_memory(text: &str) -> bool {
+    text.contains("out of memory") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
+}
+
+type PanicHook = dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static;
+
+/// While alive, out-of-memory panics print nothing (the trainer reports them itself); other
+/// panics go to the previous hook, which is restored on drop.
+struct QuietOutOfMemory {
+    previous: Arc<PanicHook>,
+}
+
+impl QuietOutOfMemory {
+    fn install() -> Self {
+        let previous: Arc<PanicHook> = Arc::from(panic::take_hook());
+        let fallback = previous.clone();
+        panic::set_hook(Box::new(move |info| {
+            if !panic_text(info.payload()).is_some_and(is_out_of_memory) {
+                fallback(info);
+            }
+        }));
+        Self { previous }
+    }
+}
+
+impl Drop for QuietOutOfMemory {
+    fn drop(&mut self) {
+        drop(panic::take_hook());
+        let previous = self.previous.clone();
+        panic::set_hook(Box::new(move |info| previous(info)));
+    }
 }
 
 /// Dynamic loss scaling for fp16 training (PyTorch's GradScaler rule): losses are multiplied
