@@ -32,6 +32,7 @@ fn rank_worker() {
         "collectives" => collectives(&pg),
         "var_store" => var_store(&pg),
         "dies" => dies(&pg),
+        "stalls" => stalls(&pg),
         "bench" => bench(&pg),
         other => panic!("unknown role {other}"),
     }
@@ -260,6 +261,21 @@ fn dies(pg: &ProcessGroup) {
     }
 }
 
+/// Rank 1 stays alive but stops taking part; rank 0's collective must time out, not hang.
+fn stalls(pg: &ProcessGroup) {
+    pg.barrier().unwrap();
+    if pg.rank() == 1 {
+        std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
+    let start = Instant::now();
+    let err = pg
+        .all_reduce_sum(&mut [Tensor::ones([8], (Kind::Float, Device::Cpu))])
+        .unwrap_err();
+    eprintln!("RANK ERROR after {:?}: {err}", start.elapsed());
+    std::process::exit(17);
+}
+
 /// All-reduce of a yolov8n-sized gradient set (3.16 M floats in 129 tensors).
 fn bench(pg: &ProcessGroup) {
     let sizes: Vec<i64> = (0..129).map(|i| 3_157_200 / 129 + (i % 3)).collect();
@@ -307,40 +323,44 @@ impl Rank {
     }
 }
 
-fn spawn(
-    dir: &Path,
-    role: &str,
-    ranks: &[usize],
-    world: usize,
-    port: u16,
-    timeout_ms: u64,
-) -> Vec<Rank> {
-    ranks
-        .iter()
-        .map(|&rank| {
+/// The arguments that make the test binary run only `rank_worker`.
+const WORKER_ARGS: [&str; 5] = [
+    "--exact",
+    "rank_worker",
+    "--ignored",
+    "--nocapture",
+    "--test-threads=1",
+];
+
+/// `program` (the test binary, or a launcher of it) with a rank's role, logging into `log`.
+fn worker_command(program: &str, dir: &Path, role: &str, timeout_ms: u64, log: &Path) -> Command {
+    let out = File::create(log).unwrap();
+    let mut cmd = Command::new(program);
+    cmd.env(ROLE, role)
+        .env(TIMEOUT_MS, timeout_ms.to_string())
+        .env(MARKER, dir.join("ready"))
+        .env("OMP_NUM_THREADS", "1")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    cmd
+}
+
+/// Starts ranks 0 and 1 of a loopback group on a free port.
+fn spawn_pair(dir: &Path, role: &str, timeout_ms: u64) -> Vec<Rank> {
+    let port = free_port();
+    let exe = std::env::current_exe().unwrap();
+    (0..2)
+        .map(|rank| {
             let log = dir.join(format!("rank{rank}.log"));
-            let out = File::create(&log).unwrap();
-            let child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "rank_worker",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(ROLE, role)
-                .env(TIMEOUT_MS, timeout_ms.to_string())
-                .env(MARKER, dir.join("ready"))
+            let child = worker_command(exe.to_str().unwrap(), dir, role, timeout_ms, &log)
+                .args(WORKER_ARGS)
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", world.to_string())
+                .env("WORLD_SIZE", "2")
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", port.to_string())
-                .env("OMP_NUM_THREADS", "1")
                 .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
                 .spawn()
                 .unwrap();
             Rank { child, log }
@@ -348,30 +368,36 @@ fn spawn(
         .collect()
 }
 
-/// Waits for `rank` to exit, killing every rank and failing after `limit`.
-fn wait(ranks: &mut [Rank], index: usize, limit: Duration) -> ExitStatus {
+/// Polls `child` until it exits or `limit` passes (then `None`).
+fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let start = Instant::now();
-    loop {
-        if let Some(status) = ranks[index].child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            for r in ranks.iter_mut() {
-                let _ = r.child.kill();
-                let _ = r.child.wait();
-            }
-            panic!(
-                "rank {index} still running after {limit:?}:\n{}",
-                ranks[index].log()
-            );
+    while start.elapsed() <= limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    None
+}
+
+/// Waits for rank `index` to exit, killing every rank and failing after `limit`.
+fn wait(ranks: &mut [Rank], index: usize, limit: Duration) -> ExitStatus {
+    if let Some(status) = wait_for(&mut ranks[index].child, limit) {
+        return status;
+    }
+    for r in ranks.iter_mut() {
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
+    panic!(
+        "rank {index} still running after {limit:?}:\n{}",
+        ranks[index].log()
+    );
 }
 
 fn run_ok(role: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let mut ranks = spawn(dir.path(), role, &[0, 1], 2, free_port(), 20_000);
+    let mut ranks = spawn_pair(dir.path(), role, 20_000);
     let logs: Vec<String> = (0..2)
         .map(|i| {
             let status = wait(&mut ranks, i, Duration::from_secs(60));
@@ -405,18 +431,26 @@ fn all_reduce_bench() {
     }
 }
 
+/// Checks that rank 0 exited through its error report for `op`; returns its log.
+fn reported_error(rank: &Rank, status: ExitStatus, op: &str) -> String {
+    let log = rank.log();
+    assert_eq!(
+        status.code(),
+        Some(17),
+        "rank 0 did not report an error:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("{op} failed on rank 0 of 2")),
+        "{log}"
+    );
+    log
+}
+
 #[test]
 fn killed_rank_makes_the_other_fail_within_timeout() {
     let timeout = Duration::from_secs(5);
     let dir = tempfile::tempdir().unwrap();
-    let mut ranks = spawn(
-        dir.path(),
-        "dies",
-        &[0, 1],
-        2,
-        free_port(),
-        timeout.as_millis() as u64,
-    );
+    let mut ranks = spawn_pair(dir.path(), "dies", timeout.as_millis() as u64);
     let start = Instant::now();
     while !dir.path().join("ready").exists() {
         assert!(
@@ -433,16 +467,7 @@ fn killed_rank_makes_the_other_fail_within_timeout() {
     ranks[1].child.wait().unwrap();
     let killed = Instant::now();
     let status = wait(&mut ranks, 0, timeout + Duration::from_secs(5));
-    let log = ranks[0].log();
-    assert_eq!(
-        status.code(),
-        Some(17),
-        "rank 0 did not report an error:\n{log}"
-    );
-    assert!(
-        log.contains("RANK ERROR: all_reduce_mean failed on rank 0 of 2"),
-        "{log}"
-    );
+    reported_error(&ranks[0], status, "all_reduce_mean");
     assert!(
         killed.elapsed() <= timeout + Duration::from_secs(2),
         "took {:?}",
@@ -481,4 +506,54 @@ fn missing_peer_fails_init_within_timeout() {
         "{err}"
     );
     assert!(start.elapsed() < timeout + Duration::from_secs(10));
+}
+
+#[test]
+fn stalled_rank_makes_the_other_fail_within_timeout() {
+    let timeout = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ranks = spawn_pair(dir.path(), "stalls", timeout.as_millis() as u64);
+    let status = wait(&mut ranks, 0, timeout + Duration::from_secs(30));
+    let _ = ranks[1].child.kill();
+    let _ = ranks[1].child.wait();
+    let log = reported_error(&ranks[0], status, "all_reduce_sum");
+    let took: f64 = log
+        .split("RANK ERROR after ")
+        .nth(1)
+        .and_then(|rest| rest.split("s:").next())
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("no timing in:\n{log}"));
+    assert!(
+        (2.5..=5.0).contains(&took),
+        "timed out after {took} s, configured 3 s:\n{log}"
+    );
+}
+
+/// torchrun (from the torch wheel libtorch comes from) launches the ranks: its environment
+/// contract, with its agent hosting the store, is what `ProcessGroup::from_env` reads.
+#[test]
+fn torchrun_launches_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("torchrun.log");
+    let mut child = worker_command("python3", dir.path(), "collectives", 20_000, &log)
+        .args(["-m", "torch.distributed.run", "--nproc_per_node=2"])
+        .arg(format!("--master_port={}", free_port()))
+        .arg("--no-python")
+        .arg(std::env::current_exe().unwrap())
+        .args(WORKER_ARGS)
+        .current_dir(dir.path())
+        .spawn()
+        .expect("python3 (with the torch that libtorch comes from) runs torchrun");
+    let Some(status) = wait_for(&mut child, Duration::from_secs(120)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("torchrun still running after 120 s");
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "torchrun failed ({status}):\n{text}");
+    assert_eq!(
+        text.matches("test result: ok. 1 passed").count(),
+        2,
+        "{text}"
+    );
 }
