@@ -17,9 +17,8 @@ fn main() {
     let gloo = gloo_include().unwrap_or_else(|tried| {
         panic!(
             "fusekit-dist needs Gloo's headers (gloo/context.h), looked in: {tried}. \
-             Install them with `apt-get install libgloo-dev`, or unpack the package without \
-             installing it: `apt-get download libgloo-dev && dpkg -x libgloo-dev_*.deb \
-             ~/.cache/fusekit/libgloo-dev`, or set {GLOO_INCLUDE_VAR}."
+             `cargo xtask setup` unpacks them into ~/.cache/fusekit/libgloo-dev; or install \
+             them with `apt-get install libgloo-dev`, or set {GLOO_INCLUDE_VAR}."
         )
     });
     let mut build = cc::Build::new();
@@ -51,8 +50,13 @@ fn gloo_include() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os(GLOO_INCLUDE_VAR) {
         candidates.push(PathBuf::from(dir));
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".cache/fusekit/libgloo-dev/usr/include"));
+    // Where `cargo xtask setup` unpacks Debian's libgloo-dev (its FUSEKIT_HOME, as for torch).
+    println!("cargo:rerun-if-env-changed=FUSEKIT_HOME");
+    let fusekit_home = std::env::var_os("FUSEKIT_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/fusekit")));
+    if let Some(home) = fusekit_home {
+        candidates.push(home.join("libgloo-dev/usr/include"));
     }
     candidates.push(PathBuf::from("/usr/include"));
     candidates

@@ -40,9 +40,9 @@
 //! matter are pinned with `static_assert`s to the values libtorch 2.13.0 itself allocates
 //! (`operator new(0x1e8)` in `ProcessGroupGloo::split`, `operator new(0xb8)` in
 //! `Options::create_default`); another torch version fails to compile until re-checked. The
-//! build looks for the headers in `$FUSEKIT_GLOO_INCLUDE`, `~/.cache/fusekit/libgloo-dev/usr/include`
-//! (`apt-get download libgloo-dev && dpkg -x libgloo-dev_*.deb ~/.cache/fusekit/libgloo-dev`)
-//! and `/usr/include` (`apt-get install libgloo-dev`); nothing of Gloo is linked but libtorch.
+//! build looks for the headers in `$FUSEKIT_GLOO_INCLUDE`, then where `cargo xtask setup`
+//! unpacks the package (`~/.cache/fusekit/libgloo-dev/usr/include`, or under `$FUSEKIT_HOME`),
+//! then `/usr/include` (`apt-get install libgloo-dev`); only libtorch's own Gloo is linked.
 
 use std::ffi::{CStr, CString, c_char};
 use std::ptr::NonNull;
