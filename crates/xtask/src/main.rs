@@ -1,7 +1,8 @@
 //! Developer tasks, run as `cargo xtask TASK` from anywhere in the checkout.
 //!
 //! - `setup`: install libtorch (PyPI's `torch` wheel) once under `~/.cache/fusekit` (or
-//!   `$FUSEKIT_HOME`) and link it as `.libtorch`, where `.cargo/config.toml` points torch-sys.
+//!   `$FUSEKIT_HOME`) and link it as `.libtorch`, where `.cargo/config.toml` points torch-sys;
+//!   unpack Debian's `libgloo-dev` headers beside it for fusekit-dist's c10d shim.
 //! - `demo`: setup, build fusekit, generate the sample dataset if missing, lint it, split it
 //!   and cache it.
 //! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
@@ -91,7 +92,51 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
         "{} has no torch/lib/libtorch_cpu.so",
         target.display()
     );
+    gloo_headers()?;
     Ok(target)
+}
+
+/// Unpacks Debian's `libgloo-dev` (headers only, not installed) into `<home>/libgloo-dev` unless
+/// it is there: the torch wheel lacks the Gloo headers that its `ProcessGroupGloo.hpp` includes,
+/// and fusekit-dist's build looks for them there.
+fn gloo_headers() -> anyhow::Result<()> {
+    let target = fusekit_home()?.join("libgloo-dev");
+    if target.join("usr/include/gloo/context.h").is_file() {
+        return Ok(());
+    }
+    let partial = target.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    std::fs::create_dir_all(&partial)?;
+    eprintln!(
+        "xtask: unpacking Debian's libgloo-dev headers into {}",
+        target.display()
+    );
+    let download = || {
+        run_quiet(
+            Command::new("apt-get")
+                .args(["download", "libgloo-dev"])
+                .current_dir(&partial),
+        )
+    };
+    if !download() {
+        // A fresh machine may not have the package lists yet.
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        ensure!(download(), "apt-get download libgloo-dev failed");
+    }
+    let deb = std::fs::read_dir(&partial)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&partial))?;
+    std::fs::remove_file(&deb)?;
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
+    std::fs::rename(&partial, &target)
+        .with_context(|| format!("moving {} into place", partial.display()))
 }
 
 fn demo(root: &Path) -> anyhow::Result<()> {

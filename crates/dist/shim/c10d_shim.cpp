@@ -1,0 +1,308 @@
+// C ABI over libtorch's c10d: a TCPStore rendezvous and a Gloo backend, with bucketed collectives.
+//
+// Every entry point returns NULL on success or a heap-allocated error message (free it with
+// fk_free_error); no C++ exception crosses the boundary. Tensors are tch's C_tensor handles,
+// which in torch-sys are `at::Tensor*`.
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/version.h>
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+// The Gloo headers come from Debian's libgloo-dev, which is older than the Gloo that libtorch was
+// built with. Only the size of ProcessGroupGloo (allocated here, constructed by libtorch) and of
+// its Options depend on what this translation unit sees; all Gloo types sit behind smart pointers.
+// These sizes were read from libtorch_cpu.so 2.13.0 (operator new in ProcessGroupGloo::split and
+// in Options::create_default); another torch version must be checked the same way before use.
+#if TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR == 13
+static_assert(sizeof(c10d::ProcessGroupGloo) == 0x1e8, "ProcessGroupGloo layout differs from libtorch 2.13");
+static_assert(sizeof(c10d::ProcessGroupGloo::Options) == 0xb8, "ProcessGroupGloo::Options layout differs from libtorch 2.13");
+#else
+#error "fusekit-dist: ProcessGroupGloo's layout was verified for torch 2.13 only; re-verify (see crate docs)"
+#endif
+
+namespace {
+
+// Collectives on more than this many bytes of one dtype are split into several buckets.
+constexpr int64_t kBucketBytes = 64LL << 20;
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::chrono::milliseconds timeout;
+  int rank;
+  int world;
+};
+
+char* dup_message(const std::string& message) {
+  char* out = static_cast<char*>(std::malloc(message.size() + 1));
+  if (out != nullptr) {
+    std::memcpy(out, message.c_str(), message.size() + 1);
+  }
+  return out;
+}
+
+template <typename F>
+char* guarded(F&& body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return dup_message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return dup_message(e.what());
+  } catch (...) {
+    return dup_message("unknown C++ exception");
+  }
+}
+
+void wait(const Group& g, const c10::intrusive_ptr<c10d::Work>& work) {
+  work->wait(g.timeout);
+}
+
+// Groups tensors by (dtype, device), preserving order, then cuts each group into buckets of at
+// most kBucketBytes (a tensor larger than that is a bucket of its own).
+std::vector<std::vector<at::Tensor>> buckets(const std::vector<at::Tensor>& tensors) {
+  std::map<std::pair<int, std::string>, std::vector<at::Tensor>> groups;
+  std::vector<std::pair<int, std::string>> order;
+  for (const auto& t : tensors) {
+    auto key = std::make_pair(static_cast<int>(t.scalar_type()), t.device().str());
+    auto it = groups.find(key);
+    if (it == groups.end()) {
+      order.push_back(key);
+      it = groups.emplace(key, std::vector<at::Tensor>{}).first;
+    }
+    it->second.push_back(t);
+  }
+  std::vector<std::vector<at::Tensor>> out;
+  for (const auto& key : order) {
+    std::vector<at::Tensor> current;
+    int64_t bytes = 0;
+    for (const auto& t : groups[key]) {
+      int64_t size = t.numel() * static_cast<int64_t>(t.element_size());
+      if (!current.empty() && bytes + size > kBucketBytes) {
+        out.push_back(std::move(current));
+        current.clear();
+        bytes = 0;
+      }
+      current.push_back(t);
+      bytes += size;
+    }
+    if (!current.empty()) {
+      out.push_back(std::move(current));
+    }
+  }
+  return out;
+}
+
+at::Tensor flatten(const std::vector<at::Tensor>& bucket) {
+  if (bucket.size() == 1) {
+    return bucket[0].reshape({-1}).clone();
+  }
+  std::vector<at::Tensor> flat;
+  flat.reserve(bucket.size());
+  for (const auto& t : bucket) {
+    flat.push_back(t.reshape({-1}));
+  }
+  return at::cat(flat);
+}
+
+void unflatten_into(const at::Tensor& flat, const std::vector<at::Tensor>& bucket) {
+  int64_t offset = 0;
+  for (const auto& t : bucket) {
+    t.copy_(flat.narrow(0, offset, t.numel()).view(t.sizes()));
+    offset += t.numel();
+  }
+}
+
+std::vector<at::Tensor> collect(at::Tensor* const* tensors, size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(tensors[i] != nullptr && tensors[i]->defined(), "tensor ", i, " is undefined");
+    out.push_back(*tensors[i]);
+  }
+  return out;
+}
+
+// Sums (and with `mean`, averages) tensors across ranks in place, one all-reduce per bucket, all
+// buckets in flight at once.
+void all_reduce(const Group& g, const std::vector<at::Tensor>& tensors, bool mean) {
+  at::NoGradGuard no_grad;
+  auto parts = buckets(tensors);
+  std::vector<at::Tensor> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  for (const auto& bucket : parts) {
+    std::vector<at::Tensor> io{flatten(bucket)};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    opts.timeout = g.timeout;
+    works.push_back(g.backend->allreduce(io, opts));
+    flats.push_back(io[0]);
+  }
+  for (size_t i = 0; i < parts.size(); ++i) {
+    wait(g, works[i]);
+    if (mean) {
+      if (at::isIntegralType(flats[i].scalar_type(), /*includeBool=*/true)) {
+        flats[i].div_(g.world, "floor");
+      } else {
+        flats[i].div_(g.world);
+      }
+    }
+    unflatten_into(flats[i], parts[i]);
+  }
+}
+
+// Gathers every rank's dtype and shape (one small all-gather) and fails on all ranks alike when
+// they differ, instead of letting Gloo exchange buffers of different sizes.
+void check_same_layout(const Group& g, const at::Tensor& t) {
+  constexpr int64_t kMaxDims = 8;
+  TORCH_CHECK(t.dim() <= kMaxDims, "all_gather supports at most ", kMaxDims, " dimensions, got ",
+              t.dim());
+  auto meta = at::full({kMaxDims + 2}, -1, at::kLong);
+  meta[0] = static_cast<int64_t>(t.scalar_type());
+  meta[1] = t.dim();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    meta[d + 2] = t.size(d);
+  }
+  std::vector<at::Tensor> in{meta};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < g.world; ++r) {
+    out[0].push_back(at::empty_like(meta));
+  }
+  c10d::AllgatherOptions opts;
+  opts.timeout = g.timeout;
+  wait(g, g.backend->allgather(out, in, opts));
+  for (int r = 0; r < g.world; ++r) {
+    TORCH_CHECK(at::equal(out[0][r], out[0][0]), "all_gather needs the same dtype and shape on ",
+                "every rank; rank ", r, " differs from rank 0");
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+typedef struct Group fk_group;
+
+void fk_free_error(char* message) { std::free(message); }
+
+char* fk_group_create(int rank, int world, const char* master_addr, uint16_t master_port,
+                      int64_t timeout_ms, bool host_store, const char* prefix, fk_group** out) {
+  *out = nullptr;
+  return guarded([&] {
+    TORCH_CHECK(world >= 1, "world size must be at least 1, got ", world);
+    TORCH_CHECK(rank >= 0 && rank < world, "rank ", rank, " is outside world size ", world);
+    TORCH_CHECK(timeout_ms > 0, "timeout must be positive");
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions store_opts;
+    store_opts.port = master_port;
+    store_opts.isServer = host_store;
+    store_opts.numWorkers = static_cast<size_t>(world);
+    // Gloo's own rendezvous waits (within `timeout`) for every rank's address in the store.
+    store_opts.waitWorkers = false;
+    store_opts.timeout = timeout;
+    c10::intrusive_ptr<c10d::Store> tcp =
+        c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), store_opts);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
+    auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
+    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+    *out = new Group{store, backend, timeout, rank, world};
+  });
+}
+
+void fk_group_destroy(fk_group* group) {
+  try {
+    delete group;
+  } catch (...) {
+  }
+}
+
+char* fk_group_barrier(fk_group* group) {
+  return guarded([&] {
+    c10d::BarrierOptions opts;
+    opts.timeout = group->timeout;
+    wait(*group, group->backend->barrier(opts));
+  });
+}
+
+char* fk_group_broadcast(fk_group* group, at::Tensor* const* tensors, size_t n, int root) {
+  return guarded([&] {
+    TORCH_CHECK(root >= 0 && root < group->world, "root ", root, " is outside world size ",
+                group->world);
+    at::NoGradGuard no_grad;
+    auto parts = buckets(collect(tensors, n));
+    std::vector<at::Tensor> flats;
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (const auto& bucket : parts) {
+      std::vector<at::Tensor> io{flatten(bucket)};
+      c10d::BroadcastOptions opts;
+      opts.rootRank = root;
+      opts.timeout = group->timeout;
+      works.push_back(group->backend->broadcast(io, opts));
+      flats.push_back(io[0]);
+    }
+    for (size_t i = 0; i < parts.size(); ++i) {
+      wait(*group, works[i]);
+      if (group->rank != root) {
+        unflatten_into(flats[i], parts[i]);
+      }
+    }
+  });
+}
+
+char* fk_group_all_reduce(fk_group* group, at::Tensor* const* tensors, size_t n, bool mean) {
+  return guarded([&] { all_reduce(*group, collect(tensors, n), mean); });
+}
+
+// Averages the gradients of `vars` across ranks; a variable without a gradient on this rank
+// contributes zeros (and gets a zero gradient), so every rank takes part in the same buckets.
+char* fk_group_average_grads(fk_group* group, at::Tensor* const* vars, size_t n) {
+  return guarded([&] {
+    std::vector<at::Tensor> grads;
+    grads.reserve(n);
+    for (const auto& v : collect(vars, n)) {
+      auto& grad = v.mutable_grad();
+      if (!grad.defined()) {
+        grad = at::zeros_like(v);
+      }
+      grads.push_back(grad);
+    }
+    all_reduce(*group, grads, /*mean=*/true);
+  });
+}
+
+// Gathers `input` from every rank; on success `outputs[r]` is a new tensor holding rank r's input
+// (free each with tch's at_free, i.e. by dropping the tch::Tensor that takes it over).
+char* fk_group_all_gather(fk_group* group, const at::Tensor* input, at::Tensor** outputs) {
+  return guarded([&] {
+    TORCH_CHECK(input != nullptr && input->defined(), "input tensor is undefined");
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> in{input->contiguous()};
+    check_same_layout(*group, in[0]);
+    std::vector<std::vector<at::Tensor>> out(1);
+    for (int r = 0; r < group->world; ++r) {
+      out[0].push_back(at::empty_like(in[0]));
+    }
+    c10d::AllgatherOptions opts;
+    opts.timeout = group->timeout;
+    wait(*group, group->backend->allgather(out, in, opts));
+    for (int r = 0; r < group->world; ++r) {
+      outputs[r] = new at::Tensor(out[0][r]);
+    }
+  });
+}
+
+}  // extern "C"
