@@ -27,6 +27,11 @@
 //! 5. Any error is fatal for the run: return it. A rank that dies makes the others' next
 //!    collective fail (at most after the timeout) with [`DistError::Collective`].
 //!
+//! # Limits
+//! Gloo only: no NCCL backend yet (CUDA tensors go through Gloo, which stages them on the
+//! host). No synchronised batch norm: that needs the batch statistics all-reduced inside the
+//! forward and backward passes, which is not built here.
+//!
 //! # Why Gloo through Debian's headers
 //! PyPI's torch wheel ships `ProcessGroupGloo.hpp` but not the `gloo/*.h` it includes, and
 //! libtorch has no factory that returns a Gloo backend without that class definition (no C++

@@ -31,8 +31,8 @@ fn rank_worker() {
     match role.as_str() {
         "collectives" => collectives(&pg),
         "var_store" => var_store(&pg),
-        "dies" => dies(&pg),
-        "stalls" => stalls(&pg),
+        "dies" => dies(pg),
+        "stalls" => stalls(pg),
         "bench" => bench(&pg),
         other => panic!("unknown role {other}"),
     }
@@ -244,13 +244,15 @@ fn var_store(pg: &ProcessGroup) {
     assert_stores_close(&dist_vs, &single_vs, 1e-5, "2 ranks x B vs 1 rank x 2B");
 }
 
-fn dies(pg: &ProcessGroup) {
+/// Both ranks all-reduce until one fails; the survivor closes its group and reports.
+fn dies(pg: ProcessGroup) {
     pg.barrier().unwrap();
     let marker = PathBuf::from(std::env::var(MARKER).unwrap());
     let mut t = vec![Tensor::ones([1024], (Kind::Float, Device::Cpu))];
     let mut first = true;
     loop {
         if let Err(err) = pg.all_reduce_mean(&mut t) {
+            drop(pg);
             eprintln!("RANK ERROR: {err}");
             std::process::exit(17);
         }
@@ -262,7 +264,7 @@ fn dies(pg: &ProcessGroup) {
 }
 
 /// Rank 1 stays alive but stops taking part; rank 0's collective must time out, not hang.
-fn stalls(pg: &ProcessGroup) {
+fn stalls(pg: ProcessGroup) {
     pg.barrier().unwrap();
     if pg.rank() == 1 {
         std::thread::sleep(Duration::from_secs(120));
@@ -272,6 +274,8 @@ fn stalls(pg: &ProcessGroup) {
     let err = pg
         .all_reduce_sum(&mut [Tensor::ones([8], (Kind::Float, Device::Cpu))])
         .unwrap_err();
+    // Closing the group after the failure must not wait on the stalled peer either.
+    drop(pg);
     eprintln!("RANK ERROR after {:?}: {err}", start.elapsed());
     std::process::exit(17);
 }
