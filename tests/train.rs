@@ -264,6 +264,104 @@ fn a_diverging_run_names_the_batch_and_the_learning_rate() {
     assert!(stderr.contains("lr"), "{stderr}");
 }
 
+/// The default suite's learning check (the long mid-vs-rgb comparison is in BENCHMARKS.md):
+/// 20 short epochs from scratch on a small generated set (scenes shared by train and val, so
+/// the model can generalise within CPU minutes), then the losses must have fallen and mAP50
+/// must be far above chance (a from-scratch detector scores ~0).
+#[test]
+fn training_lowers_the_loss_and_raises_map50_above_chance() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    ok(&fusekit(
+        &[
+            "synth", "--out", "ds", "--pairs", "128", "--size", "160x128", "--scenes", "4",
+        ],
+        cwd,
+    ));
+    ok(&fusekit(&["split", "ds", "--val", "0.25"], cwd));
+    ok(&fusekit(
+        &["cache", "build", "ds", "--imgsz", "128", "--out", "cache"],
+        cwd,
+    ));
+    ok(&fusekit(
+        &[
+            "train",
+            "--cache",
+            "cache",
+            "--imgsz",
+            "128",
+            "--device",
+            "cpu",
+            "--fusion",
+            "rgb",
+            "--epochs",
+            "20",
+            "--batch",
+            "16",
+            "--accumulate",
+            "1",
+            "--lr-scaling",
+            "none",
+            "--warmup-epochs",
+            "0",
+            "--close-mosaic",
+            "3",
+        ],
+        cwd,
+    ));
+    let results = std::fs::read_to_string(cwd.join("runs/fuse/train/results.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = results
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.trim().parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 20, "{results}");
+    let loss = |row: &[f64]| row[2] + row[3] + row[4];
+    assert!(
+        loss(&rows[19]) < 0.6 * loss(&rows[0]),
+        "train loss did not fall:\n{results}"
+    );
+    let best_map50 = rows.iter().map(|r| r[7]).fold(0.0, f64::max);
+    assert!(best_map50 > 0.1, "mAP50 stayed at chance:\n{results}");
+}
+
+/// `--nproc 2` starts two local ranks through libtorch's c10d (TCPStore + Gloo), as torchrun
+/// would: the arithmetic counts both devices, each rank trains its shard, rank 0 alone reports
+/// and writes the run.
+#[test]
+fn two_local_ranks_train_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    let output = fusekit(
+        &train_args(&[
+            "--nproc",
+            "2",
+            "--batch",
+            "4",
+            "--epochs",
+            "2",
+            "--fusion",
+            "rgb",
+            "--dist-timeout",
+            "120",
+        ]),
+        dir.path(),
+    );
+    let stdout = ok(&output);
+    assert!(
+        stdout.contains("batch 4 x accumulate 8 x 2 devices = 64 effective"),
+        "{stdout}"
+    );
+    // One report, from rank 0: 18 train pairs in shards of 9, so 3 batches (4, 4, 1) per rank.
+    assert_eq!(stdout.matches("run: ").count(), 1, "{stdout}");
+    assert!(stdout.contains("3 batches per epoch"), "{stdout}");
+    let run = dir.path().join("runs/fuse/train");
+    let results = std::fs::read_to_string(run.join("results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 3, "{results}");
+    assert!(run.join("weights/best.safetensors").is_file());
+    assert!(!dir.path().join("runs/fuse/train2").exists());
+}
+
 #[test]
 fn out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,13 +6,18 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use fusekit_cache::Cache;
+use std::sync::Arc;
+use std::time::Duration;
+
 use fusekit_detect::NmsOptions;
+use fusekit_dist::ProcessGroup;
 use fusekit_hyp::{
     Accumulate, BatchPlan, Fusion, Hyp, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
     Schedule, render_table,
 };
 use fusekit_train::{Event, RunFiles, TrainOptions, parse_device, train};
 use serde_json::json;
+use tch::Device;
 
 use crate::cache::build_for_training;
 use crate::output::Format;
@@ -125,6 +130,14 @@ pub struct TrainArgs {
     /// `human` prints progress; `json` prints one summary object at the end.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
+    /// Start N local ranks of data-parallel training (each with --batch images per step and
+    /// its shard of the cache), as `torchrun --nproc_per_node=N --no-python fusekit train ...`
+    /// would; torchrun itself works too (RANK, WORLD_SIZE, MASTER_ADDR, ... are read).
+    #[arg(long)]
+    nproc: Option<usize>,
+    /// Seconds a rank waits for the others in a collective before failing (data-parallel).
+    #[arg(long, default_value_t = 1800)]
+    dist_timeout: u64,
     /// Testing aid: micro-batches of more than N images fail like a CUDA out-of-memory error,
     /// so the fallback (halve the micro-batch, double accumulation) runs without a GPU.
     #[arg(long, hide = true)]
@@ -167,6 +180,13 @@ impl TrainArgs {
 
 /// Runs `fusekit train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    if let Some(n) = args.nproc.filter(|&n| n > 1) {
+        return launch_ranks(n);
+    }
+    let group = ProcessGroup::from_env(Duration::from_secs(args.dist_timeout))
+        .context("joining the data-parallel group")?
+        .map(Arc::new);
+    let main = group.as_ref().is_none_or(|g| g.is_main());
     let run_dir = if args.resume {
         resume_dir(&args.project, args.name.as_deref())?
     } else {
@@ -224,7 +244,11 @@ fusekit never validates on the training set)",
         print!("{}", render_table(schedule.rows()));
         return Ok(ExitCode::SUCCESS);
     }
-    let device = parse_device(&args.device)?;
+    let device = match (parse_device(&args.device)?, &group) {
+        // One GPU per local rank.
+        (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
+        (device, _) => device,
+    };
     if hyp.amp && !device.is_cuda() && args.amp {
         eprintln!("note: --amp applies on CUDA only; training in f32 on the CPU");
     }
@@ -239,8 +263,9 @@ fusekit never validates on the training set)",
         limit,
         min_warmup: MIN_WARMUP,
         simulate_oom_above: args.simulate_oom_above,
+        group,
     };
-    let human = args.format == Format::Human;
+    let human = args.format == Format::Human && main;
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut observer = |event: Event<'_>| match event {
         Event::Started {
@@ -323,6 +348,9 @@ fusekit never validates on the training set)",
     };
     let summary = train(&options, &mut observer)
         .with_context(|| format!("training run {}", run_dir.display()))?;
+    if !main {
+        return Ok(ExitCode::SUCCESS);
+    }
     let files = RunFiles::new(&run_dir);
     if human {
         if let Some(best) = &summary.best {
@@ -377,6 +405,50 @@ fusekit never validates on the training set)",
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs this command line again as `n` local ranks (RANK, LOCAL_RANK, WORLD_SIZE and a free
+/// MASTER_PORT on 127.0.0.1, torchrun's contract) and waits for all of them.
+fn launch_ranks(n: usize) -> anyhow::Result<ExitCode> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let exe = std::env::current_exe()?;
+    let mut args: Vec<String> = Vec::new();
+    let mut given = std::env::args().skip(1);
+    while let Some(arg) = given.next() {
+        if arg == "--nproc" {
+            given.next();
+        } else if !arg.starts_with("--nproc=") {
+            args.push(arg);
+        }
+    }
+    let mut children = Vec::with_capacity(n);
+    for rank in 0..n {
+        let child = std::process::Command::new(&exe)
+            .args(&args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
+        children.push(child);
+    }
+    let mut failed = Vec::new();
+    for (rank, mut child) in children.into_iter().enumerate() {
+        let status = child.wait()?;
+        if !status.success() {
+            failed.push(format!("rank {rank}: {status}"));
+        }
+    }
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("data-parallel training failed ({})", failed.join(", "))
+    }
 }
 
 /// Images per batch of the closing validation.

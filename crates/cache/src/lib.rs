@@ -21,6 +21,8 @@ pub use builder::{
     BuildError, BuildInput, BuildOptions, BuildOutcome, IrChannels, available_memory, build,
     estimate_bytes, fingerprint, prepare_pair, stored_size,
 };
-pub use loader::{Batch, BatchBox, EpochBatches, Loader, LoaderOptions, epoch_order, letterbox};
+pub use loader::{
+    Batch, BatchBox, EpochBatches, Loader, LoaderOptions, epoch_order, equal_epoch_order, letterbox,
+};
 pub use reader::{Cache, CacheError, MapMode, Sample};
 pub use writer::{CacheWriter, Record, partial_path};

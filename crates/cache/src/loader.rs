@@ -35,6 +35,11 @@ pub struct LoaderOptions {
     /// Use only the first N samples of the cache (Ultralytics' `fraction`, as a count); mosaic
     /// partners are drawn from them too.
     pub limit: Option<usize>,
+    /// With several ranks, repeat the first samples of the epoch's permutation so that every
+    /// rank gets `ceil(len / world)` samples and the same number of batches, as PyTorch's
+    /// `DistributedSampler` does (data-parallel training needs equal step counts); without it
+    /// the ranks together see every sample exactly once.
+    pub equal_shards: bool,
 }
 
 impl Default for LoaderOptions {
@@ -48,6 +53,7 @@ impl Default for LoaderOptions {
             augment: None,
             prefetch: 2,
             limit: None,
+            equal_shards: false,
         }
     }
 }
@@ -167,12 +173,37 @@ pub fn epoch_order(
     rank: usize,
     world: usize,
 ) -> Vec<usize> {
+    shard(permutation(len, seed, epoch, shuffle), rank, world)
+}
+
+/// Like [`epoch_order`], with the permutation padded by its own first samples to a multiple
+/// of `world`, so that every rank gets `ceil(len / world)` samples.
+pub fn equal_epoch_order(
+    len: usize,
+    seed: u64,
+    epoch: u64,
+    shuffle: bool,
+    rank: usize,
+    world: usize,
+) -> Vec<usize> {
+    let mut order = permutation(len, seed, epoch, shuffle);
+    let padded = len.div_ceil(world.max(1)) * world.max(1);
+    let extra: Vec<usize> = order.iter().copied().cycle().take(padded - len).collect();
+    order.extend(extra);
+    shard(order, rank, world)
+}
+
+fn permutation(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     if shuffle {
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(
             seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         ));
     }
+    order
+}
+
+fn shard(order: Vec<usize>, rank: usize, world: usize) -> Vec<usize> {
     order.into_iter().skip(rank).step_by(world.max(1)).collect()
 }
 
@@ -236,15 +267,7 @@ impl Loader {
 
     /// Batches this rank yields per epoch (the last one may be smaller).
     pub fn batches_per_epoch(&self) -> usize {
-        let mine = epoch_order(
-            self.len(),
-            0,
-            0,
-            false,
-            self.options.rank,
-            self.options.world,
-        )
-        .len();
+        let mine = self.order(0).len();
         mine.div_ceil(self.options.batch)
     }
 
@@ -311,10 +334,21 @@ impl Loader {
         })
     }
 
+    /// This rank's samples of `epoch`, in order.
+    fn order(&self, epoch: u64) -> Vec<usize> {
+        let o = &self.options;
+        let order = if o.equal_shards {
+            equal_epoch_order
+        } else {
+            epoch_order
+        };
+        order(self.len(), o.seed, epoch, o.shuffle, o.rank, o.world)
+    }
+
     /// The batches of `epoch`, built ahead on a background thread.
     pub fn epoch(&self, epoch: u64) -> EpochBatches {
         let o = &self.options;
-        let order = epoch_order(self.len(), o.seed, epoch, o.shuffle, o.rank, o.world);
+        let order = self.order(epoch);
         let (sender, receiver) = sync_channel(o.prefetch.max(1));
         let loader = self.clone();
         let producer = std::thread::Builder::new()

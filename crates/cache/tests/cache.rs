@@ -7,8 +7,8 @@ use std::sync::Arc;
 use fusekit_cache::format::{HEADER_LEN, Metadata};
 use fusekit_cache::{
     Augment, BuildError, BuildInput, BuildOptions, BuildOutcome, Cache, CacheError, CacheWriter,
-    IrChannels, Loader, LoaderOptions, MapMode, Record, build, epoch_order, letterbox,
-    partial_path,
+    IrChannels, Loader, LoaderOptions, MapMode, Record, build, epoch_order, equal_epoch_order,
+    letterbox, partial_path,
 };
 use fusekit_synth::{SynthOptions, generate};
 
@@ -269,6 +269,20 @@ fn batch_order_is_seeded_and_shards_cover_every_sample_once() {
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..103).collect::<Vec<_>>(), "world {world}");
+        // Equal shards (data-parallel training): same count on every rank, every sample at
+        // least once, only the permutation's first `padded - len` samples twice.
+        let shards: Vec<Vec<usize>> = (0..world)
+            .map(|rank| equal_epoch_order(103, 9, 4, true, rank, world))
+            .collect();
+        assert!(shards.iter().all(|s| s.len() == 103usize.div_ceil(world)));
+        let mut seen: Vec<usize> = shards.concat();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, (0..103).collect::<Vec<_>>(), "world {world}");
+        assert_eq!(
+            shards.concat().len() - 103,
+            103usize.div_ceil(world) * world - 103
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let (target, _) = built(dir.path(), 5);

@@ -67,6 +67,9 @@ pair, or a degenerate box (run `fusekit lint`)",
         /// Learning rate of the weight group at that moment.
         lr: f64,
     },
+    /// A collective of data-parallel training failed (a rank died, or the timeout passed).
+    #[error(transparent)]
+    Dist(#[from] fusekit_dist::DistError),
     /// The device ran out of memory even with one image per micro-batch.
     #[error(
         "out of memory with a micro-batch of 1 image ({message}); train at a smaller --imgsz \

@@ -12,6 +12,7 @@ use fusekit_cache::{Augment, Cache, Loader, LoaderOptions};
 use fusekit_detect::{
     DetectionLoss, Detector, Fusion, LossGains, ModelConfig, NmsOptions, parameter_count, weights,
 };
+use fusekit_dist::ProcessGroup;
 use fusekit_hyp::{BatchPlan, EMA_DECAY, EMA_TAU, Hyp, NanPolicy, Schedule};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -53,6 +54,9 @@ pub struct TrainOptions {
     /// Makes every micro-batch of more than this many images fail the way a CUDA
     /// out-of-memory error does, to exercise the fallback without a GPU.
     pub simulate_oom_above: Option<usize>,
+    /// Data-parallel training: this process's c10d group (`None`: one process). Every rank
+    /// trains on its shard of the cache; only rank 0 validates, writes files and reports.
+    pub group: Option<Arc<ProcessGroup>>,
 }
 
 /// Progress reported while training.
@@ -169,11 +173,19 @@ struct TrainState {
 }
 
 /// Cache loader options for training with `hyp`'s augmentation.
-fn train_loader_options(hyp: &Hyp, limit: Option<usize>, mosaic: bool) -> LoaderOptions {
+fn train_loader_options(
+    hyp: &Hyp,
+    limit: Option<usize>,
+    mosaic: bool,
+    (rank, world): (usize, usize),
+) -> LoaderOptions {
     LoaderOptions {
         batch: hyp.batch as usize,
         shuffle: true,
         seed: hyp.seed,
+        rank,
+        world,
+        equal_shards: true,
         augment: Some(Augment {
             fliplr: hyp.fliplr as f32,
             mosaic: if mosaic { hyp.mosaic as f32 } else { 0.0 },
@@ -203,6 +215,12 @@ pub fn train(
     options: &TrainOptions,
     observer: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainSummary, TrainError> {
+    let group = options.group.as_deref();
+    let shard = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
+    let main = shard.0 == 0;
+    // Only rank 0 reports.
+    let mut quiet = |_: Event<'_>| {};
+    let observer: &mut dyn FnMut(Event<'_>) = if main { observer } else { &mut quiet };
     let hyp = &options.hyp;
     let device = options.device;
     let files = RunFiles::new(&options.run_dir);
@@ -210,7 +228,9 @@ pub fn train(
         let path = path.to_path_buf();
         move |source| TrainError::Io { path, source }
     };
-    std::fs::create_dir_all(options.run_dir.join("weights")).map_err(io(&options.run_dir))?;
+    if main {
+        std::fs::create_dir_all(options.run_dir.join("weights")).map_err(io(&options.run_dir))?;
+    }
 
     let train_cache = Arc::new(Cache::open(&options.train_cache, None)?);
     let meta = train_cache.meta().clone();
@@ -226,7 +246,7 @@ pub fn train(
     let mosaic_epochs = hyp.epochs.saturating_sub(hyp.close_mosaic);
     let mut loader = Loader::new(
         train_cache.clone(),
-        train_loader_options(hyp, options.limit, mosaic_epochs > 0),
+        train_loader_options(hyp, options.limit, mosaic_epochs > 0, shard),
     );
     if loader.is_empty() {
         return Err(TrainError::Incompatible(format!(
@@ -234,7 +254,7 @@ pub fn train(
             options.train_cache.display()
         )));
     }
-    let val_loader = match &options.val_cache {
+    let val_loader = match options.val_cache.as_ref().filter(|_| main) {
         Some(path) => {
             let cache = Arc::new(Cache::open(path, None)?);
             let val_meta = cache.meta();
@@ -269,7 +289,7 @@ pub fn train(
     let ema_vs = VarStore::new(device);
     let ema_model = Detector::new(&ema_vs.root(), config.clone());
 
-    let plan = BatchPlan::from_hyp(hyp, 1)?;
+    let plan = BatchPlan::from_hyp(hyp, shard.1 as u32)?;
     let batches = loader.batches_per_epoch() as u64;
     let schedule =
         Schedule::new(hyp, &plan, batches, hyp.epochs)?.with_min_warmup(options.min_warmup);
@@ -289,8 +309,10 @@ pub fn train(
     };
     if options.resume {
         state = restore_checkpoint(&files.checkpoint, &vs, &ema_vs, &mut optimizer)?;
-        truncate_results(&files.results, state.epochs_done, &state.last_row)
-            .map_err(io(&files.results))?;
+        if main {
+            truncate_results(&files.results, state.epochs_done, &state.last_row)
+                .map_err(io(&files.results))?;
+        }
         observer(Event::Note(format!(
             "resuming {} after epoch {}",
             files.checkpoint.display(),
@@ -300,9 +322,13 @@ pub fn train(
         if let Some(path) = &options.weights {
             observer(Event::Note(initialise(&vs, &config, path)?));
         }
-        let _ = std::fs::remove_file(&files.results);
+        if main {
+            let _ = std::fs::remove_file(&files.results);
+        }
     }
-    std::fs::write(&files.args, hyp.to_yaml()?).map_err(io(&files.args))?;
+    if main {
+        std::fs::write(&files.args, hyp.to_yaml()?).map_err(io(&files.args))?;
+    }
     let mut ema = Ema::new(&vs, &ema_vs, EMA_DECAY, EMA_TAU);
     if options.resume {
         // The checkpoint's EMA weights were restored into ema_vs; Ema::new copied the live
@@ -310,6 +336,15 @@ pub fn train(
         restore_ema(&files.checkpoint, &ema_vs)?;
         ema.set_updates(state.ema_updates);
     }
+    // Every rank starts from rank 0's model and average (parameters and BatchNorm buffers).
+    let mut buffers = match group {
+        Some(g) => {
+            g.broadcast_var_store(&vs, 0)?;
+            g.broadcast_var_store(&ema_vs, 0)?;
+            Some(sorted_buffers(&vs))
+        }
+        None => None,
+    };
 
     let loss_fn = DetectionLoss {
         gains: LossGains {
@@ -364,7 +399,7 @@ pub fn train(
         if epoch == mosaic_epochs.max(start_epoch) {
             loader = Loader::new(
                 train_cache.clone(),
-                train_loader_options(hyp, options.limit, false),
+                train_loader_options(hyp, options.limit, false, shard),
             );
         }
         if good_state.is_none() && hyp.nan_policy == NanPolicy::Rollback {
@@ -413,7 +448,12 @@ accumulated for the interrupted step were dropped)",
                     other => break other,
                 }
             };
-            let Ok(parts) = parts else {
+            // A rank whose loss is not finite stops every rank at the same batch.
+            let failed = match group {
+                Some(g) => any_rank(g, parts.is_err())?,
+                None => parts.is_err(),
+            };
+            let Some(parts) = parts.ok().filter(|_| !failed) else {
                 let names = batch
                     .samples
                     .iter()
@@ -422,11 +462,15 @@ accumulated for the interrupted step were dropped)",
                 failure = Some((i, names, lr[0]));
                 break;
             };
-            trained_images += batch.len();
-            epoch_images += batch.len();
+            trained_images += batch.len() * shard.1;
+            epoch_images += batch.len() * shard.1;
             let global = u64::from(epoch) * batches + i;
             let since = last_step.map_or(global + 1, |s| global - s);
             if since >= u64::from(step.accumulate.max(1)) || i + 1 == batches {
+                if let Some(g) = group {
+                    // One all-reduce per optimizer step, not per micro-batch.
+                    g.average_gradients(&vs)?;
+                }
                 if scaler.unscale(&mut optimizer) {
                     let _ = optimizer.clip_grad_norm(MAX_GRAD_NORM);
                     optimizer.step(&StepSettings {
@@ -434,6 +478,10 @@ accumulated for the interrupted step were dropped)",
                         momentum: step.momentum,
                         weight_decay: plan.weight_decay(),
                     });
+                    if let (Some(g), Some(buffers)) = (group, buffers.as_mut()) {
+                        // As DDP does: BatchNorm statistics follow rank 0's.
+                        g.broadcast(buffers, 0)?;
+                    }
                     ema.update();
                 }
                 optimizer.zero_grad();
@@ -501,13 +549,23 @@ accumulated for the interrupted step were dropped)",
             val_loss: validation.loss,
             lr: schedule.epoch_end(epoch).lr.map(|lr| lr * state.lr_factor),
         };
+        // Rank 0 validated; every rank takes its numbers so that all agree on the best epoch
+        // and early stopping.
+        let record = match group {
+            Some(g) => share_record(g, record)?,
+            None => record,
+        };
         let saved_vs = if hyp.ema { &ema_vs } else { &vs };
-        weights::save(saved_vs, &config, &files.last)?;
+        if main {
+            weights::save(saved_vs, &config, &files.last)?;
+        }
         let fitness = record.fitness();
         if fitness > state.best_fitness || state.best_epoch == 0 {
             state.best_fitness = fitness;
             state.best_epoch = record.epoch;
-            weights::save(saved_vs, &config, &files.best)?;
+            if main {
+                weights::save(saved_vs, &config, &files.best)?;
+            }
             best_record = Some(record.clone());
         }
         state.epochs_done = epoch + 1;
@@ -515,9 +573,11 @@ accumulated for the interrupted step were dropped)",
         state.ema_updates = ema.updates();
         state.seconds = previous_seconds + started.elapsed().as_secs_f64();
         state.last_row = record.csv_row();
-        // The checkpoint is the truth a resume starts from; the results row follows it.
-        save_checkpoint(&files.checkpoint, &vs, &ema_vs, &optimizer, &config, &state)?;
-        append_results(&files.results, &record).map_err(io(&files.results))?;
+        if main {
+            // The checkpoint is the truth a resume starts from; the results row follows it.
+            save_checkpoint(&files.checkpoint, &vs, &ema_vs, &optimizer, &config, &state)?;
+            append_results(&files.results, &record).map_err(io(&files.results))?;
+        }
         if hyp.nan_policy == NanPolicy::Rollback {
             good_state = Some(snapshot(&vs));
         }
@@ -533,7 +593,7 @@ accumulated for the interrupted step were dropped)",
             break;
         }
     }
-    if best_record.is_none() && state.best_epoch > 0 {
+    if best_record.is_none() && state.best_epoch > 0 && main {
         best_record = read_record(&files.results, state.best_epoch);
     }
     Ok(TrainSummary {
@@ -545,6 +605,51 @@ accumulated for the interrupted step were dropped)",
         seconds: started.elapsed().as_secs_f64(),
         images_per_second: trained_images as f64 / train_seconds.max(1e-9),
         data_wait: data_wait.as_secs_f64() / train_seconds.max(1e-9),
+    })
+}
+
+/// Whether `flag` is set on any rank.
+fn any_rank(group: &ProcessGroup, flag: bool) -> Result<bool, TrainError> {
+    let mut flags = [Tensor::from_slice(&[f32::from(u8::from(flag))])];
+    group.all_reduce_sum(&mut flags)?;
+    Ok(flags[0].double_value(&[0]) > 0.0)
+}
+
+/// The non-trainable variables of `vs` (BatchNorm statistics), in name order.
+fn sorted_buffers(vs: &VarStore) -> Vec<Tensor> {
+    let mut buffers: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| !t.requires_grad())
+        .collect();
+    buffers.sort_by(|a, b| a.0.cmp(&b.0));
+    buffers.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Rank 0's epoch record on every rank.
+fn share_record(group: &ProcessGroup, record: EpochRecord) -> Result<EpochRecord, TrainError> {
+    let r = &record;
+    let values = [
+        r.time,
+        r.precision,
+        r.recall,
+        r.map50,
+        r.map50_95,
+        r.val_loss[0],
+        r.val_loss[1],
+        r.val_loss[2],
+    ];
+    let mut shared = [Tensor::from_slice(&values)];
+    group.broadcast(&mut shared, 0)?;
+    let v = Vec::<f64>::try_from(&shared[0]).map_err(|e| TrainError::Numeric(e.to_string()))?;
+    Ok(EpochRecord {
+        time: v[0],
+        precision: v[1],
+        recall: v[2],
+        map50: v[3],
+        map50_95: v[4],
+        val_loss: [v[5], v[6], v[7]],
+        ..record
     })
 }
 

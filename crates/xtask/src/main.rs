@@ -292,6 +292,8 @@ fn bench(root: &Path) -> anyhow::Result<()> {
             "fusekit-cache",
             "--package",
             "fusekit-detect",
+            "--package",
+            "fusekit",
         ])
         .current_dir(root)
         .env("FUSEKIT_BENCH_PYTHON", &python);
