@@ -260,7 +260,7 @@ pub fn build(
         IrChannels::Grey => 1,
         IrChannels::Colour => 3,
         IrChannels::Auto => {
-            if ir_is_grey(inputs)? {
+            if ir_is_grey(inputs, options.imgsz)? {
                 1
             } else {
                 3
@@ -366,14 +366,14 @@ fn check_room(target: &Path, dir: &Path, estimate: u64, mode: MapMode) -> Result
 }
 
 /// Whether a spread sample of up to 16 IR images holds grey content only.
-fn ir_is_grey(inputs: &[BuildInput]) -> Result<bool, BuildError> {
+fn ir_is_grey(inputs: &[BuildInput], imgsz: u32) -> Result<bool, BuildError> {
     let step = inputs.len().div_ceil(16).max(1);
     let sample: Vec<&BuildInput> = inputs.iter().step_by(step).collect();
     let grey: Vec<bool> = sample
         .par_iter()
         .map(|input| {
-            let (pixels, _, _, channels) = decode(&input.ir, false)?;
-            Ok(channels == 1 || is_grey(&pixels))
+            let ir = decode(&input.ir, false, imgsz)?;
+            Ok(ir.channels == 1 || is_grey(&ir.pixels))
         })
         .collect::<Result<_, BuildError>>()?;
     Ok(grey.iter().all(|&g| g))
@@ -384,9 +384,33 @@ fn is_grey(rgb: &[u8]) -> bool {
         .all(|p| p[0].abs_diff(p[1]) <= 2 && p[1].abs_diff(p[2]) <= 2)
 }
 
+/// A decoded image: interleaved u8 pixels, grey (1 channel) or RGB (3).
+struct Decoded {
+    pixels: Vec<u8>,
+    /// Size of `pixels`: the source size, or less after a DCT-scaled JPEG decode.
+    size: (u32, u32),
+    /// Size of the source image.
+    source: (u32, u32),
+    channels: u8,
+}
+
+/// The largest JPEG DCT reduction (1, 2, 4 or 8) that still leaves a `width` x `height` image
+/// at least as large as its stored size at `imgsz` in both dimensions; libjpeg's scaled output
+/// is `ceil(side / reduction)`.
+fn dct_reduction(width: u32, height: u32, imgsz: u32) -> u32 {
+    let (nw, nh) = stored_size(width, height, imgsz);
+    [8, 4, 2]
+        .into_iter()
+        .find(|&r| width.div_ceil(r) >= nw && height.div_ceil(r) >= nh)
+        .unwrap_or(1)
+}
+
 /// Decodes an image to interleaved u8: grey (1 channel) when `grey` is asked, else RGB.
-/// JPEGs go through zune-jpeg directly, which decodes the luma plane alone for grey output.
-fn decode(path: &Path, grey: bool) -> Result<(Vec<u8>, u32, u32, u8), BuildError> {
+/// A JPEG that will be shrunk at least 2x for `imgsz` is decoded by libjpeg (mozjpeg) straight to
+/// a reduced size (DCT scaling: an anti-aliased resize that skips most of the IDCT work); other
+/// JPEGs go through zune-jpeg, which decodes the luma plane alone for grey output; other formats
+/// through the image crate.
+fn decode(path: &Path, grey: bool, imgsz: u32) -> Result<Decoded, BuildError> {
     let bytes = std::fs::read(path).map_err(|source| {
         BuildError::Cache(CacheError::Io {
             path: path.to_path_buf(),
@@ -397,7 +421,12 @@ fn decode(path: &Path, grey: bool) -> Result<(Vec<u8>, u32, u32, u8), BuildError
         path: path.to_path_buf(),
         message,
     };
+    let channels = if grey { 1 } else { 3 };
     if bytes.starts_with(&[0xFF, 0xD8]) {
+        // A JPEG libjpeg cannot scale (or refuses, such as CMYK) falls back to the full decode.
+        if let Some(decoded) = decode_jpeg_scaled(&bytes, grey, imgsz) {
+            return Ok(decoded);
+        }
         use zune_core::colorspace::ColorSpace;
         use zune_core::options::DecoderOptions;
         let colorspace = if grey {
@@ -414,29 +443,69 @@ fn decode(path: &Path, grey: bool) -> Result<(Vec<u8>, u32, u32, u8), BuildError
         let info = decoder
             .info()
             .ok_or_else(|| fail("no image information".into()))?;
-        let channels = if grey { 1 } else { 3 };
-        return Ok((
+        let size = (u32::from(info.width), u32::from(info.height));
+        return Ok(Decoded {
             pixels,
-            u32::from(info.width),
-            u32::from(info.height),
+            size,
+            source: size,
             channels,
-        ));
+        });
     }
     let image = image::load_from_memory(&bytes).map_err(|e| fail(e.to_string()))?;
-    let (w, h) = (image.width(), image.height());
-    if grey {
-        Ok((image.into_luma8().into_raw(), w, h, 1))
+    let size = (image.width(), image.height());
+    let pixels = if grey {
+        image.into_luma8().into_raw()
     } else {
-        Ok((image.into_rgb8().into_raw(), w, h, 3))
-    }
+        image.into_rgb8().into_raw()
+    };
+    Ok(Decoded {
+        pixels,
+        size,
+        source: size,
+        channels,
+    })
+}
+
+/// DCT-scaled decode of a JPEG by [`dct_reduction`]; `None` when no reduction applies or libjpeg
+/// fails (the full decoder then decides, and names the error).
+fn decode_jpeg_scaled(bytes: &[u8], grey: bool, imgsz: u32) -> Option<Decoded> {
+    // libjpeg reports fatal errors by unwinding (mozjpeg's error manager), never by aborting.
+    std::panic::catch_unwind(|| -> std::io::Result<Option<Decoded>> {
+        let mut decompress = mozjpeg::Decompress::new_mem(bytes)?;
+        let source = (decompress.width() as u32, decompress.height() as u32);
+        let reduction = dct_reduction(source.0, source.1, imgsz);
+        if reduction == 1 {
+            return Ok(None);
+        }
+        decompress.scale((8 / reduction) as u8);
+        let mut started = if grey {
+            decompress.grayscale()?
+        } else {
+            decompress.rgb()?
+        };
+        let pixels: Vec<u8> = started.read_scanlines()?;
+        let size = (started.width() as u32, started.height() as u32);
+        started.finish()?;
+        let channels = if grey { 1 } else { 3 };
+        Ok(
+            (pixels.len() == (size.0 * size.1) as usize * usize::from(channels)).then_some(
+                Decoded {
+                    pixels,
+                    size,
+                    source,
+                    channels,
+                },
+            ),
+        )
+    })
+    .ok()?
+    .ok()?
 }
 
 /// Resizes interleaved pixels (box filter when shrinking, bilinear when growing) and appends
 /// them to `planes` as separate planes.
 fn resize_into_planes(
-    pixels: Vec<u8>,
-    (w, h): (u32, u32),
-    channels: u8,
+    decoded: Decoded,
     (nw, nh): (u32, u32),
     planes: &mut Vec<u8>,
     path: &Path,
@@ -445,6 +514,12 @@ fn resize_into_planes(
         path: path.to_path_buf(),
         message,
     };
+    let Decoded {
+        pixels,
+        size: (w, h),
+        channels,
+        ..
+    } = decoded;
     let pixel_type = if channels == 1 {
         PixelType::U8
     } else {
@@ -490,9 +565,11 @@ fn resize_into_planes(
 /// Decodes and resizes one pair exactly as the cache stores it (long side `imgsz`, R, G, B then
 /// `ir_planes` IR planes) with its label boxes: what predictions on new images must see.
 pub fn prepare_pair(input: &BuildInput, imgsz: u32, ir_planes: u8) -> Result<Record, BuildError> {
-    let (rgb, w, h, _) = decode(&input.rgb, false)?;
-    let (ir, iw, ih, ic) = decode(&input.ir, ir_planes == 1)?;
-    if (iw, ih) != (w, h) {
+    let rgb = decode(&input.rgb, false, imgsz)?;
+    let ir = decode(&input.ir, ir_planes == 1, imgsz)?;
+    let (w, h) = rgb.source;
+    if ir.source != rgb.source {
+        let (iw, ih) = ir.source;
         return Err(BuildError::Decode {
             path: input.ir.clone(),
             message: format!("IR is {iw}x{ih} but RGB is {w}x{h} (lint: PAIR003)"),
@@ -500,8 +577,8 @@ pub fn prepare_pair(input: &BuildInput, imgsz: u32, ir_planes: u8) -> Result<Rec
     }
     let (nw, nh) = stored_size(w, h, imgsz);
     let mut planes = Vec::with_capacity((nw * nh) as usize * (3 + ir_planes as usize));
-    resize_into_planes(rgb, (w, h), 3, (nw, nh), &mut planes, &input.rgb)?;
-    resize_into_planes(ir, (w, h), ic, (nw, nh), &mut planes, &input.ir)?;
+    resize_into_planes(rgb, (nw, nh), &mut planes, &input.rgb)?;
+    resize_into_planes(ir, (nw, nh), &mut planes, &input.ir)?;
     let boxes = match &input.label {
         Some(label) => match std::fs::read_to_string(label) {
             Ok(text) => parse_labels(&text)
@@ -539,4 +616,22 @@ pub fn prepare_pair(input: &BuildInput, imgsz: u32, ir_planes: u8) -> Result<Rec
         planes,
         boxes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dct_reduction_keeps_the_decode_at_least_the_stored_size() {
+        assert_eq!(dct_reduction(1280, 1024, 640), 2);
+        assert_eq!(dct_reduction(1280, 1024, 320), 4);
+        assert_eq!(dct_reduction(4000, 3000, 320), 8);
+        // Halves round up, as libjpeg's scaled sizes do: 1279x1023 halves to 640x512, its stored
+        // size; 1270x1016 would halve below 640 wide.
+        assert_eq!(dct_reduction(1279, 1023, 640), 2);
+        assert_eq!(dct_reduction(1270, 1016, 640), 1);
+        assert_eq!(dct_reduction(200, 160, 150), 1);
+        assert_eq!(dct_reduction(320, 256, 640), 1);
+    }
 }
