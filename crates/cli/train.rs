@@ -1,5 +1,6 @@
 //! `fusekit train`: train the dual-stream detector from a prepared cache.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -159,8 +160,75 @@ impl TrainArgs {
     }
 }
 
+/// A finished training run.
+pub struct Trained {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Epochs, best and last metrics, time.
+    pub summary: fusekit_train::TrainSummary,
+}
+
+impl Trained {
+    /// The run as `fusekit train --format json` prints it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let summary = &self.summary;
+        let files = RunFiles::new(&self.run_dir);
+        let record = |r: &Option<fusekit_train::EpochRecord>| {
+            r.as_ref().map(|r| {
+                json!({"epoch": r.epoch, "precision": r.precision, "recall": r.recall,
+                       "mAP50": r.map50, "mAP50-95": r.map50_95, "train_loss": r.train_loss,
+                       "val_loss": r.val_loss})
+            })
+        };
+        json!({
+            "run": self.run_dir,
+            "epochs": summary.epochs,
+            "best_epoch": summary.best_epoch,
+            "best": record(&summary.best),
+            "last": record(&summary.last),
+            "stopped_early": summary.stopped_early,
+            "seconds": summary.seconds,
+            "images_per_second": summary.images_per_second,
+            "results": files.results,
+            "weights": {"best": files.best, "last": files.last},
+        })
+    }
+}
+
 /// Runs `fusekit train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let Some(Trained { run_dir, summary }) = execute(args, &mut std::io::stdout())? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let human = args.format == Format::Human;
+    let files = RunFiles::new(&run_dir);
+    if human {
+        if let Some(best) = &summary.best {
+            println!(
+                "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s)",
+                summary.best_epoch,
+                best.map50,
+                best.map50_95,
+                summary.epochs,
+                summary.seconds,
+                summary.images_per_second
+            );
+        }
+        println!(
+            "results: {}\nweights: {} (best), {} (last)",
+            files.results.display(),
+            files.best.display(),
+            files.last.display()
+        );
+    } else {
+        println!("{}", Trained { run_dir, summary }.to_json());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains as `fusekit train` does, writing its progress lines to `out`; `None` after
+/// `--print-schedule`.
+pub fn execute(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<Option<Trained>> {
     let run_dir = if args.resume {
         resume_dir(&args.project, args.name.as_deref())?
     } else {
@@ -214,9 +282,9 @@ fusekit never validates on the training set)",
         let plan = BatchPlan::from_hyp(&hyp, 1)?;
         let batches = images.div_ceil(hyp.batch as usize) as u64;
         let schedule = Schedule::new(&hyp, &plan, batches, hyp.epochs)?.with_min_warmup(MIN_WARMUP);
-        println!("{plan}");
-        print!("{}", render_table(schedule.rows()));
-        return Ok(ExitCode::SUCCESS);
+        writeln!(out, "{plan}")?;
+        write!(out, "{}", render_table(schedule.rows()))?;
+        return Ok(None);
     }
     let device = parse_device(&args.device)?;
     if hyp.amp && !device.is_cuda() && args.amp {
@@ -245,8 +313,9 @@ fusekit never validates on the training set)",
             warmup,
             start_epoch,
         } if human => {
-            println!("{plan}");
-            println!(
+            let _ = writeln!(out, "{plan}");
+            let _ = writeln!(
+                out,
                 "model: yolov8{} {} fusion, {} classes, {} IR plane{}, {:.2}M parameters, on {}",
                 config.scale,
                 config.fusion,
@@ -256,7 +325,8 @@ fusekit never validates on the training set)",
                 parameters as f64 / 1e6,
                 device_name(device)
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "data: {} train / {} val images, {batches} batches per epoch, warmup {warmup} batches{}",
                 images.0,
                 images.1,
@@ -266,7 +336,7 @@ fusekit never validates on the training set)",
                     String::new()
                 }
             );
-            println!("run: {}", run_dir.display());
+            let _ = writeln!(out, "run: {}", run_dir.display());
         }
         Event::Batch {
             epoch,
@@ -290,7 +360,8 @@ fusekit never validates on the training set)",
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
-            println!(
+            let _ = writeln!(
+                out,
                 "epoch {:>3}/{}  box {:.3} cls {:.3} dfl {:.3}  P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3}  lr {:.5}  {:.1}s",
                 record.epoch,
                 hyp.epochs,
@@ -310,50 +381,7 @@ fusekit never validates on the training set)",
     };
     let summary = train(&options, &mut observer)
         .with_context(|| format!("training run {}", run_dir.display()))?;
-    let files = RunFiles::new(&run_dir);
-    if human {
-        if let Some(best) = &summary.best {
-            println!(
-                "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s)",
-                summary.best_epoch,
-                best.map50,
-                best.map50_95,
-                summary.epochs,
-                summary.seconds,
-                summary.images_per_second
-            );
-        }
-        println!(
-            "results: {}\nweights: {} (best), {} (last)",
-            files.results.display(),
-            files.best.display(),
-            files.last.display()
-        );
-    } else {
-        let record = |r: &Option<fusekit_train::EpochRecord>| {
-            r.as_ref().map(|r| {
-                json!({"epoch": r.epoch, "precision": r.precision, "recall": r.recall,
-                       "mAP50": r.map50, "mAP50-95": r.map50_95, "train_loss": r.train_loss,
-                       "val_loss": r.val_loss})
-            })
-        };
-        println!(
-            "{}",
-            json!({
-                "run": run_dir,
-                "epochs": summary.epochs,
-                "best_epoch": summary.best_epoch,
-                "best": record(&summary.best),
-                "last": record(&summary.last),
-                "stopped_early": summary.stopped_early,
-                "seconds": summary.seconds,
-                "images_per_second": summary.images_per_second,
-                "results": files.results,
-                "weights": {"best": files.best, "last": files.last},
-            })
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(Some(Trained { run_dir, summary }))
 }
 
 /// Warmup lasts at least this many batches when warmup_epochs > 0.
