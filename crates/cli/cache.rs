@@ -105,6 +105,10 @@ pub struct BuildArgs {
     /// Class names, comma-separated, for a dataset folder without data.yaml.
     #[arg(long, value_delimiter = ',')]
     names: Option<Vec<String>>,
+    /// Config file with a [lint] section whose levels decide which pairs are left out
+    /// (default: fusekit.toml next to the dataset, then in the working directory).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// Runs a cache subcommand.
@@ -152,6 +156,7 @@ pub fn build_for_training(data: &Path, imgsz: u32) -> anyhow::Result<PathBuf> {
         out: Some(out.clone()),
         force: false,
         names: None,
+        config: None,
     };
     let code = build_caches(&args)?;
     if code != ExitCode::SUCCESS {
@@ -160,9 +165,10 @@ pub fn build_for_training(data: &Path, imgsz: u32) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-fn build_caches(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+/// Runs `fusekit cache build`.
+pub fn build_caches(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let dataset = open_dataset(&args.data, args.names.clone())?;
-    let (_, section) = load_config(&args.data, None)?;
+    let (_, section) = load_config(&args.data, args.config.as_deref())?;
     let mut levels = Levels::default();
     levels.apply(&section.selectors())?;
     let options = LintOptions {

@@ -99,8 +99,32 @@ pub fn load_config(
     Ok((path, section))
 }
 
+/// A finished lint: the report and what the human header says.
+pub struct Linted {
+    /// The report (levels applied, fixes marked).
+    pub report: Report,
+    /// The first line of the human report.
+    pub header: String,
+    /// Warnings fail too.
+    pub strict: bool,
+    /// The dataset root, when the dataset description could be used.
+    pub root: Option<PathBuf>,
+}
+
 /// Runs the lint and prints the report; the exit code follows the report.
 pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
+    let linted = lint(&args)?;
+    print_report(
+        &linted.report,
+        &args,
+        linted.root.as_deref(),
+        &linted.header,
+    );
+    Ok(ExitCode::from(linted.report.exit_code(linted.strict)))
+}
+
+/// Lints as `fusekit lint` does (fixes included), without printing the report.
+pub fn lint(args: &LintArgs) -> anyhow::Result<Linted> {
     let started = Instant::now();
     let (config_path, section) = load_config(&args.data, args.config.as_deref())?;
     let mut levels = Levels::default();
@@ -126,14 +150,12 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
     let dataset = match Dataset::open(&args.data, args.names.clone()) {
         Ok(dataset) => dataset,
         Err(err) => {
-            let report = Report::invalid_dataset(err.to_string());
-            print_report(
-                &report,
-                &args,
-                None,
-                &format!("fusekit lint {}", args.data.display()),
-            );
-            return Ok(ExitCode::from(report.exit_code(strict)));
+            return Ok(Linted {
+                report: Report::invalid_dataset(err.to_string()),
+                header: format!("fusekit lint {}", args.data.display()),
+                strict,
+                root: None,
+            });
         }
     };
     let scan = dataset.scan();
@@ -197,8 +219,12 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
             .map(|p| format!(", config {}", p.display()))
             .unwrap_or_default()
     );
-    print_report(&run.report, &args, Some(&dataset.root), &header);
-    Ok(ExitCode::from(run.report.exit_code(strict)))
+    Ok(Linted {
+        report: run.report,
+        header,
+        strict,
+        root: Some(dataset.root),
+    })
 }
 
 fn print_report(report: &Report, args: &LintArgs, root: Option<&Path>, header: &str) {

@@ -13,6 +13,7 @@ mod output;
 mod predict;
 mod progress;
 mod rules;
+mod run;
 mod split;
 mod synth;
 #[cfg(feature = "train")]
@@ -50,6 +51,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Write a deterministic LLVIP-like sample dataset (optionally with defects injected).
     Synth(synth::SynthArgs),
+    /// Run a pipeline file (lint, split, cache, train, predict), skipping what is up to date.
+    Run(Box<run::RunArgs>),
     /// Show what libtorch offers on this machine (CUDA, cuDNN, threads).
     #[cfg(feature = "train")]
     Device,
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Split(args) => split::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Import(args) => import::run(&args),
+        Command::Run(args) => run::run(&args),
         #[cfg(feature = "train")]
         Command::Device => device::run(),
         #[cfg(feature = "train")]

@@ -63,6 +63,20 @@ pub struct PredictArgs {
 
 /// Runs `fusekit predict`.
 pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
+    execute(args, &mut std::io::stdout())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pairs predicted and detections kept.
+pub struct Predicted {
+    /// Pairs.
+    pub pairs: usize,
+    /// Detections over all pairs.
+    pub detections: usize,
+}
+
+/// Predicts as `fusekit predict` does, writing its lines to `out`.
+pub fn execute(args: &PredictArgs, out: &mut dyn Write) -> anyhow::Result<Predicted> {
     if args.imgsz == 0 || !args.imgsz.is_multiple_of(32) {
         bail!("--imgsz {} is not a positive multiple of 32", args.imgsz);
     }
@@ -124,24 +138,29 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", picture_path.display()))?;
         }
         match args.format {
-            Format::Json => println!("{record_json}"),
-            Format::Human => println!(
+            Format::Json => writeln!(out, "{record_json}")?,
+            Format::Human => writeln!(
+                out,
                 "{}: {}",
                 pair.rgb.display(),
                 summary(&detections, &config.names)
-            ),
+            )?,
         }
     }
     jsonl.flush()?;
     if args.format == Format::Human {
-        println!(
+        writeln!(
+            out,
             "{} pairs, {total} detections on {} -> {}",
             pairs.len(),
             device_name(device),
             args.out.display()
-        );
+        )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Predicted {
+        pairs: pairs.len(),
+        detections: total,
+    })
 }
 
 fn pairs(args: &PredictArgs) -> anyhow::Result<Vec<BuildInput>> {

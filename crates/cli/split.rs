@@ -82,6 +82,31 @@ enum StratifyArg {
 
 /// Lints, plans, writes (unless current) and reports the split.
 pub fn run(args: &SplitArgs) -> anyhow::Result<ExitCode> {
+    let (outcome, manifest, out) = split(args)?;
+    match args.format {
+        Format::Json => {
+            let outcome = match &outcome {
+                WriteOutcome::UpToDate => "up_to_date",
+                WriteOutcome::Written(_) => "written",
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"outcome": outcome, "out": out, "manifest": manifest})
+                )?
+            );
+        }
+        Format::Human => print!(
+            "{}",
+            human(&args.data.display().to_string(), &manifest, &outcome, &out)
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lints, plans and writes (unless current) the split as `fusekit split` does, without
+/// printing; returns what was written, the manifest and the output folder.
+pub fn split(args: &SplitArgs) -> anyhow::Result<(WriteOutcome, Manifest, PathBuf)> {
     let shares_valid = (0.0..1.0).contains(&args.val)
         && (0.0..1.0).contains(&args.test)
         && args.val + args.test < 1.0;
@@ -146,28 +171,11 @@ pub fn run(args: &SplitArgs) -> anyhow::Result<ExitCode> {
 
     let out = args.out.clone().unwrap_or_else(|| dataset.root.clone());
     let (outcome, manifest) = write_split(&dataset, &plan, &params, &group_by, &out, args.force)?;
-    match args.format {
-        Format::Json => {
-            let outcome = match &outcome {
-                WriteOutcome::UpToDate => "up_to_date",
-                WriteOutcome::Written(_) => "written",
-            };
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &json!({"outcome": outcome, "out": out, "manifest": manifest})
-                )?
-            );
-        }
-        Format::Human => print!(
-            "{}",
-            human(&args.data.display().to_string(), &manifest, &outcome, &out)
-        ),
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((outcome, manifest, out))
 }
 
-fn human(data: &str, m: &Manifest, outcome: &WriteOutcome, out: &std::path::Path) -> String {
+/// The human report of a split.
+pub fn human(data: &str, m: &Manifest, outcome: &WriteOutcome, out: &std::path::Path) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let usable = m.pairs.train + m.pairs.val + m.pairs.test;

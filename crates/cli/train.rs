@@ -1,5 +1,6 @@
 //! `fusekit train`: train the dual-stream detector from a prepared cache.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -178,11 +179,104 @@ impl TrainArgs {
     }
 }
 
+/// A finished training run.
+pub struct Trained {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Epochs, best and last metrics, time.
+    pub summary: fusekit_train::TrainSummary,
+    /// This process is rank 0 (or the only one): it wrote the run and reports it.
+    pub main: bool,
+    /// Where it trained.
+    pub device: Device,
+    /// The validation cache, if there was one.
+    pub val_cache: Option<PathBuf>,
+}
+
+impl Trained {
+    /// The run as `fusekit train --format json` prints it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let summary = &self.summary;
+        let files = RunFiles::new(&self.run_dir);
+        let record = |r: &Option<fusekit_train::EpochRecord>| {
+            r.as_ref().map(|r| {
+                json!({"epoch": r.epoch, "precision": r.precision, "recall": r.recall,
+                       "mAP50": r.map50, "mAP50-95": r.map50_95, "train_loss": r.train_loss,
+                       "val_loss": r.val_loss})
+            })
+        };
+        json!({
+            "run": self.run_dir,
+            "epochs": summary.epochs,
+            "best_epoch": summary.best_epoch,
+            "best": record(&summary.best),
+            "last": record(&summary.last),
+            "stopped_early": summary.stopped_early,
+            "seconds": summary.seconds,
+            "images_per_second": summary.images_per_second,
+            "data_wait": summary.data_wait,
+            "results": files.results,
+            "weights": {"best": files.best, "last": files.last},
+        })
+    }
+}
+
 /// Runs `fusekit train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.nproc.filter(|&n| n > 1) {
         return launch_ranks(n);
     }
+    let Some(trained) = execute(args, &mut std::io::stdout())? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !trained.main {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Trained {
+        run_dir, summary, ..
+    } = &trained;
+    let files = RunFiles::new(run_dir);
+    if args.format == Format::Human {
+        if let Some(best) = &summary.best {
+            println!(
+                "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s, \
+{:.1}% of the time waiting for data)",
+                summary.best_epoch,
+                best.map50,
+                best.map50_95,
+                summary.epochs,
+                summary.seconds,
+                summary.images_per_second,
+                summary.data_wait * 100.0
+            );
+        }
+        if let Some(val) = &trained.val_cache {
+            // Ultralytics' closing table: the best weights, per class.
+            println!("validating {}", files.best.display());
+            let (result, names) = validate_weights(
+                &files.best,
+                val,
+                trained.device,
+                VAL_BATCH,
+                &NmsOptions::default(),
+            )?;
+            print_table(&result, &names);
+        }
+        println!(
+            "results: {}\nweights: {} (best), {} (last)",
+            files.results.display(),
+            files.best.display(),
+            files.last.display()
+        );
+    } else {
+        println!("{}", trained.to_json());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains as `fusekit train` does, writing its progress lines to `out`; `None` after
+/// `--print-schedule`. Joins the data-parallel group when torchrun's environment names one.
+pub fn execute(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<Option<Trained>> {
     let group = ProcessGroup::from_env(Duration::from_secs(args.dist_timeout))
         .context("joining the data-parallel group")?
         .map(Arc::new);
@@ -240,9 +334,9 @@ fusekit never validates on the training set)",
         let plan = BatchPlan::from_hyp(&hyp, 1)?;
         let batches = images.div_ceil(hyp.batch as usize) as u64;
         let schedule = Schedule::new(&hyp, &plan, batches, hyp.epochs)?.with_min_warmup(MIN_WARMUP);
-        println!("{plan}");
-        print!("{}", render_table(schedule.rows()));
-        return Ok(ExitCode::SUCCESS);
+        writeln!(out, "{plan}")?;
+        write!(out, "{}", render_table(schedule.rows()))?;
+        return Ok(None);
     }
     let device = match (parse_device(&args.device)?, &group) {
         // One GPU per local rank.
@@ -277,8 +371,9 @@ fusekit never validates on the training set)",
             warmup,
             start_epoch,
         } if human => {
-            println!("{plan}");
-            println!(
+            let _ = writeln!(out, "{plan}");
+            let _ = writeln!(
+                out,
                 "model: yolov8{} {} fusion, {} classes, {} IR plane{}, {:.2}M parameters, on {}",
                 config.scale,
                 config.fusion,
@@ -288,7 +383,8 @@ fusekit never validates on the training set)",
                 parameters as f64 / 1e6,
                 device_name(device)
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "data: {} train / {} val images, {batches} batches per epoch, warmup {warmup} batches{}",
                 images.0,
                 images.1,
@@ -298,7 +394,7 @@ fusekit never validates on the training set)",
                     String::new()
                 }
             );
-            println!("run: {}", run_dir.display());
+            let _ = writeln!(out, "run: {}", run_dir.display());
         }
         Event::Batch {
             epoch,
@@ -328,7 +424,8 @@ fusekit never validates on the training set)",
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
-            println!(
+            let _ = writeln!(
+                out,
                 "epoch {:>3}/{}  box {:.3} cls {:.3} dfl {:.3}  P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3}  lr {:.5}  {:.1}s",
                 record.epoch,
                 hyp.epochs,
@@ -348,63 +445,13 @@ fusekit never validates on the training set)",
     };
     let summary = train(&options, &mut observer)
         .with_context(|| format!("training run {}", run_dir.display()))?;
-    if !main {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let files = RunFiles::new(&run_dir);
-    if human {
-        if let Some(best) = &summary.best {
-            println!(
-                "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s, \
-{:.1}% of the time waiting for data)",
-                summary.best_epoch,
-                best.map50,
-                best.map50_95,
-                summary.epochs,
-                summary.seconds,
-                summary.images_per_second,
-                summary.data_wait * 100.0
-            );
-        }
-        if let Some(val) = &options.val_cache {
-            // Ultralytics' closing table: the best weights, per class.
-            println!("validating {}", files.best.display());
-            let (result, names) =
-                validate_weights(&files.best, val, device, VAL_BATCH, &NmsOptions::default())?;
-            print_table(&result, &names);
-        }
-        println!(
-            "results: {}\nweights: {} (best), {} (last)",
-            files.results.display(),
-            files.best.display(),
-            files.last.display()
-        );
-    } else {
-        let record = |r: &Option<fusekit_train::EpochRecord>| {
-            r.as_ref().map(|r| {
-                json!({"epoch": r.epoch, "precision": r.precision, "recall": r.recall,
-                       "mAP50": r.map50, "mAP50-95": r.map50_95, "train_loss": r.train_loss,
-                       "val_loss": r.val_loss})
-            })
-        };
-        println!(
-            "{}",
-            json!({
-                "run": run_dir,
-                "epochs": summary.epochs,
-                "best_epoch": summary.best_epoch,
-                "best": record(&summary.best),
-                "last": record(&summary.last),
-                "stopped_early": summary.stopped_early,
-                "seconds": summary.seconds,
-                "images_per_second": summary.images_per_second,
-                "data_wait": summary.data_wait,
-                "results": files.results,
-                "weights": {"best": files.best, "last": files.last},
-            })
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(Some(Trained {
+        run_dir,
+        summary,
+        main,
+        device,
+        val_cache: options.val_cache,
+    }))
 }
 
 /// Runs this command line again as `n` local ranks (RANK, LOCAL_RANK, WORLD_SIZE and a free

@@ -3,8 +3,8 @@
 //! - `setup`: install libtorch (PyPI's `torch` wheel) once under `~/.cache/fusekit` (or
 //!   `$FUSEKIT_HOME`) and link it as `.libtorch`, where `.cargo/config.toml` points torch-sys;
 //!   unpack Debian's `libgloo-dev` headers beside it for fusekit-dist's c10d shim.
-//! - `demo`: setup, build fusekit, generate the sample dataset if missing, lint it, split it
-//!   and cache it.
+//! - `demo`: setup, build fusekit and run `pipelines/sample.yaml` (which generates the sample
+//!   dataset if missing, lints, splits, caches, trains and predicts).
 //! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
 //! - `bench`: setup, install Ultralytics for the reference numbers, run the benchmarks.
 
@@ -142,80 +142,11 @@ fn gloo_headers() -> anyhow::Result<()> {
 fn demo(root: &Path) -> anyhow::Result<()> {
     setup(root)?;
     cargo(root, &["build", "--release", "--bin", "fusekit"])?;
-    let fusekit = root.join("target/release/fusekit");
-    let sample = root.join("datasets/sample");
-    if !sample.join("data.yaml").is_file() {
-        run(Command::new(&fusekit)
-            .arg("synth")
-            .arg("--out")
-            .arg(&sample)
-            .current_dir(root))?;
-    }
-    // Lint exits 1 on findings; the demo shows them rather than failing.
-    let status = Command::new(&fusekit)
-        .arg("lint")
-        .arg(&sample)
-        .current_dir(root)
-        .status()?;
-    ensure!(
-        status.code().is_some_and(|c| c <= 1),
-        "fusekit lint failed: {status}"
-    );
-    // Scenes (the first two digits of the names) stay on one side of the split.
-    run(Command::new(&fusekit)
-        .args([
-            "split",
-            "datasets/sample",
-            "--val",
-            "0.2",
-            "--group",
-            r"^(\d{2})",
-        ])
-        .current_dir(root))?;
-    run(Command::new(&fusekit)
-        .args(["cache", "build", "datasets/sample", "--imgsz", "640"])
-        .current_dir(root))?;
-    // A short mid-fusion training run at 320 (a few minutes on 2 CPU cores), then predictions
-    // on the sample with its best weights.
-    run(Command::new(&fusekit)
-        .args([
-            "train",
-            "--data",
-            "datasets/sample",
-            "--imgsz",
-            "320",
-            "--fusion",
-            "mid",
-            "--epochs",
-            "3",
-            "--batch",
-            "8",
-            "--name",
-            "demo",
-        ])
-        .current_dir(root))?;
-    let weights = std::fs::read_dir(root.join("runs/fuse"))?
-        .filter_map(Result::ok)
-        .map(|e| e.path().join("weights/best.safetensors"))
-        .filter(|p| p.is_file())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .context("no weights from the demo run")?;
-    run(Command::new(&fusekit)
-        .arg("predict")
-        .arg("--weights")
-        .arg(&weights)
-        .args([
-            "--source",
-            "datasets/sample",
-            "--imgsz",
-            "320",
-            "--conf",
-            "0.1",
-            "--out",
-            "runs/predict/demo",
-        ])
-        .current_dir(root))?;
-    Ok(())
+    // The sample pipeline generates datasets/sample when missing, then lints, splits, caches,
+    // trains mid and rgb fusion and predicts; a rerun skips every stage that is current.
+    run(Command::new(root.join("target/release/fusekit"))
+        .args(["run", "pipelines/sample.yaml"])
+        .current_dir(root))
 }
 
 fn test(root: &Path) -> anyhow::Result<()> {
