@@ -304,3 +304,45 @@ fn training_killed_mid_run_continues_from_its_checkpoint() {
         std::fs::read_to_string(stage_dir(d, "train-mid").join("train/results.csv")).unwrap();
     assert_eq!(results.lines().count(), 1 + 4, "{results}");
 }
+
+/// `split: {keep: true}` trains on the dataset's own lists (LLVIP's official split after
+/// `fusekit import llvip`) instead of writing new ones.
+#[test]
+fn split_keep_uses_the_datasets_own_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&fusekit(
+        &[
+            "synth", "--out", "ds", "--pairs", "24", "--size", "96x80", "--scenes", "4",
+        ],
+        d,
+    ));
+    ok(&fusekit(&["split", "ds", "--val", "0.5"], d));
+    std::fs::write(
+        d.join("p.yaml"),
+        "name: tiny\ndata: ds/split.yaml\nsplit:\n  keep: true\ncache:\n  imgsz: 64\n",
+    )
+    .unwrap();
+    let (_, err) = ok(&fusekit(&["run", "p.yaml"], d));
+    assert!(err.contains("split: keeping the lists of"), "{err}");
+    assert!(!stage_dir(d, "split").join("split.yaml").exists());
+    let listed = |name: &str| {
+        std::fs::read_to_string(d.join("ds").join(name))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    let files = record(d, "cache")["outcome"]["files"].clone();
+    let pairs: Vec<u64> = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["pairs"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![listed("train.txt") as u64, listed("val.txt") as u64],
+        "{files}"
+    );
+}

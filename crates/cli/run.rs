@@ -350,8 +350,25 @@ fn lint_stage(pipeline: &Pipeline, stage: &Stage) -> anyhow::Result<Option<Value
     })))
 }
 
+/// The data the cache and predict stages read: the split stage's lists, or the dataset's own
+/// with `split.keep`.
+fn split_data(pipeline: &Pipeline, run_dir: &Path) -> PathBuf {
+    if pipeline.split.keep {
+        pipeline.data.clone()
+    } else {
+        run_dir.join("split").join(fusekit_split::SPLIT_YAML)
+    }
+}
+
 fn split_stage(pipeline: &Pipeline, stage: &Stage, run_dir: &Path) -> anyhow::Result<Value> {
     let section = &pipeline.split;
+    if section.keep {
+        eprintln!(
+            "split: keeping the lists of {} (split.keep)",
+            pipeline.data.display()
+        );
+        return Ok(json!({"kept": true, "data": pipeline.data}));
+    }
     let mut argv: Vec<OsString> = vec![
         os(&pipeline.data),
         "--out".into(),
@@ -399,7 +416,7 @@ fn cache_stage(pipeline: &Pipeline, stage: &Stage, run_dir: &Path) -> anyhow::Re
     let args: crate::cache::BuildArgs = parse_args(
         "cache build",
         [
-            os(&run_dir.join("split")),
+            os(&split_data(pipeline, run_dir)),
             "--imgsz".into(),
             section.imgsz.to_string().into(),
             "--mode".into(),
@@ -530,7 +547,7 @@ fn predict_stage(
         "--weights".into(),
         os(&weights),
         "--source".into(),
-        os(&run_dir.join("split").join(fusekit_split::SPLIT_YAML)),
+        os(&split_data(pipeline, run_dir)),
         "--imgsz".into(),
         pipeline.cache.imgsz.to_string().into(),
         "--conf".into(),

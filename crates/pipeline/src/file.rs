@@ -166,6 +166,10 @@ pub struct SplitSection {
     /// How sides are balanced.
     #[serde(default)]
     pub stratify: Stratify,
+    /// Keep the dataset's own train / val lists (its data yaml, e.g. LLVIP's official split
+    /// after `fusekit import llvip`) instead of writing new ones; the other keys are unused.
+    #[serde(default)]
+    pub keep: bool,
 }
 
 fn default_val() -> f64 {
@@ -181,6 +185,7 @@ impl Default for SplitSection {
             group: None,
             group_by_folder: false,
             stratify: Stratify::Classes,
+            keep: false,
         }
     }
 }
