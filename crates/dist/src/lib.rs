@@ -410,6 +410,16 @@ impl ProcessGroup {
         self.broadcast(&mut vars, root)
     }
 
+    /// Copies `vs`'s non-trainable variables (BatchNorm statistics) from rank `root` to all
+    /// ranks, as PyTorch's DDP does with its buffers.
+    pub fn broadcast_buffers(&self, vs: &VarStore, root: usize) -> Result<(), DistError> {
+        let mut buffers: Vec<Tensor> = sorted_variables(vs)
+            .into_iter()
+            .filter(|t| !t.requires_grad())
+            .collect();
+        self.broadcast(&mut buffers, root)
+    }
+
     /// Averages the gradients of `vs`'s trainable variables over ranks, in buckets (call once per
     /// optimizer step). A variable without a gradient on this rank counts as a zero gradient.
     pub fn average_gradients(&self, vs: &VarStore) -> Result<(), DistError> {

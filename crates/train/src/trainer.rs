@@ -337,14 +337,10 @@ pub fn train(
         ema.set_updates(state.ema_updates);
     }
     // Every rank starts from rank 0's model and average (parameters and BatchNorm buffers).
-    let mut buffers = match group {
-        Some(g) => {
-            g.broadcast_var_store(&vs, 0)?;
-            g.broadcast_var_store(&ema_vs, 0)?;
-            Some(sorted_buffers(&vs))
-        }
-        None => None,
-    };
+    if let Some(g) = group {
+        g.broadcast_var_store(&vs, 0)?;
+        g.broadcast_var_store(&ema_vs, 0)?;
+    }
 
     let loss_fn = DetectionLoss {
         gains: LossGains {
@@ -478,9 +474,9 @@ accumulated for the interrupted step were dropped)",
                         momentum: step.momentum,
                         weight_decay: plan.weight_decay(),
                     });
-                    if let (Some(g), Some(buffers)) = (group, buffers.as_mut()) {
+                    if let Some(g) = group {
                         // As DDP does: BatchNorm statistics follow rank 0's.
-                        g.broadcast(buffers, 0)?;
+                        g.broadcast_buffers(&vs, 0)?;
                     }
                     ema.update();
                 }
@@ -613,17 +609,6 @@ fn any_rank(group: &ProcessGroup, flag: bool) -> Result<bool, TrainError> {
     let mut flags = [Tensor::from_slice(&[f32::from(u8::from(flag))])];
     group.all_reduce_sum(&mut flags)?;
     Ok(flags[0].double_value(&[0]) > 0.0)
-}
-
-/// The non-trainable variables of `vs` (BatchNorm statistics), in name order.
-fn sorted_buffers(vs: &VarStore) -> Vec<Tensor> {
-    let mut buffers: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| !t.requires_grad())
-        .collect();
-    buffers.sort_by(|a, b| a.0.cmp(&b.0));
-    buffers.into_iter().map(|(_, t)| t).collect()
 }
 
 /// Rank 0's epoch record on every rank.
