@@ -362,6 +362,60 @@ fn two_local_ranks_train_one_run() {
     assert!(!dir.path().join("runs/fuse/train2").exists());
 }
 
+/// `--sync-bn` normalises with both ranks' statistics: the run completes as one run and ends
+/// with other weights than per-rank BatchNorm gives; running out of memory stops with advice
+/// instead of splitting the batch on one rank.
+#[test]
+fn sync_bn_trains_two_ranks_on_the_global_batch_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    let common = [
+        "--nproc",
+        "2",
+        "--batch",
+        "4",
+        "--epochs",
+        "1",
+        "--accumulate",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--fusion",
+        "rgb",
+        "--dist-timeout",
+        "120",
+    ];
+    ok(&fusekit(
+        &train_args(&[&common[..], &["--name", "per-rank"]].concat()),
+        dir.path(),
+    ));
+    let stdout = ok(&fusekit(
+        &train_args(&[&common[..], &["--name", "synced", "--sync-bn"]].concat()),
+        dir.path(),
+    ));
+    assert_eq!(stdout.matches("run: ").count(), 1, "{stdout}");
+    let runs = dir.path().join("runs/fuse");
+    let results = std::fs::read_to_string(runs.join("synced/results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 2, "{results}");
+    let weights = |name: &str| std::fs::read(runs.join(name).join("weights/last.safetensors"));
+    assert!(
+        weights("per-rank").unwrap() != weights("synced").unwrap(),
+        "--sync-bn changed nothing"
+    );
+
+    let output = fusekit(
+        &train_args(&[&common[..], &["--sync-bn", "--simulate-oom-above", "2"]].concat()),
+        dir.path(),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("with --sync-bn every rank must run the same passes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch() {
     let dir = tempfile::tempdir().unwrap();

@@ -139,6 +139,11 @@ pub struct TrainArgs {
     /// Seconds a rank waits for the others in a collective before failing (data-parallel).
     #[arg(long, default_value_t = 1800)]
     dist_timeout: u64,
+    /// Synchronised BatchNorm (data-parallel): normalise with the statistics of the global
+    /// batch, every rank's images, instead of each rank's own. Worth it when the per-device
+    /// batch is small (under ~8 images); costs two small collectives per BatchNorm layer.
+    #[arg(long)]
+    sync_bn: bool,
     /// Testing aid: micro-batches of more than N images fail like a CUDA out-of-memory error,
     /// so the fallback (halve the micro-batch, double accumulation) runs without a GPU.
     #[arg(long, hide = true)]
@@ -358,6 +363,7 @@ fusekit never validates on the training set)",
         min_warmup: MIN_WARMUP,
         simulate_oom_above: args.simulate_oom_above,
         group,
+        sync_bn: args.sync_bn,
     };
     let human = args.format == Format::Human && main;
     let mut bar: Option<indicatif::ProgressBar> = None;

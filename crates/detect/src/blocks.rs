@@ -1,6 +1,7 @@
 //! YOLOv8 building blocks with Ultralytics' parameter names.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
@@ -8,6 +9,35 @@ use tch::nn::{self, ModuleT};
 thread_local! {
     /// Multiply-accumulates of convolutions run on this thread while counting is on.
     static MACS: Cell<Option<u64>> = const { Cell::new(None) };
+    /// The batch normalisation that training-mode `Conv`s on this thread use instead of their
+    /// layer's own, while one is installed.
+    static BATCH_NORM: RefCell<Option<Rc<BatchNormFn>>> = const { RefCell::new(None) };
+}
+
+/// BatchNorm epsilon of every `Conv` (Ultralytics' value).
+pub const BATCH_NORM_EPS: f64 = 1e-3;
+
+/// BatchNorm momentum of every `Conv` (Ultralytics' 0.03, in PyTorch's convention: the weight
+/// of the new batch statistics in the running ones).
+pub const BATCH_NORM_MOMENTUM: f64 = 0.03;
+
+/// Training-mode batch normalisation computed elsewhere than in the layer, for example with
+/// statistics synchronised across processes: called with the convolution's output, the layer
+/// (its affine parameters and running statistics), epsilon and momentum.
+pub type BatchNormFn = dyn Fn(&Tensor, &nn::BatchNorm, f64, f64) -> Tensor;
+
+/// Runs `f` with every training-mode `Conv` on this thread normalising through `norm`
+/// (evaluation mode keeps the running statistics); the previous setting returns afterwards,
+/// also when `f` panics.
+pub fn with_batch_norm<T>(norm: Rc<BatchNormFn>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Rc<BatchNormFn>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BATCH_NORM.with(|cell| *cell.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(BATCH_NORM.with(|cell| cell.borrow_mut().replace(norm)));
+    f()
 }
 
 /// Runs `f` and returns its result with the multiply-accumulates of every convolution it ran
@@ -73,8 +103,8 @@ impl Conv {
             ..Default::default()
         };
         let bn_config = nn::BatchNormConfig {
-            eps: 1e-3,
-            momentum: 0.03,
+            eps: BATCH_NORM_EPS,
+            momentum: BATCH_NORM_MOMENTUM,
             ..Default::default()
         };
         Self {
@@ -88,7 +118,16 @@ impl ModuleT for Conv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let ys = xs.apply(&self.conv);
         record_conv(&self.conv.ws, &ys);
-        ys.apply_t(&self.bn, train).silu()
+        let norm = if train {
+            BATCH_NORM.with(|cell| cell.borrow().clone())
+        } else {
+            None
+        };
+        match norm {
+            Some(norm) => norm(&ys, &self.bn, BATCH_NORM_EPS, BATCH_NORM_MOMENTUM),
+            None => ys.apply_t(&self.bn, train),
+        }
+        .silu()
     }
 }
 

@@ -13,7 +13,10 @@ mod postprocess;
 pub mod weights;
 mod yolo;
 
-pub use blocks::{Bottleneck, C2f, Conv, Sppf, count_macs, parameter_count};
+pub use blocks::{
+    BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, BatchNormFn, Bottleneck, C2f, Conv, Sppf, count_macs,
+    parameter_count, with_batch_norm,
+};
 pub use fusekit_hyp::{Fusion, ModelScale};
 pub use loss::{
     Assigner, Assignment, DetectionLoss, Loss, LossGains, ciou, distribution_focal_loss,

@@ -1,10 +1,12 @@
 //! Model structure: parameter counts, output shapes and strides, names, gradients, weights.
 
 use fusekit_detect::{
-    DetectionLoss, Detector, Fusion, ModelConfig, ModelScale, REG_MAX, STRIDES, parameter_count,
-    weights,
+    BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, DetectionLoss, Detector, Fusion, ModelConfig, ModelScale,
+    REG_MAX, STRIDES, parameter_count, weights, with_batch_norm,
 };
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use safetensors::SafeTensors;
 use tch::nn::VarStore;
@@ -70,6 +72,59 @@ fn every_scale_and_fusion_gives_three_levels_at_strides_8_16_32() {
             );
         }
     }
+}
+
+/// An installed batch norm replaces every BatchNorm layer in training mode only, sees
+/// Ultralytics' settings, and gives the layer's own result when it computes the same thing.
+#[test]
+fn installed_batch_norm_replaces_every_layer_in_training_only() {
+    tch::set_num_threads(1);
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    let model = Detector::new(&vs.root(), config(ModelScale::N, Fusion::Mid, 2, 1));
+    let layers = vs
+        .variables()
+        .keys()
+        .filter(|name| name.ends_with("bn.running_mean"))
+        .count();
+    let images = Tensor::rand([2, 4, 64, 64], (Kind::Float, Device::Cpu));
+    let plain = tch::no_grad(|| model.forward_t(&images, true));
+    let calls = Rc::new(Cell::new(0usize));
+    let counted = calls.clone();
+    let norm = Rc::new(
+        move |xs: &Tensor, bn: &tch::nn::BatchNorm, eps: f64, momentum: f64| {
+            assert_eq!((eps, momentum), (BATCH_NORM_EPS, BATCH_NORM_MOMENTUM));
+            counted.set(counted.get() + 1);
+            Tensor::batch_norm(
+                xs,
+                bn.ws.as_ref(),
+                bn.bs.as_ref(),
+                Some(&bn.running_mean),
+                Some(&bn.running_var),
+                true,
+                momentum,
+                eps,
+                false,
+            )
+        },
+    );
+    let hooked = tch::no_grad(|| with_batch_norm(norm.clone(), || model.forward_t(&images, true)));
+    assert_eq!(calls.get(), layers);
+    for (a, b) in plain[0].iter().zip(&hooked[0]) {
+        assert!(a.allclose(b, 1e-5, 1e-5, false));
+    }
+    tch::no_grad(|| with_batch_norm(norm, || model.forward_t(&images, false)));
+    assert_eq!(
+        calls.get(),
+        layers,
+        "evaluation mode uses the running statistics"
+    );
+    tch::no_grad(|| model.forward_t(&images, true));
+    assert_eq!(
+        calls.get(),
+        layers,
+        "the hook is gone after with_batch_norm"
+    );
 }
 
 #[test]

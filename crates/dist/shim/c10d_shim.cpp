@@ -6,6 +6,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/version.h>
 
 #include <ATen/ATen.h>
@@ -191,6 +192,136 @@ void check_same_layout(const Group& g, const at::Tensor& t) {
   }
 }
 
+
+// Synchronised batch normalisation (training mode): the batch statistics of every rank's input
+// are combined before normalising, and the backward pass all-reduces the two per-channel sums
+// the input gradient depends on, so each rank's gradient is that of the whole global batch.
+// Forward: per-rank count, mean and biased variance are all-gathered and merged exactly (the
+// parallel variance formula); running statistics move by `momentum` towards the global mean
+// and unbiased variance, as torch.nn.SyncBatchNorm does. Backward: grad_weight and grad_bias
+// stay local (the trainer averages parameter gradients afterwards, as DDP does), and
+//   grad_input = weight * invstd * (dy - sum(dy) / n - xhat * sum(dy * xhat) / n)
+// with both sums and n taken over all ranks.
+struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& running_mean, const at::Tensor& running_var,
+                            double eps, double momentum,
+                            const c10::intrusive_ptr<c10d::Backend>& backend,
+                            int64_t timeout_ms) {
+    TORCH_CHECK(input.dim() >= 2, "sync_batch_norm expects [N, C, ...] input, got ", input.dim(),
+                " dimensions");
+    const int64_t channels = input.size(1);
+    const auto shape = channel_shape(input);
+    const auto dims = reduced_dims(input);
+    auto x = input.to(at::kFloat);
+    const int64_t local_count = channels == 0 ? 0 : input.numel() / channels;
+    at::Tensor mean = at::zeros({channels}, x.options());
+    at::Tensor var = at::zeros({channels}, x.options());
+    if (local_count > 0) {
+      std::tie(var, mean) = at::var_mean(x, dims, /*correction=*/0, /*keepdim=*/false);
+    }
+    // [count, mean..., var...] of every rank, merged in double precision.
+    auto local = at::cat({at::full({1}, static_cast<double>(local_count), x.options().dtype(at::kDouble)),
+                          mean.to(at::kDouble), var.to(at::kDouble)});
+    std::vector<at::Tensor> in{local};
+    std::vector<std::vector<at::Tensor>> out(1);
+    for (int r = 0; r < backend->getSize(); ++r) {
+      out[0].push_back(at::empty_like(local));
+    }
+    c10d::AllgatherOptions opts;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    backend->allgather(out, in, opts)->wait(opts.timeout);
+    auto stats = at::stack(out[0]);
+    auto counts = stats.narrow(1, 0, 1);
+    auto means = stats.narrow(1, 1, channels);
+    auto vars = stats.narrow(1, 1 + channels, channels);
+    const double n = counts.sum().item<double>();
+    TORCH_CHECK(n > 1, "sync_batch_norm: expected more than 1 value per channel over all ranks, got ",
+                n);
+    auto global_mean = (counts * means).sum(0) / n;
+    auto global_var = (counts * (vars + (means - global_mean).pow(2))).sum(0) / n;
+    if (running_mean.defined()) {
+      running_mean.mul_(1 - momentum).add_(global_mean.to(running_mean.scalar_type()), momentum);
+    }
+    if (running_var.defined()) {
+      running_var.mul_(1 - momentum)
+          .add_((global_var * (n / (n - 1))).to(running_var.scalar_type()), momentum);
+    }
+    auto mean_f = global_mean.to(at::kFloat);
+    auto invstd = (global_var + eps).rsqrt().to(at::kFloat);
+    auto scale = weight.defined() ? invstd * weight.to(at::kFloat) : invstd;
+    auto y = (x - mean_f.view(shape)) * scale.view(shape);
+    if (bias.defined()) {
+      y = y + bias.to(at::kFloat).view(shape);
+    }
+    ctx->save_for_backward({input, weight, mean_f, invstd});
+    ctx->saved_data["count"] = n;
+    ctx->saved_data["backend"] = c10::IValue::make_capsule(backend);
+    ctx->saved_data["timeout_ms"] = timeout_ms;
+    return y.to(input.scalar_type());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& input = saved[0];
+    const auto& weight = saved[1];
+    const auto& mean = saved[2];
+    const auto& invstd = saved[3];
+    const double n = ctx->saved_data["count"].toDouble();
+    auto backend = c10::static_intrusive_pointer_cast<c10d::Backend>(
+        ctx->saved_data["backend"].toCapsule());
+    const auto timeout = std::chrono::milliseconds(ctx->saved_data["timeout_ms"].toInt());
+    const auto shape = channel_shape(input);
+    const auto dims = reduced_dims(input);
+    const int64_t channels = input.size(1);
+    auto dy = grads[0].to(at::kFloat);
+    auto xhat = (input.to(at::kFloat) - mean.view(shape)) * invstd.view(shape);
+    auto sum_dy = dy.sum(dims);
+    auto sum_dy_xhat = (dy * xhat).sum(dims);
+    std::vector<at::Tensor> io{at::cat({sum_dy, sum_dy_xhat})};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    opts.timeout = timeout;
+    try {
+      backend->allreduce(io, opts)->wait(timeout);
+    } catch (const std::exception& e) {
+      TORCH_CHECK(false, "sync_batch_norm backward: all-reduce failed on rank ",
+                  backend->getRank(), " of ", backend->getSize(), ": ", e.what());
+    }
+    auto global_dy = io[0].narrow(0, 0, channels) / n;
+    auto global_dy_xhat = io[0].narrow(0, channels, channels) / n;
+    auto scale = weight.defined() ? invstd * weight.to(at::kFloat) : invstd;
+    auto grad_input = (dy - global_dy.view(shape) - xhat * global_dy_xhat.view(shape)) *
+                      scale.view(shape);
+    at::Tensor grad_weight;
+    at::Tensor grad_bias;
+    if (weight.defined()) {
+      grad_weight = sum_dy_xhat.to(weight.scalar_type());
+      grad_bias = sum_dy.to(weight.scalar_type());
+    }
+    return {grad_input.to(input.scalar_type()), grad_weight, grad_bias, at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+  // [1, C, 1, ...]: per-channel values broadcast over an input of the same rank.
+  static std::vector<int64_t> channel_shape(const at::Tensor& input) {
+    std::vector<int64_t> shape(static_cast<size_t>(input.dim()), 1);
+    shape[1] = input.size(1);
+    return shape;
+  }
+
+  // Every dimension but the channels'.
+  static std::vector<int64_t> reduced_dims(const at::Tensor& input) {
+    std::vector<int64_t> dims{0};
+    for (int64_t d = 2; d < input.dim(); ++d) {
+      dims.push_back(d);
+    }
+    return dims;
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -302,6 +433,25 @@ char* fk_group_all_gather(fk_group* group, const at::Tensor* input, at::Tensor**
     for (int r = 0; r < group->world; ++r) {
       outputs[r] = new at::Tensor(out[0][r]);
     }
+  });
+}
+
+// Training-mode batch normalisation of `input` with statistics over every rank's input (see
+// SyncBatchNorm); `weight`, `bias` and the running statistics may be NULL. On success `*output`
+// is a new tensor (taken over by tch) whose gradient flows back through the group.
+char* fk_sync_batch_norm(fk_group* group, const at::Tensor* input, const at::Tensor* weight,
+                         const at::Tensor* bias, const at::Tensor* running_mean,
+                         const at::Tensor* running_var, double eps, double momentum,
+                         at::Tensor** output) {
+  *output = nullptr;
+  return guarded([&] {
+    TORCH_CHECK(input != nullptr && input->defined(), "input tensor is undefined");
+    auto or_undefined = [](const at::Tensor* t) { return t == nullptr ? at::Tensor() : *t; };
+    at::Tensor y = SyncBatchNorm::apply(*input, or_undefined(weight), or_undefined(bias),
+                                        or_undefined(running_mean), or_undefined(running_var),
+                                        eps, momentum, group->backend,
+                                        static_cast<int64_t>(group->timeout.count()));
+    *output = new at::Tensor(std::move(y));
   });
 }
 

@@ -29,8 +29,13 @@
 //!
 //! # Limits
 //! Gloo only: no NCCL backend yet (CUDA tensors go through Gloo, which stages them on the
-//! host). No synchronised batch norm: that needs the batch statistics all-reduced inside the
-//! forward and backward passes, which is not built here.
+//! host).
+//!
+//! # Synchronised batch norm
+//! [`ProcessGroup::sync_batch_norm`] is a libtorch autograd function written in the shim (tch
+//! has no custom autograd functions): the forward all-gathers each rank's count, mean and
+//! variance, and its backward all-reduces the two per-channel gradient sums. The autograd node
+//! keeps the c10d backend alive, so a graph may outlive the `ProcessGroup` value.
 //!
 //! # Why Gloo through Debian's headers
 //! PyPI's torch wheel ships `ProcessGroupGloo.hpp` but not the `gloo/*.h` it includes, and
@@ -54,7 +59,7 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use tch::Tensor;
-use tch::nn::VarStore;
+use tch::nn::{self, VarStore};
 use torch_sys::C_tensor;
 
 mod ffi {
@@ -101,6 +106,17 @@ mod ffi {
             group: *mut FkGroup,
             input: *const C_tensor,
             outputs: *mut *mut C_tensor,
+        ) -> *mut c_char;
+        pub fn fk_sync_batch_norm(
+            group: *mut FkGroup,
+            input: *const C_tensor,
+            weight: *const C_tensor,
+            bias: *const C_tensor,
+            running_mean: *const C_tensor,
+            running_var: *const C_tensor,
+            eps: f64,
+            momentum: f64,
+            output: *mut *mut C_tensor,
         ) -> *mut c_char;
     }
 }
@@ -432,6 +448,44 @@ impl ProcessGroup {
         let error =
             unsafe { ffi::fk_group_average_grads(self.group.as_ptr(), ptrs.as_ptr(), ptrs.len()) };
         self.check("average_gradients", error)
+    }
+
+    /// Training-mode batch normalisation of `input` (`[N, C, ...]`) with the mean and variance
+    /// of every rank's input together, as `torch.nn.SyncBatchNorm`: `bn`'s running statistics
+    /// move towards the global ones (by `momentum`, PyTorch's convention), and the backward
+    /// pass all-reduces the per-channel gradient sums, so the input gradient is that of the
+    /// global batch. Parameter gradients stay local, to be averaged by
+    /// [`ProcessGroup::average_gradients`] as usual.
+    ///
+    /// Every rank must call it for the same layers in the same order (forward and backward).
+    /// A failure in the backward pass comes out of libtorch's backward as an error naming
+    /// `sync_batch_norm`.
+    pub fn sync_batch_norm(
+        &self,
+        input: &Tensor,
+        bn: &nn::BatchNorm,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Tensor, DistError> {
+        let optional = |t: Option<&Tensor>| t.map_or(std::ptr::null(), Tensor::as_ptr);
+        let mut output = std::ptr::null_mut();
+        // SAFETY: the tensors are alive for the call; `output` is written only on success.
+        let error = unsafe {
+            ffi::fk_sync_batch_norm(
+                self.group.as_ptr(),
+                input.as_ptr(),
+                optional(bn.ws.as_ref()),
+                optional(bn.bs.as_ref()),
+                bn.running_mean.as_ptr(),
+                bn.running_var.as_ptr(),
+                eps,
+                momentum,
+                &mut output,
+            )
+        };
+        self.check("sync_batch_norm", error)?;
+        // SAFETY: a fresh `at::Tensor*` whose ownership passes to tch.
+        Ok(unsafe { Tensor::from_ptr(output) })
     }
 
     fn all_reduce(

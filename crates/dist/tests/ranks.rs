@@ -31,6 +31,7 @@ fn rank_worker() {
     match role.as_str() {
         "collectives" => collectives(&pg),
         "var_store" => var_store(&pg),
+        "sync_bn" => sync_bn(&pg),
         "dies" => dies(pg),
         "stalls" => stalls(pg),
         "bench" => bench(&pg),
@@ -137,6 +138,24 @@ fn assert_stores_close(a: &nn::VarStore, b: &nn::VarStore, tol: f64, what: &str)
     }
 }
 
+/// Three SGD steps (momentum 0.9, lr 0.1) on `loss`, averaging gradients over `pg` if given.
+fn sgd_steps(vs: &nn::VarStore, pg: Option<&ProcessGroup>, loss: impl Fn() -> Tensor) {
+    let mut opt = nn::Sgd {
+        momentum: 0.9,
+        ..Default::default()
+    }
+    .build(vs, 0.1)
+    .unwrap();
+    for _ in 0..3 {
+        opt.zero_grad();
+        loss().backward();
+        if let Some(pg) = pg {
+            pg.average_gradients(vs).unwrap();
+        }
+        opt.step();
+    }
+}
+
 fn var_store(pg: &ProcessGroup) {
     const B: i64 = 4;
     let rank = pg.rank() as i64;
@@ -204,23 +223,6 @@ fn var_store(pg: &ProcessGroup) {
 
     // The criterion: 2 ranks with batch B step to the same weights as 1 rank with 2B.
     // (Batch norm normalises per batch, so this compares a model without it.)
-    let step =
-        |vs: &nn::VarStore, net: &nn::Linear, x: &Tensor, y: &Tensor, pg: Option<&ProcessGroup>| {
-            let mut opt = nn::Sgd {
-                momentum: 0.9,
-                ..Default::default()
-            }
-            .build(vs, 0.1)
-            .unwrap();
-            for _ in 0..3 {
-                opt.zero_grad();
-                net.forward(x).mse_loss(y, tch::Reduction::Mean).backward();
-                if let Some(pg) = pg {
-                    pg.average_gradients(vs).unwrap();
-                }
-                opt.step();
-            }
-        };
     let linear = |seed: i64| {
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -230,18 +232,157 @@ fn var_store(pg: &ProcessGroup) {
     let (dist_vs, dist_net) = linear(200 + rank);
     pg.broadcast_var_store(&dist_vs, 0).unwrap();
     let (x, y) = batch(30 + rank, B);
-    step(&dist_vs, &dist_net, &x, &y, Some(pg));
+    sgd_steps(&dist_vs, Some(pg), || {
+        dist_net.forward(&x).mse_loss(&y, tch::Reduction::Mean)
+    });
     let (single_vs, single_net) = linear(200);
     let (x0, y0) = batch(30, B);
     let (x1, y1) = batch(31, B);
-    step(
-        &single_vs,
-        &single_net,
-        &Tensor::cat(&[x0, x1], 0),
-        &Tensor::cat(&[y0, y1], 0),
-        None,
-    );
+    let (x, y) = (Tensor::cat(&[x0, x1], 0), Tensor::cat(&[y0, y1], 0));
+    sgd_steps(&single_vs, None, || {
+        single_net.forward(&x).mse_loss(&y, tch::Reduction::Mean)
+    });
     assert_stores_close(&dist_vs, &single_vs, 1e-5, "2 ranks x B vs 1 rank x 2B");
+}
+
+/// A convolution, batch norm (synchronised when `pg` is given), SiLU, pooling and a linear
+/// layer: the pieces of the detector that batch norm couples across a batch.
+struct BnNet {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+    fc: nn::Linear,
+}
+
+/// PyTorch's batch-norm defaults, which `nn::BatchNormConfig::default()` also uses.
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+impl BnNet {
+    fn seeded(seed: i64) -> (nn::VarStore, Self) {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let net = Self {
+            conv: nn::conv2d(&root / "conv", 3, 6, 3, Default::default()),
+            bn: nn::batch_norm2d(&root / "bn", 6, Default::default()),
+            fc: nn::linear(&root / "fc", 6, 2, Default::default()),
+        };
+        (vs, net)
+    }
+
+    fn forward(&self, x: &Tensor, pg: Option<&ProcessGroup>) -> Tensor {
+        let h = x.apply(&self.conv);
+        let h = match pg {
+            Some(pg) => pg
+                .sync_batch_norm(&h, &self.bn, BN_EPS, BN_MOMENTUM)
+                .unwrap(),
+            None => h.apply_t(&self.bn, true),
+        };
+        h.silu()
+            .mean_dim(&[2i64, 3][..], false, Kind::Float)
+            .apply(&self.fc)
+    }
+}
+
+fn images(seed: i64, n: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(seed);
+    (
+        Tensor::randn([n, 3, 6, 5], (Kind::Float, Device::Cpu)) * 2.0 + 0.5,
+        Tensor::randn([n, 2], (Kind::Float, Device::Cpu)),
+    )
+}
+
+/// Synchronised batch norm on 2 ranks equals libtorch's own batch norm on both ranks' inputs
+/// together: outputs, input and parameter gradients, running statistics, and the weights after
+/// several optimizer steps (the criterion, with batch norm in the model).
+fn sync_bn(pg: &ProcessGroup) {
+    const B: i64 = 3;
+    let rank = pg.rank() as i64;
+    // Uneven local batches (3 and 4 images): counts are merged exactly, not averaged.
+    let sizes = [B, B + 1];
+    let (x0, _) = images(50, sizes[0]);
+    let (x1, _) = images(51, sizes[1]);
+    let w = Tensor::randn([sizes[0] + sizes[1], 3, 6, 5], (Kind::Float, Device::Cpu));
+    let bn_vs = nn::VarStore::new(Device::Cpu);
+    let bn = nn::batch_norm2d(bn_vs.root(), 3, Default::default());
+    let reference_vs = nn::VarStore::new(Device::Cpu);
+    let reference_bn = nn::batch_norm2d(reference_vs.root(), 3, Default::default());
+    tch::no_grad(|| {
+        for store in [&bn_vs, &reference_vs] {
+            for (name, t) in store.variables() {
+                let seed = name.len() as i64;
+                tch::manual_seed(seed);
+                let value = Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) + 0.5;
+                t.shallow_clone().copy_(&value);
+            }
+        }
+    });
+    let x = [&x0, &x1][rank as usize].detach().set_requires_grad(true);
+    let local_w = w.narrow(
+        0,
+        if rank == 0 { 0 } else { sizes[0] },
+        sizes[rank as usize],
+    );
+    let y = pg.sync_batch_norm(&x, &bn, BN_EPS, BN_MOMENTUM).unwrap();
+    (&y * &local_w).sum(Kind::Float).backward();
+
+    let all = Tensor::cat(&[&x0, &x1], 0).set_requires_grad(true);
+    let reference = all.apply_t(&reference_bn, true);
+    (&reference * &w).sum(Kind::Float).backward();
+    let start = if rank == 0 { 0 } else { sizes[0] };
+    let local = |t: &Tensor| t.narrow(0, start, sizes[rank as usize]);
+    let close = |what: &str, a: &Tensor, b: &Tensor| {
+        let d = max_diff(a, b);
+        assert!(
+            d <= 1e-5,
+            "{what} differs from libtorch's batch norm by {d}"
+        );
+    };
+    close("output", &y, &local(&reference));
+    close("input gradient", &x.grad(), &local(&all.grad()));
+    close("running mean", &bn.running_mean, &reference_bn.running_mean);
+    close("running var", &bn.running_var, &reference_bn.running_var);
+    // Parameter gradients are local: their sum over ranks is the whole batch's.
+    let mut params = vec![
+        bn.ws.as_ref().unwrap().grad().copy(),
+        bn.bs.as_ref().unwrap().grad().copy(),
+    ];
+    pg.all_reduce_sum(&mut params).unwrap();
+    close(
+        "weight gradient",
+        &params[0],
+        &reference_bn.ws.as_ref().unwrap().grad(),
+    );
+    close(
+        "bias gradient",
+        &params[1],
+        &reference_bn.bs.as_ref().unwrap().grad(),
+    );
+
+    // 2 ranks x B with synchronised batch norm step like 1 rank x 2B with plain batch norm.
+    let (dist_vs, dist_net) = BnNet::seeded(300 + rank);
+    pg.broadcast_var_store(&dist_vs, 0).unwrap();
+    let (x, y) = images(60 + rank, B);
+    sgd_steps(&dist_vs, Some(pg), || {
+        dist_net
+            .forward(&x, Some(pg))
+            .mse_loss(&y, tch::Reduction::Mean)
+    });
+    let (single_vs, single_net) = BnNet::seeded(300);
+    let (xa, ya) = images(60, B);
+    let (xb, yb) = images(61, B);
+    let (x, y) = (Tensor::cat(&[xa, xb], 0), Tensor::cat(&[ya, yb], 0));
+    sgd_steps(&single_vs, None, || {
+        single_net
+            .forward(&x, None)
+            .mse_loss(&y, tch::Reduction::Mean)
+    });
+    assert_stores_close(
+        &dist_vs,
+        &single_vs,
+        1e-5,
+        "2 ranks x B (sync BN) vs 1 rank x 2B",
+    );
 }
 
 /// Both ranks all-reduce until one fails; the survivor closes its group and reports.
@@ -421,6 +562,11 @@ fn two_ranks_all_reduce_broadcast_all_gather() {
 #[test]
 fn two_ranks_var_store_broadcast_and_gradient_average() {
     run_ok("var_store");
+}
+
+#[test]
+fn two_ranks_sync_batch_norm_matches_one_batch() {
+    run_ok("sync_bn");
 }
 
 /// `cargo test -p fusekit-dist --test ranks -- --ignored --exact all_reduce_bench --nocapture`

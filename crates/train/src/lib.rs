@@ -80,6 +80,19 @@ or --model scale, or free the device; if host memory is what is short, build the
         /// libtorch's error text.
         message: String,
     },
+    /// The device ran out of memory while BatchNorm is synchronised, which rules out
+    /// splitting the batch on one rank.
+    #[error(
+        "out of memory with a micro-batch of {size} images ({message}); with --sync-bn every \
+rank must run the same passes, so the batch cannot be split on one rank: lower --batch (and \
+raise --accumulate to keep the effective batch), or train without --sync-bn"
+    )]
+    OutOfMemorySyncBn {
+        /// Images in the micro-batch that failed.
+        size: usize,
+        /// libtorch's error text.
+        message: String,
+    },
     /// Inputs that do not go together (cache vs imgsz, weights vs model, train vs val).
     #[error("{0}")]
     Incompatible(String),

@@ -5,14 +5,16 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fusekit_cache::{Augment, Cache, Loader, LoaderOptions};
 use fusekit_detect::{
-    DetectionLoss, Detector, Fusion, LossGains, ModelConfig, NmsOptions, parameter_count, weights,
+    BatchNormFn, DetectionLoss, Detector, Fusion, LossGains, ModelConfig, NmsOptions,
+    parameter_count, weights, with_batch_norm,
 };
-use fusekit_dist::ProcessGroup;
+use fusekit_dist::{DistError, ProcessGroup};
 use fusekit_hyp::{BatchPlan, EMA_DECAY, EMA_TAU, Hyp, NanPolicy, Schedule};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -57,6 +59,9 @@ pub struct TrainOptions {
     /// Data-parallel training: this process's c10d group (`None`: one process). Every rank
     /// trains on its shard of the cache; only rank 0 validates, writes files and reports.
     pub group: Option<Arc<ProcessGroup>>,
+    /// Synchronised BatchNorm: with several ranks, training-mode BatchNorm uses the statistics
+    /// of the global batch (every rank's images) instead of each rank's own.
+    pub sync_bn: bool,
 }
 
 /// Progress reported while training.
@@ -363,6 +368,12 @@ pub fn train(
     // Mixed precision only on CUDA (fp16 autocast with dynamic loss scaling).
     let amp = hyp.amp && device.is_cuda();
     let mut scaler = LossScaler::new(amp);
+    let sync_bn = options.group.clone().filter(|_| options.sync_bn);
+    if options.sync_bn && sync_bn.is_none() {
+        observer(Event::Note(
+            "--sync-bn has no effect in a single process".to_owned(),
+        ));
+    }
     let started = Instant::now();
     let previous_seconds = state.seconds;
     let mut trained_images = 0usize;
@@ -381,6 +392,7 @@ pub fn train(
         loss: &loss_fn,
         amp,
         oom_above: options.simulate_oom_above,
+        sync_bn,
     };
     let _quiet = QuietOutOfMemory::install();
     while epoch < hyp.epochs {
@@ -428,6 +440,11 @@ pub fn train(
                         // the window's earlier ones: the interrupted step starts over.
                         optimizer.zero_grad();
                         let size = batch.len().div_ceil(split);
+                        if micro.sync_bn.is_some() {
+                            // Ranks splitting on their own would run different numbers of
+                            // synchronised BatchNorm collectives.
+                            return Err(TrainError::OutOfMemorySyncBn { size, message });
+                        }
                         if size <= 1 {
                             return Err(TrainError::OutOfMemory { message });
                         }
@@ -441,6 +458,7 @@ accumulated for the interrupted step were dropped)",
                             plan.effective()
                         )));
                     }
+                    Err(MicroBatchFailure::Dist(error)) => return Err(error.into()),
                     other => break other,
                 }
             };
@@ -605,7 +623,7 @@ accumulated for the interrupted step were dropped)",
 }
 
 /// Whether `flag` is set on any rank.
-fn any_rank(group: &ProcessGroup, flag: bool) -> Result<bool, TrainError> {
+fn any_rank(group: &ProcessGroup, flag: bool) -> Result<bool, DistError> {
     let mut flags = [Tensor::from_slice(&[f32::from(u8::from(flag))])];
     group.all_reduce_sum(&mut flags)?;
     Ok(flags[0].double_value(&[0]) > 0.0)
@@ -640,10 +658,12 @@ fn share_record(group: &ProcessGroup, record: EpochRecord) -> Result<EpochRecord
 
 /// Why a batch's backward pass did not complete.
 enum MicroBatchFailure {
-    /// A loss part was NaN or infinite.
+    /// A loss part was NaN or infinite (on any rank, with synchronised BatchNorm).
     NonFinite,
     /// The device ran out of memory (the error's text).
     OutOfMemory(String),
+    /// A collective of synchronised BatchNorm failed.
+    Dist(DistError),
 }
 
 /// Forward, loss and backward of one loader batch in micro-batches.
@@ -652,6 +672,8 @@ struct MicroBatches<'a> {
     loss: &'a DetectionLoss,
     amp: bool,
     oom_above: Option<usize>,
+    /// The group whose ranks' statistics BatchNorm uses (`--sync-bn`).
+    sync_bn: Option<Arc<ProcessGroup>>,
 }
 
 impl MicroBatches<'_> {
@@ -678,23 +700,33 @@ impl MicroBatches<'_> {
             } else {
                 micro_batch(input, targets, start, len)
             };
-            let loss = catch_out_of_memory(|| {
+            let loss = catch_device_failure(|| {
                 if self.oom_above.is_some_and(|limit| len as usize > limit) {
                     panic!("CUDA out of memory (simulated: a micro-batch of {len} images)");
                 }
-                let loss = tch::autocast(self.amp, || {
+                let forward = || {
                     let outputs = self.model.forward_t(&images, true);
                     self.loss.compute(&outputs, &targets)
+                };
+                let loss = tch::autocast(self.amp, || match &self.sync_bn {
+                    Some(group) => with_batch_norm(synchronised_batch_norm(group), forward),
+                    None => forward(),
                 });
-                if loss.parts.iter().all(|p| p.is_finite()) {
-                    (&loss.total * scale).backward();
+                let finite = loss.parts.iter().all(|p| p.is_finite());
+                // With synchronised BatchNorm the backward passes exchange statistics: all
+                // ranks run them, or none.
+                let finite = match &self.sync_bn {
+                    Some(group) => !any_rank(group, !finite).map_err(MicroBatchFailure::Dist)?,
+                    None => finite,
+                };
+                if !finite {
+                    return Err(MicroBatchFailure::NonFinite);
                 }
-                loss.parts
-            })
-            .map_err(MicroBatchFailure::OutOfMemory)?;
-            if !loss.iter().all(|p| p.is_finite()) {
-                return Err(MicroBatchFailure::NonFinite);
-            }
+                if let Err(error) = (&loss.total * scale).f_backward() {
+                    return Err(self.backward_failure(error.to_string()));
+                }
+                Ok(loss.parts)
+            })??;
             for (sum, part) in parts.iter_mut().zip(loss) {
                 *sum += part * len as f64 / total as f64;
             }
@@ -702,6 +734,38 @@ impl MicroBatches<'_> {
         }
         Ok(parts)
     }
+}
+
+impl MicroBatches<'_> {
+    /// The failure a libtorch error in the backward pass stands for.
+    fn backward_failure(&self, text: String) -> MicroBatchFailure {
+        if is_out_of_memory(&text) {
+            return MicroBatchFailure::OutOfMemory(text);
+        }
+        match &self.sync_bn {
+            Some(group) if text.contains("sync_batch_norm") => {
+                MicroBatchFailure::Dist(DistError::Collective {
+                    op: "sync_batch_norm (backward)",
+                    rank: group.rank(),
+                    world_size: group.world_size(),
+                    message: text,
+                })
+            }
+            // Anything else is a bug, reported as tch reports libtorch errors.
+            _ => panic!("{text}"),
+        }
+    }
+}
+
+/// BatchNorm over every rank's images; a failed collective unwinds the forward pass as a
+/// [`DistError`] panic payload, which [`catch_device_failure`] turns back into an error.
+fn synchronised_batch_norm(group: &Arc<ProcessGroup>) -> Rc<BatchNormFn> {
+    let group = group.clone();
+    Rc::new(move |xs, bn, eps, momentum| {
+        group
+            .sync_batch_norm(xs, bn, eps, momentum)
+            .unwrap_or_else(|error| panic::panic_any(error))
+    })
 }
 
 /// Images `start..start + len` of a batch and their targets, renumbered from 0.
@@ -721,11 +785,16 @@ fn micro_batch(input: &Tensor, targets: &Tensor, start: i64, len: i64) -> (Tenso
 }
 
 /// Runs `f`, turning a panic that reports an out-of-memory error (tch panics on libtorch
-/// errors) into `Err` with its text; other panics continue.
-fn catch_out_of_memory<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match panic_text(&*payload) {
-        Some(text) if is_out_of_memory(text) => text.to_owned(),
-        _ => panic::resume_unwind(payload),
+/// errors) or carries a [`DistError`] into `Err`; other panics continue.
+fn catch_device_failure<T>(f: impl FnOnce() -> T) -> Result<T, MicroBatchFailure> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        if let Some(text) = panic_text(&*payload).filter(|text| is_out_of_memory(text)) {
+            return MicroBatchFailure::OutOfMemory(text.to_owned());
+        }
+        match payload.downcast::<DistError>() {
+            Ok(error) => MicroBatchFailure::Dist(*error),
+            Err(payload) => panic::resume_unwind(payload),
+        }
     })
 }
 
@@ -743,8 +812,8 @@ fn is_out_of_memory(text: &str) -> bool {
 
 type PanicHook = dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static;
 
-/// While alive, out-of-memory panics print nothing (the trainer reports them itself); other
-/// panics go to the previous hook, which is restored on drop.
+/// While alive, out-of-memory and [`DistError`] panics print nothing (the trainer reports
+/// them itself); other panics go to the previous hook, which is restored on drop.
 struct QuietOutOfMemory {
     previous: Arc<PanicHook>,
 }
@@ -754,7 +823,9 @@ impl QuietOutOfMemory {
         let previous: Arc<PanicHook> = Arc::from(panic::take_hook());
         let fallback = previous.clone();
         panic::set_hook(Box::new(move |info| {
-            if !panic_text(info.payload()).is_some_and(is_out_of_memory) {
+            let reported = panic_text(info.payload()).is_some_and(is_out_of_memory)
+                || info.payload().is::<DistError>();
+            if !reported {
                 fallback(info);
             }
         }));
