@@ -354,7 +354,13 @@ fn two_local_ranks_train_one_run() {
     );
     // One report, from rank 0: 18 train pairs in shards of 9, so 3 batches (4, 4, 1) per rank.
     assert_eq!(stdout.matches("run: ").count(), 1, "{stdout}");
-    assert!(stdout.contains("3 batches per epoch"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "data: 18 train images (9 per rank x 2 ranks), 6 val images (rank 0), 3 batches per \
+epoch per rank"
+        ),
+        "{stdout}"
+    );
     let run = dir.path().join("runs/fuse/train");
     let results = std::fs::read_to_string(run.join("results.csv")).unwrap();
     assert_eq!(results.lines().count(), 3, "{results}");

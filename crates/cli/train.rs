@@ -346,6 +346,7 @@ fusekit never validates on the training set)",
     if hyp.amp && !device.is_cuda() && args.amp {
         eprintln!("note: --amp applies on CUDA only; training in f32 on the CPU");
     }
+    let world = group.as_ref().map_or(1, |g| g.world_size());
     let options = TrainOptions {
         hyp: hyp.clone(),
         train_cache,
@@ -385,9 +386,8 @@ fusekit never validates on the training set)",
             );
             let _ = writeln!(
                 out,
-                "data: {} train / {} val images, {batches} batches per epoch, warmup {warmup} batches{}",
-                images.0,
-                images.1,
+                "data: {}, warmup {warmup} batches{}",
+                data_summary(images, batches, world),
                 if start_epoch > 0 {
                     format!(", resuming at epoch {}", start_epoch + 1)
                 } else {
@@ -496,6 +496,27 @@ fn launch_ranks(n: usize) -> anyhow::Result<ExitCode> {
     } else {
         bail!("data-parallel training failed ({})", failed.join(", "))
     }
+}
+
+/// The data part of the line printed at start: with several ranks, the train images are the
+/// whole (limited) cache while batches are counted per rank, so both are named.
+fn data_summary(images: (usize, usize), batches: u64, world: usize) -> String {
+    let (train, val) = images;
+    if world <= 1 {
+        return format!("{train} train / {val} val images, {batches} batches per epoch");
+    }
+    // Every rank gets ceil(train / world) samples (the first ones repeat to even the shards).
+    let per_rank = train.div_ceil(world);
+    let repeated = per_rank * world - train;
+    let repeated = match repeated {
+        0 => String::new(),
+        1 => ", 1 image repeated to even the shards".into(),
+        n => format!(", {n} images repeated to even the shards"),
+    };
+    format!(
+        "{train} train images ({per_rank} per rank x {world} ranks{repeated}), {val} val images \
+(rank 0), {batches} batches per epoch per rank"
+    )
 }
 
 /// Images per batch of the closing validation.
