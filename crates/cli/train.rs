@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fusekit_detect::NmsOptions;
-use fusekit_dist::ProcessGroup;
+use fusekit_dist::{DistError, ProcessGroup};
 use fusekit_hyp::{
     Accumulate, BatchPlan, Fusion, Hyp, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
     Schedule, render_table,
 };
-use fusekit_train::{Event, RunFiles, TrainOptions, parse_device, train};
+use fusekit_train::{Event, RunFiles, TrainError, TrainOptions, parse_device, train};
 use serde_json::json;
 use tch::Device;
 
@@ -443,8 +443,23 @@ fusekit never validates on the training set)",
         Event::Note(note) => eprintln!("note: {note}"),
         _ => {}
     };
-    let summary = train(&options, &mut observer)
-        .with_context(|| format!("training run {}", run_dir.display()))?;
+    let summary = train(&options, &mut observer).map_err(|err| {
+        let lost_peer = matches!(err, TrainError::Dist(DistError::Collective { .. }));
+        let err = anyhow::Error::new(err);
+        let err = if lost_peer {
+            // Gloo says "Connection closed by peer" or just "Operation timed out!": say what
+            // that means for a training run and how to continue it.
+            err.context(format!(
+                "lost contact with the other ranks: another rank probably failed, was killed or \
+stopped responding for --dist-timeout {} s (its own output says why); `--resume` continues \
+from the last finished epoch",
+                args.dist_timeout
+            ))
+        } else {
+            err
+        };
+        err.context(format!("training run {}", run_dir.display()))
+    })?;
     Ok(Some(Trained {
         run_dir,
         summary,
