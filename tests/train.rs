@@ -1,5 +1,5 @@
 //! `fusekit train` driven as a user would: batch arithmetic, results.csv, weights, resume
-//! after kill -9, the NaN guard, hyp.yaml errors.
+//! after kill -9 (of the only process or of one rank), the NaN guard, hyp.yaml errors.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -354,12 +354,117 @@ fn two_local_ranks_train_one_run() {
     );
     // One report, from rank 0: 18 train pairs in shards of 9, so 3 batches (4, 4, 1) per rank.
     assert_eq!(stdout.matches("run: ").count(), 1, "{stdout}");
-    assert!(stdout.contains("3 batches per epoch"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "data: 18 train images (9 per rank x 2 ranks), 6 val images (rank 0), 3 batches per \
+epoch per rank"
+        ),
+        "{stdout}"
+    );
     let run = dir.path().join("runs/fuse/train");
     let results = std::fs::read_to_string(run.join("results.csv")).unwrap();
     assert_eq!(results.lines().count(), 3, "{results}");
     assert!(run.join("weights/best.safetensors").is_file());
     assert!(!dir.path().join("runs/fuse/train2").exists());
+}
+
+/// A rank killed with SIGKILL after the first epoch makes rank 0 stop within seconds (not
+/// after `--dist-timeout`) with an error that names the failed collective and says a peer was
+/// lost; `--nproc 2 --resume` then finishes the run with the weights of an uninterrupted one.
+#[test]
+fn a_killed_rank_stops_the_other_with_a_clear_error_and_resume_finishes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    let common = [
+        "--batch",
+        "4",
+        "--epochs",
+        "3",
+        "--accumulate",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--fusion",
+        "rgb",
+        "--dist-timeout",
+        "30",
+    ];
+    // Two ranks started as torchrun would (`--nproc` hides the ranks' process ids).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rank = |rank: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fusekit"))
+            .args(train_args(&[&common[..], &["--name", "killed"]].concat()))
+            .env("OMP_NUM_THREADS", "1")
+            .env("RANK", rank)
+            .env("LOCAL_RANK", rank)
+            .env("WORLD_SIZE", "2")
+            .env("LOCAL_WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let rank0 = rank("0");
+    let mut rank1 = rank("1");
+    let checkpoint = dir.path().join("runs/fuse/killed/weights/last.ckpt");
+    let start = std::time::Instant::now();
+    while !checkpoint.is_file() && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(checkpoint.is_file(), "the first epoch never ended");
+    rank1.kill().unwrap();
+    let killed = std::time::Instant::now();
+    let _ = rank1.wait();
+    let output = rank0.wait_with_output().unwrap();
+    let waited = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    // Gloo sees the closed connection at rank 0's next collective: seconds, not the timeout.
+    assert!(waited.as_secs() < 15, "rank 0 took {waited:?}: {stderr}");
+    assert!(stderr.contains("failed on rank 0 of 2"), "{stderr}");
+    assert!(
+        stderr.contains("lost contact with the other ranks: another rank probably failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`--resume` continues"), "{stderr}");
+    eprintln!("rank 0 stopped {waited:?} after rank 1 was killed");
+
+    let out = ok(&fusekit(
+        &train_args(&[
+            "--nproc",
+            "2",
+            "--resume",
+            "--name",
+            "killed",
+            "--dist-timeout",
+            "30",
+        ]),
+        dir.path(),
+    ));
+    assert!(out.contains("resuming at epoch 2"), "{out}");
+    let csv = std::fs::read_to_string(dir.path().join("runs/fuse/killed/results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+
+    // Gloo's sum over two ranks does not depend on their order and each rank's shard of an
+    // epoch depends only on the seed and the epoch, so the resumed run is bit-identical.
+    ok(&fusekit(
+        &train_args(&[&common[..], &["--nproc", "2", "--name", "straight"]].concat()),
+        dir.path(),
+    ));
+    let a = std::fs::read(
+        dir.path()
+            .join("runs/fuse/straight/weights/last.safetensors"),
+    )
+    .unwrap();
+    let b = std::fs::read(dir.path().join("runs/fuse/killed/weights/last.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ from an uninterrupted run");
 }
 
 /// `--sync-bn` normalises with both ranks' statistics: the run completes as one run and ends

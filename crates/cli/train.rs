@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fusekit_detect::NmsOptions;
-use fusekit_dist::ProcessGroup;
+use fusekit_dist::{DistError, ProcessGroup};
 use fusekit_hyp::{
     Accumulate, BatchPlan, Fusion, Hyp, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
     Schedule, render_table,
 };
-use fusekit_train::{Event, RunFiles, TrainOptions, parse_device, train};
+use fusekit_train::{Event, RunFiles, TrainError, TrainOptions, parse_device, train};
 use serde_json::json;
 use tch::Device;
 
@@ -351,6 +351,7 @@ fusekit never validates on the training set)",
     if hyp.amp && !device.is_cuda() && args.amp {
         eprintln!("note: --amp applies on CUDA only; training in f32 on the CPU");
     }
+    let world = group.as_ref().map_or(1, |g| g.world_size());
     let options = TrainOptions {
         hyp: hyp.clone(),
         train_cache,
@@ -391,9 +392,8 @@ fusekit never validates on the training set)",
             );
             let _ = writeln!(
                 out,
-                "data: {} train / {} val images, {batches} batches per epoch, warmup {warmup} batches{}",
-                images.0,
-                images.1,
+                "data: {}, warmup {warmup} batches{}",
+                data_summary(images, batches, world),
                 if start_epoch > 0 {
                     format!(", resuming at epoch {}", start_epoch + 1)
                 } else {
@@ -449,8 +449,23 @@ fusekit never validates on the training set)",
         Event::Note(note) => eprintln!("note: {note}"),
         _ => {}
     };
-    let summary = train(&options, &mut observer)
-        .with_context(|| format!("training run {}", run_dir.display()))?;
+    let summary = train(&options, &mut observer).map_err(|err| {
+        let lost_peer = matches!(err, TrainError::Dist(DistError::Collective { .. }));
+        let err = anyhow::Error::new(err);
+        let err = if lost_peer {
+            // Gloo says "Connection closed by peer" or just "Operation timed out!": say what
+            // that means for a training run and how to continue it.
+            err.context(format!(
+                "lost contact with the other ranks: another rank probably failed, was killed or \
+stopped responding for --dist-timeout {} s (its own output says why); `--resume` continues \
+from the last finished epoch",
+                args.dist_timeout
+            ))
+        } else {
+            err
+        };
+        err.context(format!("training run {}", run_dir.display()))
+    })?;
     Ok(Some(Trained {
         run_dir,
         summary,
@@ -461,7 +476,10 @@ fusekit never validates on the training set)",
 }
 
 /// Runs this command line again as `n` local ranks (RANK, LOCAL_RANK, WORLD_SIZE and a free
-/// MASTER_PORT on 127.0.0.1, torchrun's contract) and waits for all of them.
+/// MASTER_PORT on 127.0.0.1, torchrun's contract) and waits for all of them. As torchrun does,
+/// the first rank that fails stops the others: they get [`RANK_GRACE`] to print their own
+/// error (a lost peer shows up in their next collective), then they are killed, so a crashed
+/// rank never leaves the others waiting for `--dist-timeout`.
 fn launch_ranks(n: usize) -> anyhow::Result<ExitCode> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -486,22 +504,139 @@ fn launch_ranks(n: usize) -> anyhow::Result<ExitCode> {
             .env("LOCAL_WORLD_SIZE", n.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
-            .spawn()
-            .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
-        children.push(child);
-    }
-    let mut failed = Vec::new();
-    for (rank, mut child) in children.into_iter().enumerate() {
-        let status = child.wait()?;
-        if !status.success() {
-            failed.push(format!("rank {rank}: {status}"));
+            .spawn();
+        match child {
+            Ok(child) => children.push(child),
+            Err(err) => {
+                // The ranks already started would wait for this one until the timeout.
+                stop_all(&mut children);
+                return Err(err)
+                    .with_context(|| format!("starting rank {rank} ({})", exe.display()));
+            }
         }
     }
-    if failed.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        bail!("data-parallel training failed ({})", failed.join(", "))
+    match supervise(children, RANK_GRACE).context("waiting for the ranks")? {
+        None => Ok(ExitCode::SUCCESS),
+        Some(failure) => bail!("data-parallel training failed: {failure}"),
     }
+}
+
+/// How long the other ranks may keep running after one failed, so that their own error
+/// (naming the failed collective) prints before they are stopped.
+const RANK_GRACE: Duration = Duration::from_secs(5);
+
+/// Kills and reaps every child still running.
+fn stop_all(children: &mut [std::process::Child]) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// How a group of ranks failed, in the order the failures were seen.
+#[derive(Debug)]
+struct RankFailure {
+    /// Ranks that exited unsuccessfully, first failure first.
+    failed: Vec<(usize, std::process::ExitStatus)>,
+    /// Ranks still running after the grace period, then killed.
+    stopped: Vec<usize>,
+    /// The grace period they had.
+    grace: Duration,
+}
+
+impl std::fmt::Display for RankFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut failed = self.failed.iter();
+        if let Some((rank, status)) = failed.next() {
+            write!(f, "rank {rank} failed first ({status})")?;
+        }
+        for (rank, status) in failed {
+            write!(f, ", then rank {rank} ({status})")?;
+        }
+        if !self.stopped.is_empty() {
+            let ranks: Vec<String> = self.stopped.iter().map(|r| r.to_string()).collect();
+            write!(
+                f,
+                "; stopped rank{} {} (still running {:.0} s later)",
+                if ranks.len() == 1 { "" } else { "s" },
+                ranks.join(", "),
+                self.grace.as_secs_f64()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for every child (child `i` is rank `i`); once one has failed, the others still
+/// running after `grace` are killed. `None` when all succeeded.
+fn supervise(
+    mut children: Vec<std::process::Child>,
+    grace: Duration,
+) -> std::io::Result<Option<RankFailure>> {
+    let mut running: Vec<bool> = vec![true; children.len()];
+    let mut failed = Vec::new();
+    let mut first_failure: Option<std::time::Instant> = None;
+    let mut stopped = Vec::new();
+    while running.iter().any(|&r| r) {
+        for (rank, child) in children.iter_mut().enumerate() {
+            if !running[rank] {
+                continue;
+            }
+            let status = match child.try_wait() {
+                Ok(status) => status,
+                Err(err) => {
+                    stop_all(&mut children);
+                    return Err(err);
+                }
+            };
+            if let Some(status) = status {
+                running[rank] = false;
+                if !status.success() {
+                    failed.push((rank, status));
+                    first_failure.get_or_insert_with(std::time::Instant::now);
+                }
+            }
+        }
+        if first_failure.is_some_and(|at| at.elapsed() >= grace) {
+            for (rank, child) in children.iter_mut().enumerate() {
+                if running[rank] {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    running[rank] = false;
+                    stopped.push(rank);
+                }
+            }
+        }
+        if running.iter().any(|&r| r) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok((!failed.is_empty()).then_some(RankFailure {
+        failed,
+        stopped,
+        grace,
+    }))
+}
+
+/// The data part of the line printed at start: with several ranks, the train images are the
+/// whole (limited) cache while batches are counted per rank, so both are named.
+fn data_summary(images: (usize, usize), batches: u64, world: usize) -> String {
+    let (train, val) = images;
+    if world <= 1 {
+        return format!("{train} train / {val} val images, {batches} batches per epoch");
+    }
+    // Every rank gets ceil(train / world) samples (the first ones repeat to even the shards).
+    let per_rank = train.div_ceil(world);
+    let repeated = per_rank * world - train;
+    let repeated = match repeated {
+        0 => String::new(),
+        1 => ", 1 image repeated to even the shards".into(),
+        n => format!(", {n} images repeated to even the shards"),
+    };
+    format!(
+        "{train} train images ({per_rank} per rank x {world} ranks{repeated}), {val} val images \
+(rank 0), {batches} batches per epoch per rank"
+    )
 }
 
 /// Images per batch of the closing validation.
@@ -560,5 +695,62 @@ fn device_name(device: tch::Device) -> String {
     match device {
         tch::Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command};
+    use std::time::Instant;
+
+    fn sh(script: &str) -> Child {
+        Command::new("sh").args(["-c", script]).spawn().unwrap()
+    }
+
+    #[test]
+    fn ranks_that_all_succeed_report_nothing() {
+        let outcome = supervise(vec![sh("sleep 0.2"), sh("exit 0")], RANK_GRACE).unwrap();
+        assert!(outcome.is_none(), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_failed_rank_stops_the_others_after_the_grace_period() {
+        let start = Instant::now();
+        // Rank 0 would wait for its dead peer far longer than the grace period.
+        let failure = supervise(
+            vec![sh("exec sleep 60"), sh("sleep 0.1; exit 3")],
+            Duration::from_millis(300),
+        )
+        .unwrap()
+        .expect("a rank failed");
+        assert!(start.elapsed() < Duration::from_secs(10), "{failure}");
+        assert_eq!(failure.failed.len(), 1, "{failure}");
+        assert_eq!(failure.failed[0].0, 1);
+        assert_eq!(failure.failed[0].1.code(), Some(3));
+        assert_eq!(failure.stopped, [0]);
+        let text = failure.to_string();
+        assert!(
+            text.starts_with("rank 1 failed first (exit status: 3); stopped rank 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ranks_that_fail_on_their_own_within_the_grace_period_are_reported_in_order() {
+        let start = Instant::now();
+        let failure = supervise(
+            vec![sh("sleep 0.5; exit 2"), sh("exit 3")],
+            Duration::from_secs(30),
+        )
+        .unwrap()
+        .expect("ranks failed");
+        // Returns as soon as the last rank exits, not after the grace period.
+        assert!(start.elapsed() < Duration::from_secs(10), "{failure}");
+        assert!(failure.stopped.is_empty(), "{failure}");
+        assert_eq!(
+            failure.to_string(),
+            "rank 1 failed first (exit status: 3), then rank 0 (exit status: 2)"
+        );
     }
 }
