@@ -1,4 +1,5 @@
-// C ABI over libtorch's c10d: a TCPStore rendezvous and a Gloo backend, with bucketed collectives.
+// C ABI over libtorch's c10d: a TCPStore rendezvous and a Gloo or NCCL backend (the latter in
+// nccl_backend.cpp), with bucketed collectives.
 //
 // Every entry point returns NULL on success or a heap-allocated error message (free it with
 // fk_free_error); no C++ exception crosses the boundary. Tensors are tch's C_tensor handles,
@@ -7,6 +8,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/version.h>
+
+#include "nccl_backend.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -38,9 +41,16 @@ namespace {
 // Collectives on more than this many bytes of one dtype are split into several buckets.
 constexpr int64_t kBucketBytes = 64LL << 20;
 
+// The backends of fk_group_create, as numbered in the Rust crate.
+constexpr int kGloo = 0;
+constexpr int kNccl = 1;
+
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
+  // Where the backend's collectives run (CPU for Gloo, the bound CUDA device for NCCL); tensors
+  // elsewhere are copied there and back.
+  c10::Device device;
   std::chrono::milliseconds timeout;
   int rank;
   int world;
@@ -107,16 +117,17 @@ std::vector<std::vector<at::Tensor>> buckets(const std::vector<at::Tensor>& tens
   return out;
 }
 
-at::Tensor flatten(const std::vector<at::Tensor>& bucket) {
+// One fresh 1-D tensor on `device` holding the bucket's elements in order.
+at::Tensor flatten(const std::vector<at::Tensor>& bucket, c10::Device device) {
   if (bucket.size() == 1) {
-    return bucket[0].reshape({-1}).clone();
+    return bucket[0].reshape({-1}).to(device, /*non_blocking=*/false, /*copy=*/true);
   }
   std::vector<at::Tensor> flat;
   flat.reserve(bucket.size());
   for (const auto& t : bucket) {
     flat.push_back(t.reshape({-1}));
   }
-  return at::cat(flat);
+  return at::cat(flat).to(device);
 }
 
 void unflatten_into(const at::Tensor& flat, const std::vector<at::Tensor>& bucket) {
@@ -145,7 +156,7 @@ void all_reduce(const Group& g, const std::vector<at::Tensor>& tensors, bool mea
   std::vector<at::Tensor> flats;
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
   for (const auto& bucket : parts) {
-    std::vector<at::Tensor> io{flatten(bucket)};
+    std::vector<at::Tensor> io{flatten(bucket, g.device)};
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
     opts.timeout = g.timeout;
@@ -171,12 +182,13 @@ void check_same_layout(const Group& g, const at::Tensor& t) {
   constexpr int64_t kMaxDims = 8;
   TORCH_CHECK(t.dim() <= kMaxDims, "all_gather supports at most ", kMaxDims, " dimensions, got ",
               t.dim());
-  auto meta = at::full({kMaxDims + 2}, -1, at::kLong);
-  meta[0] = static_cast<int64_t>(t.scalar_type());
-  meta[1] = t.dim();
+  std::vector<int64_t> values(kMaxDims + 2, -1);
+  values[0] = static_cast<int64_t>(t.scalar_type());
+  values[1] = t.dim();
   for (int64_t d = 0; d < t.dim(); ++d) {
-    meta[d + 2] = t.size(d);
+    values[d + 2] = t.size(d);
   }
+  auto meta = at::tensor(values, at::kLong).to(g.device);
   std::vector<at::Tensor> in{meta};
   std::vector<std::vector<at::Tensor>> out(1);
   for (int r = 0; r < g.world; ++r) {
@@ -199,10 +211,19 @@ typedef struct Group fk_group;
 
 void fk_free_error(char* message) { std::free(message); }
 
+// NULL when the NCCL backend is compiled in, otherwise why not (free it with fk_free_error).
+char* fk_nccl_unavailable() {
+  auto reason = fusekit::nccl_unavailable_reason();
+  return reason.empty() ? nullptr : dup_message(reason);
+}
+
+// Joins a group on `backend` (kGloo or kNccl); NCCL uses CUDA device `device_index`.
 char* fk_group_create(int rank, int world, const char* master_addr, uint16_t master_port,
-                      int64_t timeout_ms, bool host_store, const char* prefix, fk_group** out) {
+                      int64_t timeout_ms, bool host_store, const char* prefix, int backend,
+                      int device_index, fk_group** out) {
   *out = nullptr;
   return guarded([&] {
+    TORCH_CHECK(backend == kGloo || backend == kNccl, "unknown backend ", backend);
     TORCH_CHECK(world >= 1, "world size must be at least 1, got ", world);
     TORCH_CHECK(rank >= 0 && rank < world, "rank ", rank, " is outside world size ", world);
     TORCH_CHECK(timeout_ms > 0, "timeout must be positive");
@@ -211,15 +232,21 @@ char* fk_group_create(int rank, int world, const char* master_addr, uint16_t mas
     store_opts.port = master_port;
     store_opts.isServer = host_store;
     store_opts.numWorkers = static_cast<size_t>(world);
-    // Gloo's own rendezvous waits (within `timeout`) for every rank's address in the store.
+    // Both backends' own rendezvous waits (within `timeout`) for the ranks' keys in the store.
     store_opts.waitWorkers = false;
     store_opts.timeout = timeout;
     c10::intrusive_ptr<c10d::Store> tcp =
         c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), store_opts);
     auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
-    auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
-    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-    *out = new Group{store, backend, timeout, rank, world};
+    if (backend == kNccl) {
+      auto nccl = fusekit::make_nccl_backend(store, rank, world, timeout, device_index);
+      c10::Device device(c10::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+      *out = new Group{store, nccl, device, timeout, rank, world};
+    } else {
+      auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
+      auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+      *out = new Group{store, gloo, c10::Device(c10::kCPU), timeout, rank, world};
+    }
   });
 }
 
@@ -247,7 +274,7 @@ char* fk_group_broadcast(fk_group* group, at::Tensor* const* tensors, size_t n, 
     std::vector<at::Tensor> flats;
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     for (const auto& bucket : parts) {
-      std::vector<at::Tensor> io{flatten(bucket)};
+      std::vector<at::Tensor> io{flatten(bucket, group->device)};
       c10d::BroadcastOptions opts;
       opts.rootRank = root;
       opts.timeout = group->timeout;
@@ -290,7 +317,7 @@ char* fk_group_all_gather(fk_group* group, const at::Tensor* input, at::Tensor**
   return guarded([&] {
     TORCH_CHECK(input != nullptr && input->defined(), "input tensor is undefined");
     at::NoGradGuard no_grad;
-    std::vector<at::Tensor> in{input->contiguous()};
+    std::vector<at::Tensor> in{input->contiguous().to(group->device)};
     check_same_layout(*group, in[0]);
     std::vector<std::vector<at::Tensor>> out(1);
     for (int r = 0; r < group->world; ++r) {
@@ -300,7 +327,7 @@ char* fk_group_all_gather(fk_group* group, const at::Tensor* input, at::Tensor**
     opts.timeout = group->timeout;
     wait(*group, group->backend->allgather(out, in, opts));
     for (int r = 0; r < group->world; ++r) {
-      outputs[r] = new at::Tensor(out[0][r]);
+      outputs[r] = new at::Tensor(out[0][r].to(input->device()));
     }
   });
 }

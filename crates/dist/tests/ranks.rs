@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use fusekit_dist::{DistError, ProcessGroup, Rendezvous};
+use fusekit_dist::{Backend, DistError, ProcessGroup, Rendezvous};
 use tch::nn::{self, Module, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -510,6 +510,47 @@ fn missing_peer_fails_init_within_timeout() {
         "{err}"
     );
     assert!(start.elapsed() < timeout + Duration::from_secs(10));
+}
+
+/// NCCL on a CUDA device this process does not have (any device on a machine without one, as
+/// here) fails at once with a typed error, without contacting the store or crashing.
+#[test]
+fn nccl_without_its_cuda_device_fails_before_contacting_anyone() {
+    let available = tch::Cuda::device_count().max(0) as usize;
+    let rdzv = Rendezvous {
+        rank: 1,
+        world_size: 2,
+        local_rank: available,
+        master_addr: "127.0.0.1".to_owned(),
+        // Nobody listens there: contacting the store would wait for the whole timeout.
+        master_port: free_port(),
+        host_store: false,
+        prefix: "test/".to_owned(),
+    };
+    let start = Instant::now();
+    let err = ProcessGroup::new_with(&rdzv, Duration::from_secs(30), Backend::Nccl).unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    match Backend::Nccl.check_built() {
+        Ok(()) => {
+            assert!(
+                matches!(err, DistError::NoCudaDevice { local_rank, available: a }
+                    if local_rank == available && a == available),
+                "{err}"
+            );
+            assert!(err.to_string().contains("needs CUDA device"), "{err}");
+        }
+        Err(DistError::NcclUnavailable { reason }) => {
+            assert!(
+                matches!(&err, DistError::NcclUnavailable { reason: r } if *r == reason),
+                "{err}"
+            );
+        }
+        Err(other) => panic!("unexpected {other}"),
+    }
 }
 
 #[test]
