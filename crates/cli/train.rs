@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use fusekit_cache::Cache;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fusekit_detect::NmsOptions;
-use fusekit_dist::{DistError, ProcessGroup};
+use fusekit_dist::{Backend, DistError, ProcessGroup};
 use fusekit_hyp::{
     Accumulate, BatchPlan, Fusion, Hyp, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
     Schedule, render_table,
@@ -139,6 +139,10 @@ pub struct TrainArgs {
     /// Seconds a rank waits for the others in a collective before failing (data-parallel).
     #[arg(long, default_value_t = 1800)]
     dist_timeout: u64,
+    /// Backend of the data-parallel collectives: `auto` (NCCL when training on CUDA, Gloo
+    /// otherwise), `gloo`, or `nccl` (every rank needs CUDA device LOCAL_RANK).
+    #[arg(long, value_enum, default_value_t = DistBackend::Auto)]
+    dist_backend: DistBackend,
     /// Synchronised BatchNorm (data-parallel): normalise with the statistics of the global
     /// batch, every rank's images, instead of each rank's own. Worth it when the per-device
     /// batch is small (under ~8 images); costs two small collectives per BatchNorm layer.
@@ -148,6 +152,17 @@ pub struct TrainArgs {
     /// so the fallback (halve the micro-batch, double accumulation) runs without a GPU.
     #[arg(long, hide = true)]
     simulate_oom_above: Option<usize>,
+}
+
+/// `--dist-backend`.
+#[derive(Clone, Copy, ValueEnum)]
+enum DistBackend {
+    /// NCCL when training on CUDA, Gloo otherwise.
+    Auto,
+    /// Gloo (CUDA gradients pass through host memory).
+    Gloo,
+    /// NCCL (CUDA only).
+    Nccl,
 }
 
 fn parse_word<T: std::str::FromStr>(text: &str) -> Result<T, String>
@@ -282,8 +297,14 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
 /// Trains as `fusekit train` does, writing its progress lines to `out`; `None` after
 /// `--print-schedule`. Joins the data-parallel group when torchrun's environment names one.
 pub fn execute(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<Option<Trained>> {
-    let group = ProcessGroup::from_env(Duration::from_secs(args.dist_timeout))
-        .context("joining the data-parallel group")?
+    let requested = parse_device(&args.device)?;
+    let backend = match args.dist_backend {
+        DistBackend::Auto => Backend::for_device(requested),
+        DistBackend::Gloo => Backend::Gloo,
+        DistBackend::Nccl => Backend::Nccl,
+    };
+    let group = ProcessGroup::from_env_with(Duration::from_secs(args.dist_timeout), backend)
+        .with_context(|| format!("joining the data-parallel group ({backend})"))?
         .map(Arc::new);
     let main = group.as_ref().is_none_or(|g| g.is_main());
     let run_dir = if args.resume {
@@ -343,7 +364,7 @@ fusekit never validates on the training set)",
         write!(out, "{}", render_table(schedule.rows()))?;
         return Ok(None);
     }
-    let device = match (parse_device(&args.device)?, &group) {
+    let device = match (requested, &group) {
         // One GPU per local rank.
         (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
         (device, _) => device,

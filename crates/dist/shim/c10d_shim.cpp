@@ -1,4 +1,5 @@
-// C ABI over libtorch's c10d: a TCPStore rendezvous and a Gloo backend, with bucketed collectives.
+// C ABI over libtorch's c10d: a TCPStore rendezvous and a Gloo or NCCL backend (the latter in
+// nccl_backend.cpp), with bucketed collectives.
 //
 // Every entry point returns NULL on success or a heap-allocated error message (free it with
 // fk_free_error); no C++ exception crosses the boundary. Tensors are tch's C_tensor handles,
@@ -8,6 +9,8 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/version.h>
+
+#include "nccl_backend.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -39,9 +42,16 @@ namespace {
 // Collectives on more than this many bytes of one dtype are split into several buckets.
 constexpr int64_t kBucketBytes = 64LL << 20;
 
+// The backends of fk_group_create, as numbered in the Rust crate.
+constexpr int kGloo = 0;
+constexpr int kNccl = 1;
+
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
+  // Where the backend's collectives run (CPU for Gloo, the bound CUDA device for NCCL); tensors
+  // elsewhere are copied there and back.
+  c10::Device device;
   std::chrono::milliseconds timeout;
   int rank;
   int world;
@@ -108,16 +118,17 @@ std::vector<std::vector<at::Tensor>> buckets(const std::vector<at::Tensor>& tens
   return out;
 }
 
-at::Tensor flatten(const std::vector<at::Tensor>& bucket) {
+// One fresh 1-D tensor on `device` holding the bucket's elements in order.
+at::Tensor flatten(const std::vector<at::Tensor>& bucket, c10::Device device) {
   if (bucket.size() == 1) {
-    return bucket[0].reshape({-1}).clone();
+    return bucket[0].reshape({-1}).to(device, /*non_blocking=*/false, /*copy=*/true);
   }
   std::vector<at::Tensor> flat;
   flat.reserve(bucket.size());
   for (const auto& t : bucket) {
     flat.push_back(t.reshape({-1}));
   }
-  return at::cat(flat);
+  return at::cat(flat).to(device);
 }
 
 void unflatten_into(const at::Tensor& flat, const std::vector<at::Tensor>& bucket) {
@@ -146,7 +157,7 @@ void all_reduce(const Group& g, const std::vector<at::Tensor>& tensors, bool mea
   std::vector<at::Tensor> flats;
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
   for (const auto& bucket : parts) {
-    std::vector<at::Tensor> io{flatten(bucket)};
+    std::vector<at::Tensor> io{flatten(bucket, g.device)};
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
     opts.timeout = g.timeout;
@@ -172,12 +183,13 @@ void check_same_layout(const Group& g, const at::Tensor& t) {
   constexpr int64_t kMaxDims = 8;
   TORCH_CHECK(t.dim() <= kMaxDims, "all_gather supports at most ", kMaxDims, " dimensions, got ",
               t.dim());
-  auto meta = at::full({kMaxDims + 2}, -1, at::kLong);
-  meta[0] = static_cast<int64_t>(t.scalar_type());
-  meta[1] = t.dim();
+  std::vector<int64_t> values(kMaxDims + 2, -1);
+  values[0] = static_cast<int64_t>(t.scalar_type());
+  values[1] = t.dim();
   for (int64_t d = 0; d < t.dim(); ++d) {
-    meta[d + 2] = t.size(d);
+    values[d + 2] = t.size(d);
   }
+  auto meta = at::tensor(values, at::kLong).to(g.device);
   std::vector<at::Tensor> in{meta};
   std::vector<std::vector<at::Tensor>> out(1);
   for (int r = 0; r < g.world; ++r) {
@@ -208,7 +220,7 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
                             const at::Tensor& running_mean, const at::Tensor& running_var,
                             double eps, double momentum,
                             const c10::intrusive_ptr<c10d::Backend>& backend,
-                            int64_t timeout_ms) {
+                            c10::Device comm_device, int64_t timeout_ms) {
     TORCH_CHECK(input.dim() >= 2, "sync_batch_norm expects [N, C, ...] input, got ", input.dim(),
                 " dimensions");
     const int64_t channels = input.size(1);
@@ -224,15 +236,15 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     // [count, mean..., var...] of every rank, merged in double precision.
     auto local = at::cat({at::full({1}, static_cast<double>(local_count), x.options().dtype(at::kDouble)),
                           mean.to(at::kDouble), var.to(at::kDouble)});
-    std::vector<at::Tensor> in{local};
+    std::vector<at::Tensor> in{local.to(comm_device)};
     std::vector<std::vector<at::Tensor>> out(1);
     for (int r = 0; r < backend->getSize(); ++r) {
-      out[0].push_back(at::empty_like(local));
+      out[0].push_back(at::empty_like(in[0]));
     }
     c10d::AllgatherOptions opts;
     opts.timeout = std::chrono::milliseconds(timeout_ms);
     backend->allgather(out, in, opts)->wait(opts.timeout);
-    auto stats = at::stack(out[0]);
+    auto stats = at::stack(out[0]).to(x.device());
     auto counts = stats.narrow(1, 0, 1);
     auto means = stats.narrow(1, 1, channels);
     auto vars = stats.narrow(1, 1 + channels, channels);
@@ -258,6 +270,7 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     ctx->save_for_backward({input, weight, mean_f, invstd});
     ctx->saved_data["count"] = n;
     ctx->saved_data["backend"] = c10::IValue::make_capsule(backend);
+    ctx->saved_data["comm_device"] = comm_device;
     ctx->saved_data["timeout_ms"] = timeout_ms;
     return y.to(input.scalar_type());
   }
@@ -280,7 +293,8 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     auto xhat = (input.to(at::kFloat) - mean.view(shape)) * invstd.view(shape);
     auto sum_dy = dy.sum(dims);
     auto sum_dy_xhat = (dy * xhat).sum(dims);
-    std::vector<at::Tensor> io{at::cat({sum_dy, sum_dy_xhat})};
+    const auto comm_device = ctx->saved_data["comm_device"].toDevice();
+    std::vector<at::Tensor> io{at::cat({sum_dy, sum_dy_xhat}).to(comm_device)};
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
     opts.timeout = timeout;
@@ -290,8 +304,9 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
       TORCH_CHECK(false, "sync_batch_norm backward: all-reduce failed on rank ",
                   backend->getRank(), " of ", backend->getSize(), ": ", e.what());
     }
-    auto global_dy = io[0].narrow(0, 0, channels) / n;
-    auto global_dy_xhat = io[0].narrow(0, channels, channels) / n;
+    auto sums = io[0].to(dy.device());
+    auto global_dy = sums.narrow(0, 0, channels) / n;
+    auto global_dy_xhat = sums.narrow(0, channels, channels) / n;
     auto scale = weight.defined() ? invstd * weight.to(at::kFloat) : invstd;
     auto grad_input = (dy - global_dy.view(shape) - xhat * global_dy_xhat.view(shape)) *
                       scale.view(shape);
@@ -302,7 +317,7 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
       grad_bias = sum_dy.to(weight.scalar_type());
     }
     return {grad_input.to(input.scalar_type()), grad_weight, grad_bias, at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 
   // [1, C, 1, ...]: per-channel values broadcast over an input of the same rank.
@@ -330,10 +345,19 @@ typedef struct Group fk_group;
 
 void fk_free_error(char* message) { std::free(message); }
 
+// NULL when the NCCL backend is compiled in, otherwise why not (free it with fk_free_error).
+char* fk_nccl_unavailable() {
+  auto reason = fusekit::nccl_unavailable_reason();
+  return reason.empty() ? nullptr : dup_message(reason);
+}
+
+// Joins a group on `backend` (kGloo or kNccl); NCCL uses CUDA device `device_index`.
 char* fk_group_create(int rank, int world, const char* master_addr, uint16_t master_port,
-                      int64_t timeout_ms, bool host_store, const char* prefix, fk_group** out) {
+                      int64_t timeout_ms, bool host_store, const char* prefix, int backend,
+                      int device_index, fk_group** out) {
   *out = nullptr;
   return guarded([&] {
+    TORCH_CHECK(backend == kGloo || backend == kNccl, "unknown backend ", backend);
     TORCH_CHECK(world >= 1, "world size must be at least 1, got ", world);
     TORCH_CHECK(rank >= 0 && rank < world, "rank ", rank, " is outside world size ", world);
     TORCH_CHECK(timeout_ms > 0, "timeout must be positive");
@@ -342,15 +366,21 @@ char* fk_group_create(int rank, int world, const char* master_addr, uint16_t mas
     store_opts.port = master_port;
     store_opts.isServer = host_store;
     store_opts.numWorkers = static_cast<size_t>(world);
-    // Gloo's own rendezvous waits (within `timeout`) for every rank's address in the store.
+    // Both backends' own rendezvous waits (within `timeout`) for the ranks' keys in the store.
     store_opts.waitWorkers = false;
     store_opts.timeout = timeout;
     c10::intrusive_ptr<c10d::Store> tcp =
         c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), store_opts);
     auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
-    auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
-    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-    *out = new Group{store, backend, timeout, rank, world};
+    if (backend == kNccl) {
+      auto nccl = fusekit::make_nccl_backend(store, rank, world, timeout, device_index);
+      c10::Device device(c10::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+      *out = new Group{store, nccl, device, timeout, rank, world};
+    } else {
+      auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
+      auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+      *out = new Group{store, gloo, c10::Device(c10::kCPU), timeout, rank, world};
+    }
   });
 }
 
@@ -378,7 +408,7 @@ char* fk_group_broadcast(fk_group* group, at::Tensor* const* tensors, size_t n, 
     std::vector<at::Tensor> flats;
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     for (const auto& bucket : parts) {
-      std::vector<at::Tensor> io{flatten(bucket)};
+      std::vector<at::Tensor> io{flatten(bucket, group->device)};
       c10d::BroadcastOptions opts;
       opts.rootRank = root;
       opts.timeout = group->timeout;
@@ -421,7 +451,7 @@ char* fk_group_all_gather(fk_group* group, const at::Tensor* input, at::Tensor**
   return guarded([&] {
     TORCH_CHECK(input != nullptr && input->defined(), "input tensor is undefined");
     at::NoGradGuard no_grad;
-    std::vector<at::Tensor> in{input->contiguous()};
+    std::vector<at::Tensor> in{input->contiguous().to(group->device)};
     check_same_layout(*group, in[0]);
     std::vector<std::vector<at::Tensor>> out(1);
     for (int r = 0; r < group->world; ++r) {
@@ -431,7 +461,7 @@ char* fk_group_all_gather(fk_group* group, const at::Tensor* input, at::Tensor**
     opts.timeout = group->timeout;
     wait(*group, group->backend->allgather(out, in, opts));
     for (int r = 0; r < group->world; ++r) {
-      outputs[r] = new at::Tensor(out[0][r]);
+      outputs[r] = new at::Tensor(out[0][r].to(input->device()));
     }
   });
 }
@@ -449,7 +479,7 @@ char* fk_sync_batch_norm(fk_group* group, const at::Tensor* input, const at::Ten
     auto or_undefined = [](const at::Tensor* t) { return t == nullptr ? at::Tensor() : *t; };
     at::Tensor y = SyncBatchNorm::apply(*input, or_undefined(weight), or_undefined(bias),
                                         or_undefined(running_mean), or_undefined(running_var),
-                                        eps, momentum, group->backend,
+                                        eps, momentum, group->backend, group->device,
                                         static_cast<int64_t>(group->timeout.count()));
     *output = new at::Tensor(std::move(y));
   });

@@ -1,8 +1,11 @@
 //! Data-parallel collectives for fusekit through libtorch's own c10d.
 //!
-//! A [`ProcessGroup`] is a c10d `TCPStore` rendezvous plus a c10d Gloo backend, reached through a
-//! small C++ shim (`shim/c10d_shim.cpp`) compiled against the libtorch that torch-sys links. No
-//! collective or wire protocol is implemented here: every byte moves through libtorch's Gloo.
+//! A [`ProcessGroup`] is a c10d `TCPStore` rendezvous plus a c10d backend, Gloo or NCCL
+//! ([`Backend`]), reached through a small C++ shim (`shim/c10d_shim.cpp`, and
+//! `shim/nccl_backend.cpp` for NCCL) compiled against the libtorch that torch-sys links. No
+//! collective or wire protocol is implemented here: every byte moves through libtorch's Gloo or
+//! NCCL. [`Backend::for_device`] picks as `torch.distributed` does: NCCL to train on CUDA, Gloo
+//! otherwise; [`ProcessGroup::from_env`] and [`ProcessGroup::new`] use Gloo.
 //!
 //! # Launching
 //! [`ProcessGroup::from_env`] reads torchrun's environment contract (`RANK`, `WORLD_SIZE`,
@@ -14,8 +17,9 @@
 //! hosts it on `MASTER_ADDR:MASTER_PORT`.
 //!
 //! # Use in a trainer
-//! 1. `let pg = ProcessGroup::from_env(timeout)?;` once, before building the model; pick the
-//!    device from [`ProcessGroup::local_rank`] on CUDA.
+//! 1. `let pg = ProcessGroup::from_env_with(timeout, Backend::for_device(device))?;` once,
+//!    before building the model; on CUDA, train on device [`ProcessGroup::local_rank`] (the
+//!    device NCCL is bound to).
 //! 2. After building (or loading) the model: [`ProcessGroup::broadcast_var_store`] from rank 0,
 //!    so that every rank starts from rank 0's parameters and buffers.
 //! 3. Each optimizer step: backward on the local batch (batch size per rank), then
@@ -28,8 +32,32 @@
 //!    collective fail (at most after the timeout) with [`DistError::Collective`].
 //!
 //! # Limits
-//! Gloo only: no NCCL backend yet (CUDA tensors go through Gloo, which stages them on the
-//! host).
+//! NCCL is compiled, linked and its failure paths are tested, but no NCCL collective has run in
+//! this crate's tests: they run on machines without a GPU, where [`ProcessGroup::new_with`]
+//! fails with [`DistError::NoCudaDevice`] (or [`DistError::NcclUnavailable`] for a build
+//! without NCCL) before contacting anyone. What the Gloo tests check of timeouts and dead peers
+//! is not checked for NCCL, whose failures go through libtorch's NCCL watchdog: per its
+//! `TORCH_NCCL_*` settings, a timed-out or failed collective may end the process instead of
+//! returning [`DistError::Collective`]. With Gloo, CUDA tensors are staged through host memory;
+//! with NCCL, CPU tensors (small metric tensors, say) are staged through the rank's device.
+//!
+//! # NCCL in the build
+//! `build.rs` compiles `shim/nccl_backend.cpp` with `USE_C10D_NCCL` when libtorch has
+//! `libtorch_cuda.so` and `ProcessGroupNCCL.hpp` and it finds `nccl.h`, the CUDA runtime,
+//! `crt/`, CCCL (`nv/target`), cuBLAS, cuSPARSE and cuSOLVER headers, in `$FUSEKIT_CUDA_INCLUDE`
+//! (folders separated by `:`), the torch wheel's `nvidia/*/include` folders, or
+//! `~/.cache/fusekit/cuda-headers/nvidia/*/include` (`$FUSEKIT_HOME/cuda-headers`), where
+//! `cargo xtask setup` installs the `crt` and `cccl` parts of the CUDA toolkit that torch
+//! pins (the wheel's own dependencies lack them), and the CUDA runtime headers are the release
+//! libtorch was built with (`cuda` in `torch/version.py`). It then links `torch_cuda` and
+//! `c10_cuda`. Otherwise the file compiles to a variant that reports why (a cargo warning says
+//! so too when libtorch is a CUDA build), and NCCL fails with [`DistError::NcclUnavailable`].
+//! Unlike Gloo's, `ProcessGroupNCCL`'s layout comes from the same torch build's own headers;
+//! for torch 2.13.0 the shim's `sizeof` of the class and of its `Options` (0x480, 0x100) equal
+//! what libtorch allocates (`operator new` in `ProcessGroupNCCL::split` and in
+//! libtorch_python's `Options` bindings), and the constructor and `Options(bool)` are exported
+//! by `libtorch_cuda.so`. Header folders installed after a build are seen once the build script
+//! reruns (`cargo clean -p fusekit-dist`).
 //!
 //! # Synchronised batch norm
 //! [`ProcessGroup::sync_batch_norm`] is a libtorch autograd function written in the shim (tch
@@ -81,8 +109,11 @@ mod ffi {
             timeout_ms: i64,
             host_store: bool,
             prefix: *const c_char,
+            backend: i32,
+            device_index: i32,
             out: *mut *mut FkGroup,
         ) -> *mut c_char;
+        pub fn fk_nccl_unavailable() -> *mut c_char;
         pub fn fk_group_destroy(group: *mut FkGroup);
         pub fn fk_group_barrier(group: *mut FkGroup) -> *mut c_char;
         pub fn fk_group_broadcast(
@@ -143,7 +174,24 @@ pub enum DistError {
     /// The rendezvous settings are inconsistent (before anything is contacted).
     #[error("invalid process group settings: {0}")]
     InvalidConfig(String),
-    /// The rendezvous or the Gloo connections could not be set up.
+    /// NCCL was asked for, but this build has no NCCL backend (before anything is contacted).
+    #[error("the NCCL backend is not available: {reason}")]
+    NcclUnavailable {
+        /// Why the build left it out (for example a CPU-only libtorch).
+        reason: String,
+    },
+    /// NCCL was asked for, but this process sees no CUDA device `LOCAL_RANK` (before anything
+    /// is contacted).
+    #[error(
+        "the NCCL backend needs CUDA device {local_rank} (LOCAL_RANK), but this process sees {available} CUDA device(s)"
+    )]
+    NoCudaDevice {
+        /// The device the rank would use.
+        local_rank: usize,
+        /// How many CUDA devices libtorch sees.
+        available: usize,
+    },
+    /// The rendezvous or the backend's connections could not be set up.
     #[error(
         "process group init failed for rank {rank} of {world_size} (store {master_addr}:{master_port}): {message}"
     )]
@@ -171,6 +219,56 @@ pub enum DistError {
         /// libtorch's message.
         message: String,
     },
+}
+
+/// The c10d backend that carries a group's collectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Gloo: collectives on CPU tensors; CUDA tensors are copied to the host and back.
+    Gloo,
+    /// NCCL: collectives on CUDA device `LOCAL_RANK`; tensors elsewhere (CPU tensors too) are
+    /// copied there and back. Needs a build with NCCL (see the crate docs) and that device.
+    Nccl,
+}
+
+impl Backend {
+    /// NCCL for a CUDA device, Gloo otherwise: what `torch.distributed` picks by default.
+    pub fn for_device(device: tch::Device) -> Self {
+        if device.is_cuda() {
+            Self::Nccl
+        } else {
+            Self::Gloo
+        }
+    }
+
+    /// Whether this build has the backend; `Err` says why not.
+    pub fn check_built(self) -> Result<(), DistError> {
+        match self {
+            Self::Gloo => Ok(()),
+            // SAFETY: no arguments; a non-null result is an owned message.
+            Self::Nccl => match take_error(unsafe { ffi::fk_nccl_unavailable() }) {
+                None => Ok(()),
+                Some(reason) => Err(DistError::NcclUnavailable { reason }),
+            },
+        }
+    }
+
+    /// The shim's number for the backend.
+    fn code(self) -> i32 {
+        match self {
+            Self::Gloo => 0,
+            Self::Nccl => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Gloo => "gloo",
+            Self::Nccl => "nccl",
+        })
+    }
 }
 
 /// Where and how a rank joins its group: torchrun's environment contract, parsed.
@@ -264,11 +362,12 @@ fn parse<T: std::str::FromStr>(
     })
 }
 
-/// A joined c10d process group (Gloo backend); dropping it closes the connections.
+/// A joined c10d process group (Gloo or NCCL backend); dropping it closes the connections.
 ///
 /// Every rank must call the same collectives in the same order with matching tensors.
 pub struct ProcessGroup {
     group: NonNull<ffi::FkGroup>,
+    backend: Backend,
     rank: usize,
     world_size: usize,
     local_rank: usize,
@@ -281,6 +380,7 @@ unsafe impl Send for ProcessGroup {}
 impl std::fmt::Debug for ProcessGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessGroup")
+            .field("backend", &self.backend)
             .field("rank", &self.rank)
             .field("world_size", &self.world_size)
             .field("local_rank", &self.local_rank)
@@ -289,18 +389,35 @@ impl std::fmt::Debug for ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Joins the group that torchrun's environment describes; `None` for a single process.
+    /// Joins the Gloo group that torchrun's environment describes; `None` for a single process.
     ///
     /// `timeout` bounds the rendezvous and every collective: a missing or dead peer turns into
     /// an error after at most that long, never a hang.
     pub fn from_env(timeout: Duration) -> Result<Option<Self>, DistError> {
+        Self::from_env_with(timeout, Backend::Gloo)
+    }
+
+    /// Like [`ProcessGroup::from_env`], on `backend` (for NCCL, see the crate's Limits on
+    /// timeouts).
+    pub fn from_env_with(timeout: Duration, backend: Backend) -> Result<Option<Self>, DistError> {
         Rendezvous::from_env()?
-            .map(|rdzv| Self::new(&rdzv, timeout))
+            .map(|rdzv| Self::new_with(&rdzv, timeout, backend))
             .transpose()
     }
 
-    /// Joins the group described by `rdzv`, waiting at most `timeout` for the other ranks.
+    /// Joins the Gloo group described by `rdzv`, waiting at most `timeout` for the other ranks.
     pub fn new(rdzv: &Rendezvous, timeout: Duration) -> Result<Self, DistError> {
+        Self::new_with(rdzv, timeout, Backend::Gloo)
+    }
+
+    /// Like [`ProcessGroup::new`], on `backend`. NCCL fails with
+    /// [`DistError::NcclUnavailable`] or [`DistError::NoCudaDevice`] before contacting anyone
+    /// when this build lacks it or CUDA device `rdzv.local_rank` does not exist.
+    pub fn new_with(
+        rdzv: &Rendezvous,
+        timeout: Duration,
+        backend: Backend,
+    ) -> Result<Self, DistError> {
         let invalid = |message: String| DistError::InvalidConfig(message);
         if rdzv.world_size == 0 || rdzv.rank >= rdzv.world_size {
             return Err(invalid(format!(
@@ -318,6 +435,18 @@ impl ProcessGroup {
             .map_err(|_| invalid("MASTER_ADDR contains a NUL byte".to_owned()))?;
         let prefix = CString::new(rdzv.prefix.as_str())
             .map_err(|_| invalid("the store prefix contains a NUL byte".to_owned()))?;
+        backend.check_built()?;
+        if backend == Backend::Nccl {
+            let available = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+            if rdzv.local_rank >= available {
+                return Err(DistError::NoCudaDevice {
+                    local_rank: rdzv.local_rank,
+                    available,
+                });
+            }
+        }
+        let device_index = i32::try_from(rdzv.local_rank)
+            .map_err(|_| invalid(format!("LOCAL_RANK {} is too large", rdzv.local_rank)))?;
         let mut group = std::ptr::null_mut();
         // SAFETY: the strings outlive the call; `group` is written only on success.
         let error = unsafe {
@@ -329,6 +458,8 @@ impl ProcessGroup {
                 timeout_ms,
                 rdzv.host_store,
                 prefix.as_ptr(),
+                backend.code(),
+                device_index,
                 &mut group,
             )
         };
@@ -350,10 +481,16 @@ impl ProcessGroup {
         })?;
         Ok(Self {
             group,
+            backend,
             rank: rdzv.rank,
             world_size: rdzv.world_size,
             local_rank: rdzv.local_rank,
         })
+    }
+
+    /// The backend that carries the collectives.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// This process's rank in `0..world_size()`.
@@ -563,6 +700,14 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn backend_follows_the_device() {
+        assert_eq!(Backend::for_device(tch::Device::Cuda(1)), Backend::Nccl);
+        assert_eq!(Backend::for_device(tch::Device::Cpu), Backend::Gloo);
+        assert_eq!(Backend::Nccl.to_string(), "nccl");
+        assert!(Backend::Gloo.check_built().is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use fusekit_dist::{DistError, ProcessGroup, Rendezvous};
+use fusekit_dist::{Backend, DistError, ProcessGroup, Rendezvous};
 use tch::nn::{self, Module, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -658,6 +658,47 @@ fn missing_peer_fails_init_within_timeout() {
     assert!(start.elapsed() < timeout + Duration::from_secs(10));
 }
 
+/// NCCL on a CUDA device this process does not have (any device on a machine without one, as
+/// here) fails at once with a typed error, without contacting the store or crashing.
+#[test]
+fn nccl_without_its_cuda_device_fails_before_contacting_anyone() {
+    let available = tch::Cuda::device_count().max(0) as usize;
+    let rdzv = Rendezvous {
+        rank: 1,
+        world_size: 2,
+        local_rank: available,
+        master_addr: "127.0.0.1".to_owned(),
+        // Nobody listens there: contacting the store would wait for the whole timeout.
+        master_port: free_port(),
+        host_store: false,
+        prefix: "test/".to_owned(),
+    };
+    let start = Instant::now();
+    let err = ProcessGroup::new_with(&rdzv, Duration::from_secs(30), Backend::Nccl).unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    match Backend::Nccl.check_built() {
+        Ok(()) => {
+            assert!(
+                matches!(err, DistError::NoCudaDevice { local_rank, available: a }
+                    if local_rank == available && a == available),
+                "{err}"
+            );
+            assert!(err.to_string().contains("needs CUDA device"), "{err}");
+        }
+        Err(DistError::NcclUnavailable { reason }) => {
+            assert!(
+                matches!(&err, DistError::NcclUnavailable { reason: r } if *r == reason),
+                "{err}"
+            );
+        }
+        Err(other) => panic!("unexpected {other}"),
+    }
+}
+
 #[test]
 fn stalled_rank_makes_the_other_fail_within_timeout() {
     let timeout = Duration::from_secs(3);
@@ -688,6 +729,10 @@ fn torchrun_launches_two_ranks() {
     let mut child = worker_command("python3", dir.path(), "collectives", 20_000, &log)
         .args(["-m", "torch.distributed.run", "--nproc_per_node=2"])
         .arg(format!("--master_port={}", free_port()))
+        // Each rank's output in a file of its own: on a shared stream the ranks' lines can
+        // interleave mid-line.
+        .arg(format!("--log-dir={}", dir.path().join("ranks").display()))
+        .arg("--redirects=3")
         .arg("--no-python")
         .arg(std::env::current_exe().unwrap())
         .args(WORKER_ARGS)
@@ -701,9 +746,23 @@ fn torchrun_launches_two_ranks() {
     };
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "torchrun failed ({status}):\n{text}");
-    assert_eq!(
-        text.matches("test result: ok. 1 passed").count(),
-        2,
-        "{text}"
-    );
+    let outputs = rank_outputs(&dir.path().join("ranks"));
+    assert_eq!(outputs.len(), 2, "one stdout.log per rank:\n{text}");
+    for output in &outputs {
+        assert!(output.contains("test result: ok. 1 passed"), "{output}");
+    }
+}
+
+/// The contents of every `stdout.log` below `dir` (torchrun's `--log-dir` layout).
+fn rank_outputs(dir: &Path) -> Vec<String> {
+    let mut outputs = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            outputs.extend(rank_outputs(&path));
+        } else if path.file_name().is_some_and(|name| name == "stdout.log") {
+            outputs.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    outputs
 }

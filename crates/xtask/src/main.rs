@@ -2,7 +2,8 @@
 //!
 //! - `setup`: install libtorch (PyPI's `torch` wheel) once under `~/.cache/fusekit` (or
 //!   `$FUSEKIT_HOME`) and link it as `.libtorch`, where `.cargo/config.toml` points torch-sys;
-//!   unpack Debian's `libgloo-dev` headers beside it for fusekit-dist's c10d shim.
+//!   unpack Debian's `libgloo-dev` headers beside it for fusekit-dist's c10d shim, and (for a
+//!   CUDA torch) install the CUDA headers its NCCL backend compiles with that the wheel lacks.
 //! - `demo`: setup, build fusekit and run `pipelines/sample.yaml` (which generates the sample
 //!   dataset if missing, lints, splits, caches, trains and predicts).
 //! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
@@ -15,6 +16,8 @@ use anyhow::{Context, bail, ensure};
 
 /// The torch release tch 0.26 is built against.
 const TORCH_VERSION: &str = "2.13.0";
+/// The `cuda-toolkit` release that torch 2.13.0's Linux wheel depends on.
+const CUDA_TOOLKIT_VERSION: &str = "13.0.3.0";
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -93,7 +96,47 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
         target.display()
     );
     gloo_headers()?;
+    if target.join("torch/lib/libtorch_cuda.so").is_file() {
+        cuda_headers()?;
+    }
     Ok(target)
+}
+
+/// Installs the `crt` and `cccl` parts of the CUDA toolkit that torch was built with into
+/// `<home>/cuda-headers` unless they are there: `ProcessGroupNCCL.hpp` includes
+/// `cuda_runtime.h`, which needs `crt/host_config.h` and CCCL's `nv/target`, and the wheel's
+/// own CUDA dependencies ship neither. fusekit-dist's build looks for them there.
+fn cuda_headers() -> anyhow::Result<()> {
+    let target = fusekit_home()?.join("cuda-headers");
+    let marker = target.join(format!("cuda_toolkit-{CUDA_TOOLKIT_VERSION}.dist-info"));
+    if marker.is_dir() {
+        return Ok(());
+    }
+    let partial = target.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    eprintln!(
+        "xtask: installing cuda-toolkit {CUDA_TOOLKIT_VERSION}'s crt and cccl headers (for NCCL) \
+into {}",
+        target.display()
+    );
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(&partial)
+        .arg(format!("cuda-toolkit[crt,cccl]=={CUDA_TOOLKIT_VERSION}")))?;
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
+    std::fs::rename(&partial, &target)
+        .with_context(|| format!("moving {} into place", partial.display()))
 }
 
 /// Unpacks Debian's `libgloo-dev` (headers only, not installed) into `<home>/libgloo-dev` unless
