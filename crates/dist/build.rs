@@ -53,27 +53,34 @@ fn main() {
     system_includes(&mut shim, torch_includes.iter().chain([&gloo]));
     shim.compile("fusekit_c10d");
 
-    let mut nccl = cc::Build::new();
-    nccl.cpp(true)
-        .file("shim/nccl_backend.cpp")
-        .std("c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", "1");
-    let nccl_found = nccl_includes(&lib_dir);
-    match &nccl_found {
-        Ok(dirs) => {
-            nccl.define("USE_C10D_NCCL", None);
-            system_includes(&mut nccl, torch_includes.iter().chain(dirs));
+    let nccl_build = || {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .file("shim/nccl_backend.cpp")
+            .std("c++17")
+            .define("_GLIBCXX_USE_CXX11_ABI", "1");
+        build
+    };
+    // With the headers found, the real backend; should it not compile (a CUDA header refusing
+    // this compiler, say), the variant that reports why, so that the rest still builds.
+    let nccl_found = nccl_includes(&lib_dir).and_then(|dirs| {
+        let mut nccl = nccl_build();
+        nccl.define("USE_C10D_NCCL", None);
+        system_includes(&mut nccl, torch_includes.iter().chain(&dirs));
+        nccl.try_compile("fusekit_c10d_nccl")
+            .map_err(|error| format!("compiling shim/nccl_backend.cpp failed: {error}"))
+    });
+    if let Err(reason) = &nccl_found {
+        // A CPU-only libtorch is an ordinary setup; a CUDA one without NCCL is not.
+        if lib_dir.join("libtorch_cuda.so").exists() {
+            println!("cargo:warning=fusekit-dist builds without NCCL: {reason}");
         }
-        Err(reason) => {
-            // A CPU-only libtorch is an ordinary setup; a CUDA one without headers is not.
-            if lib_dir.join("libtorch_cuda.so").exists() {
-                println!("cargo:warning=fusekit-dist builds without NCCL: {reason}");
-            }
-            nccl.define("FUSEKIT_NO_NCCL_REASON", Some(c_string(reason).as_str()));
-            system_includes(&mut nccl, torch_includes.iter());
-        }
+        let mut nccl = nccl_build();
+        nccl.define("FUSEKIT_NO_NCCL_REASON", Some(c_string(reason).as_str()));
+        system_includes(&mut nccl, torch_includes.iter());
+        nccl.compile("fusekit_c10d_nccl");
     }
-    nccl.compile("fusekit_c10d_nccl");
 
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     if nccl_found.is_ok() {

@@ -221,10 +221,7 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
                             double eps, double momentum,
                             const c10::intrusive_ptr<c10d::Backend>& backend,
                             c10::Device comm_device, int64_t timeout_ms) {
-    TORCH_CHECK(input.dim() >= 2, "sync_batch_norm expects [N, C, ...] input, got ", input.dim(),
-                " dimensions");
     const int64_t channels = input.size(1);
-    const auto shape = channel_shape(input);
     const auto dims = reduced_dims(input);
     auto x = input.to(at::kFloat);
     const int64_t local_count = channels == 0 ? 0 : input.numel() / channels;
@@ -253,21 +250,17 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
                 n);
     auto global_mean = (counts * means).sum(0) / n;
     auto global_var = (counts * (vars + (means - global_mean).pow(2))).sum(0) / n;
-    if (running_mean.defined()) {
-      running_mean.mul_(1 - momentum).add_(global_mean.to(running_mean.scalar_type()), momentum);
-    }
-    if (running_var.defined()) {
-      running_var.mul_(1 - momentum)
-          .add_((global_var * (n / (n - 1))).to(running_var.scalar_type()), momentum);
-    }
+    running_mean.mul_(1 - momentum).add_(global_mean.to(running_mean.scalar_type()), momentum);
+    running_var.mul_(1 - momentum)
+        .add_((global_var * (n / (n - 1))).to(running_var.scalar_type()), momentum);
     auto mean_f = global_mean.to(at::kFloat);
-    auto invstd = (global_var + eps).rsqrt().to(at::kFloat);
-    auto scale = weight.defined() ? invstd * weight.to(at::kFloat) : invstd;
-    auto y = (x - mean_f.view(shape)) * scale.view(shape);
-    if (bias.defined()) {
-      y = y + bias.to(at::kFloat).view(shape);
-    }
-    ctx->save_for_backward({input, weight, mean_f, invstd});
+    auto var_f = global_var.to(at::kFloat);
+    auto weight_f = weight.to(at::kFloat);
+    // Libtorch's evaluation-mode kernel normalises with given statistics in one pass.
+    auto y = at::batch_norm(x, weight_f, bias.to(at::kFloat), mean_f, var_f, /*training=*/false,
+                            0.0, eps, /*cudnn_enabled=*/true);
+    ctx->save_for_backward({input, weight_f, mean_f, var_f});
+    ctx->saved_data["eps"] = eps;
     ctx->saved_data["count"] = n;
     ctx->saved_data["backend"] = c10::IValue::make_capsule(backend);
     ctx->saved_data["comm_device"] = comm_device;
@@ -281,18 +274,21 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     const auto& input = saved[0];
     const auto& weight = saved[1];
     const auto& mean = saved[2];
-    const auto& invstd = saved[3];
+    const auto& var = saved[3];
+    const double eps = ctx->saved_data["eps"].toDouble();
     const double n = ctx->saved_data["count"].toDouble();
     auto backend = c10::static_intrusive_pointer_cast<c10d::Backend>(
         ctx->saved_data["backend"].toCapsule());
     const auto timeout = std::chrono::milliseconds(ctx->saved_data["timeout_ms"].toInt());
     const auto shape = channel_shape(input);
-    const auto dims = reduced_dims(input);
     const int64_t channels = input.size(1);
     auto dy = grads[0].to(at::kFloat);
-    auto xhat = (input.to(at::kFloat) - mean.view(shape)) * invstd.view(shape);
-    auto sum_dy = dy.sum(dims);
-    auto sum_dy_xhat = (dy * xhat).sum(dims);
+    auto x = input.to(at::kFloat);
+    // The evaluation-mode backward kernel gives, in one reduction, the local sums of dy * xhat
+    // and of dy, and weight * invstd * dy: the global terms are added below.
+    auto [grad_input, sum_dy_xhat, sum_dy] = at::native_batch_norm_backward(
+        dy, x, weight, mean, var, at::Tensor(), at::Tensor(), /*train=*/false, eps,
+        {true, true, true});
     const auto comm_device = ctx->saved_data["comm_device"].toDevice();
     std::vector<at::Tensor> io{at::cat({sum_dy, sum_dy_xhat}).to(comm_device)};
     c10d::AllreduceOptions opts;
@@ -305,18 +301,15 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
                   backend->getRank(), " of ", backend->getSize(), ": ", e.what());
     }
     auto sums = io[0].to(dy.device());
-    auto global_dy = sums.narrow(0, 0, channels) / n;
-    auto global_dy_xhat = sums.narrow(0, channels, channels) / n;
-    auto scale = weight.defined() ? invstd * weight.to(at::kFloat) : invstd;
-    auto grad_input = (dy - global_dy.view(shape) - xhat * global_dy_xhat.view(shape)) *
-                      scale.view(shape);
-    at::Tensor grad_weight;
-    at::Tensor grad_bias;
-    if (weight.defined()) {
-      grad_weight = sum_dy_xhat.to(weight.scalar_type());
-      grad_bias = sum_dy.to(weight.scalar_type());
-    }
-    return {grad_input.to(input.scalar_type()), grad_weight, grad_bias, at::Tensor(), at::Tensor(),
+    auto mean_dy = sums.narrow(0, 0, channels) / n;
+    auto mean_dy_xhat = sums.narrow(0, channels, channels) / n;
+    // weight * invstd * (mean_dy + xhat * mean_dy_xhat), written as x * slope + offset.
+    auto invstd = (var + eps).rsqrt();
+    auto scale = invstd * weight;
+    auto slope = scale * mean_dy_xhat * invstd;
+    auto offset = scale * mean_dy - slope * mean;
+    grad_input.sub_(offset.view(shape)).addcmul_(x, slope.view(shape), -1);
+    return {grad_input.to(input.scalar_type()), sum_dy_xhat, sum_dy, at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 
@@ -467,8 +460,9 @@ char* fk_group_all_gather(fk_group* group, const at::Tensor* input, at::Tensor**
 }
 
 // Training-mode batch normalisation of `input` with statistics over every rank's input (see
-// SyncBatchNorm); `weight`, `bias` and the running statistics may be NULL. On success `*output`
-// is a new tensor (taken over by tch) whose gradient flows back through the group.
+// SyncBatchNorm); `weight` and `bias` may be NULL (a layer without affine parameters), the
+// running statistics may not. On success `*output` is a new tensor (taken over by tch) whose
+// gradient flows back through the group.
 char* fk_sync_batch_norm(fk_group* group, const at::Tensor* input, const at::Tensor* weight,
                          const at::Tensor* bias, const at::Tensor* running_mean,
                          const at::Tensor* running_var, double eps, double momentum,
@@ -476,10 +470,20 @@ char* fk_sync_batch_norm(fk_group* group, const at::Tensor* input, const at::Ten
   *output = nullptr;
   return guarded([&] {
     TORCH_CHECK(input != nullptr && input->defined(), "input tensor is undefined");
-    auto or_undefined = [](const at::Tensor* t) { return t == nullptr ? at::Tensor() : *t; };
-    at::Tensor y = SyncBatchNorm::apply(*input, or_undefined(weight), or_undefined(bias),
-                                        or_undefined(running_mean), or_undefined(running_var),
-                                        eps, momentum, group->backend, group->device,
+    TORCH_CHECK(input->dim() >= 2, "sync_batch_norm expects [N, C, ...] input, got ",
+                input->dim(), " dimensions");
+    TORCH_CHECK(running_mean != nullptr && running_mean->defined() && running_var != nullptr &&
+                    running_var->defined(),
+                "sync_batch_norm needs the layer's running statistics");
+    // Without affine parameters: a constant scale of 1 and shift of 0, which need no gradient.
+    auto constant = [&](const at::Tensor* t, double value) {
+      return t != nullptr && t->defined()
+                 ? *t
+                 : at::full({input->size(1)}, value, input->options().dtype(at::kFloat));
+    };
+    at::Tensor y = SyncBatchNorm::apply(*input, constant(weight, 1.0), constant(bias, 0.0),
+                                        *running_mean, *running_var, eps, momentum,
+                                        group->backend, group->device,
                                         static_cast<int64_t>(group->timeout.count()));
     *output = new at::Tensor(std::move(y));
   });

@@ -11,6 +11,17 @@
 
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/util/Exception.h>
+#include <torch/version.h>
+
+// What libtorch 2.13.0 itself allocates for these classes (operator new in
+// ProcessGroupNCCL::split and in libtorch_python's Options bindings): headers from elsewhere
+// (FUSEKIT_CUDA_INCLUDE pointing at another nccl.h, say) must not change them.
+#if TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR == 13
+static_assert(sizeof(c10d::ProcessGroupNCCL) == 0x480,
+              "ProcessGroupNCCL layout differs from libtorch 2.13");
+static_assert(sizeof(c10d::ProcessGroupNCCL::Options) == 0x100,
+              "ProcessGroupNCCL::Options layout differs from libtorch 2.13");
+#endif
 
 namespace fusekit {
 

@@ -359,6 +359,22 @@ fn sync_bn(pg: &ProcessGroup) {
         &reference_bn.bs.as_ref().unwrap().grad(),
     );
 
+    // A layer without affine parameters.
+    let plain = nn::BatchNormConfig {
+        affine: false,
+        ..Default::default()
+    };
+    let bn = nn::batch_norm2d(nn::VarStore::new(Device::Cpu).root(), 3, plain);
+    let reference_bn = nn::batch_norm2d(nn::VarStore::new(Device::Cpu).root(), 3, plain);
+    let y = pg.sync_batch_norm(&x, &bn, BN_EPS, BN_MOMENTUM).unwrap();
+    let reference = tch::no_grad(|| all.apply_t(&reference_bn, true));
+    close("output without affine parameters", &y, &local(&reference));
+    close(
+        "running var without affine parameters",
+        &bn.running_var,
+        &reference_bn.running_var,
+    );
+
     // 2 ranks x B with synchronised batch norm step like 1 rank x 2B with plain batch norm.
     let (dist_vs, dist_net) = BnNet::seeded(300 + rank);
     pg.broadcast_var_store(&dist_vs, 0).unwrap();

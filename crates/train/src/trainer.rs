@@ -764,7 +764,13 @@ fn synchronised_batch_norm(group: &Arc<ProcessGroup>) -> Rc<BatchNormFn> {
     Rc::new(move |xs, bn, eps, momentum| {
         group
             .sync_batch_norm(xs, bn, eps, momentum)
-            .unwrap_or_else(|error| panic::panic_any(error))
+            .unwrap_or_else(|error| match &error {
+                // The device's own failure, handled as every out-of-memory error is.
+                DistError::Collective { message, .. } if is_out_of_memory(message) => {
+                    panic!("{message}")
+                }
+                _ => panic::panic_any(error),
+            })
     })
 }
 
