@@ -629,7 +629,9 @@ fn any_rank(group: &ProcessGroup, flag: bool) -> Result<bool, DistError> {
     Ok(flags[0].double_value(&[0]) > 0.0)
 }
 
-/// Rank 0's epoch record on every rank.
+/// The same epoch record on every rank: rank 0's validation and time, and the training losses
+/// averaged over the ranks (each rank trained on its own shard; every rank ran the same number
+/// of batches).
 fn share_record(group: &ProcessGroup, record: EpochRecord) -> Result<EpochRecord, TrainError> {
     let r = &record;
     let values = [
@@ -644,8 +646,13 @@ fn share_record(group: &ProcessGroup, record: EpochRecord) -> Result<EpochRecord
     ];
     let mut shared = [Tensor::from_slice(&values)];
     group.broadcast(&mut shared, 0)?;
-    let v = Vec::<f64>::try_from(&shared[0]).map_err(|e| TrainError::Numeric(e.to_string()))?;
+    let mut train_loss = [Tensor::from_slice(&r.train_loss)];
+    group.all_reduce_mean(&mut train_loss)?;
+    let numeric = |e: tch::TchError| TrainError::Numeric(e.to_string());
+    let v = Vec::<f64>::try_from(&shared[0]).map_err(numeric)?;
+    let loss = Vec::<f64>::try_from(&train_loss[0]).map_err(numeric)?;
     Ok(EpochRecord {
+        train_loss: [loss[0], loss[1], loss[2]],
         time: v[0],
         precision: v[1],
         recall: v[2],

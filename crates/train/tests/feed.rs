@@ -1,9 +1,11 @@
 //! Cache batches reach libtorch without a copy on the CPU.
 
+mod common;
+
 use std::sync::Arc;
 
-use fusekit_cache::{BuildInput, BuildOptions, Cache, Loader, LoaderOptions, MapMode, build};
-use fusekit_synth::{SynthOptions, generate};
+use fusekit_cache::{Cache, Loader, LoaderOptions};
+use fusekit_synth::SynthOptions;
 use fusekit_train::batch_tensors;
 use tch::{Device, Kind};
 
@@ -17,26 +19,7 @@ fn batch_images_are_a_zero_copy_view_and_targets_follow() {
         scenes: 1,
         ..SynthOptions::default()
     };
-    generate(&dir.path().join("d"), &options, &|| {}).unwrap();
-    let inputs: Vec<BuildInput> = (0..3)
-        .map(|i| {
-            let stem = fusekit_synth::pair_stem(&options, i);
-            BuildInput {
-                name: stem.clone(),
-                rgb: dir.path().join(format!("d/images/{stem}.jpg")),
-                ir: dir.path().join(format!("d/imagesIR/{stem}.jpg")),
-                label: Some(dir.path().join(format!("d/labels/{stem}.txt"))),
-            }
-        })
-        .collect();
-    let target = dir.path().join("c.fkc");
-    let build_options = BuildOptions {
-        imgsz: 64,
-        mode: MapMode::Disk,
-        names: vec!["person".into()],
-        ..BuildOptions::default()
-    };
-    build(&target, &inputs, &build_options, &|| {}).unwrap();
+    let target = common::synth_cache(dir.path(), "d", &options);
     let cache = Arc::new(Cache::open(&target, None).unwrap());
     let loader = Loader::new(
         cache,
