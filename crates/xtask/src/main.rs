@@ -57,32 +57,11 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
     let installed = std::fs::read_to_string(&version_file)
         .is_ok_and(|v| v.contains(&format!("'{TORCH_VERSION}")));
     if !installed {
-        let partial = target.with_extension("partial");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial)
-                .with_context(|| format!("removing {}", partial.display()))?;
-        }
         eprintln!(
             "xtask: installing torch=={TORCH_VERSION} from PyPI into {} (once; ~4.7 GB)",
             target.display()
         );
-        run(Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-warn-script-location",
-                "--target",
-            ])
-            .arg(&partial)
-            .arg(format!("torch=={TORCH_VERSION}")))?;
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        std::fs::rename(&partial, &target)
-            .with_context(|| format!("moving {} into place", partial.display()))?;
+        pip_install_into(&target, &format!("torch=={TORCH_VERSION}"))?;
     }
     let link = root.join(".libtorch");
     if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
@@ -115,15 +94,25 @@ fn cuda_headers() -> anyhow::Result<()> {
     if marker.is_dir() {
         return Ok(());
     }
-    let partial = target.with_extension("partial");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial)?;
-    }
     eprintln!(
         "xtask: installing cuda-toolkit {CUDA_TOOLKIT_VERSION}'s crt and cccl headers (for NCCL) \
 into {}",
         target.display()
     );
+    pip_install_into(
+        &target,
+        &format!("cuda-toolkit[crt,cccl]=={CUDA_TOOLKIT_VERSION}"),
+    )
+}
+
+/// `pip install --target` of `requirement` into `target.partial`, then renamed to `target`
+/// (replacing an older one): an interrupted install never leaves a half-filled `target`.
+fn pip_install_into(target: &Path, requirement: &str) -> anyhow::Result<()> {
+    let partial = target.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
+    }
     run(Command::new("python3")
         .args([
             "-m",
@@ -131,14 +120,15 @@ into {}",
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            "--no-warn-script-location",
             "--target",
         ])
         .arg(&partial)
-        .arg(format!("cuda-toolkit[crt,cccl]=={CUDA_TOOLKIT_VERSION}")))?;
+        .arg(requirement))?;
     if target.exists() {
-        std::fs::remove_dir_all(&target)?;
+        std::fs::remove_dir_all(target)?;
     }
-    std::fs::rename(&partial, &target)
+    std::fs::rename(&partial, target)
         .with_context(|| format!("moving {} into place", partial.display()))
 }
 
