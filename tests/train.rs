@@ -4,15 +4,40 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn fusekit(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fusekit"))
+/// `fusekit ARGS` in `cwd`, with one libtorch thread.
+fn fusekit_command(args: &[&str], cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fusekit"));
+    command
         .args(args)
         .current_dir(cwd)
         // Tests run in parallel on few cores: one libtorch thread each avoids OpenMP threads
         // waiting for a time slice on every operation.
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("fusekit runs")
+        .env("OMP_NUM_THREADS", "1");
+    command
+}
+
+fn fusekit(args: &[&str], cwd: &Path) -> Output {
+    fusekit_command(args, cwd).output().expect("fusekit runs")
+}
+
+/// Waits (up to 120 s) until the run `name` has finished its first epoch.
+fn wait_for_checkpoint(dir: &Path, name: &str) {
+    let checkpoint = dir.join(format!("runs/fuse/{name}/weights/last.ckpt"));
+    let start = std::time::Instant::now();
+    while !checkpoint.is_file() && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(checkpoint.is_file(), "the first epoch never ended");
+}
+
+/// Asserts that the runs `a` and `b` ended with byte-identical last.safetensors.
+fn assert_same_last_weights(dir: &Path, a: &str, b: &str) {
+    let last =
+        |name: &str| std::fs::read(dir.join(format!("runs/fuse/{name}/weights/last.safetensors")));
+    assert!(
+        last(a).unwrap() == last(b).unwrap(),
+        "resumed weights differ from an uninterrupted run"
+    );
 }
 
 fn ok(output: &Output) -> String {
@@ -198,23 +223,16 @@ fn resume_after_kill_9_ends_with_the_same_weights() {
         dir.path(),
     ));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fusekit"))
-        .args(train_args(&[&common[..], &["--name", "killed"]].concat()))
-        .env("OMP_NUM_THREADS", "1")
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = fusekit_command(
+        &train_args(&[&common[..], &["--name", "killed"]].concat()),
+        dir.path(),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let results = dir.path().join("runs/fuse/killed/results.csv");
-    let checkpoint = dir.path().join("runs/fuse/killed/weights/last.ckpt");
-    let start = std::time::Instant::now();
-    loop {
-        if checkpoint.is_file() || start.elapsed().as_secs() > 120 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_checkpoint(dir.path(), "killed");
     child.kill().unwrap();
     let _ = child.wait();
     let out = ok(&fusekit(
@@ -225,13 +243,7 @@ fn resume_after_kill_9_ends_with_the_same_weights() {
     let csv = std::fs::read_to_string(&results).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
 
-    let a = std::fs::read(
-        dir.path()
-            .join("runs/fuse/straight/weights/last.safetensors"),
-    )
-    .unwrap();
-    let b = std::fs::read(dir.path().join("runs/fuse/killed/weights/last.safetensors")).unwrap();
-    assert!(a == b, "resumed weights differ from an uninterrupted run");
+    assert_same_last_weights(dir.path(), "straight", "killed");
 }
 
 #[test]
@@ -396,29 +408,24 @@ fn a_killed_rank_stops_the_other_with_a_clear_error_and_resume_finishes_the_run(
         .unwrap()
         .port();
     let rank = |rank: &str| {
-        Command::new(env!("CARGO_BIN_EXE_fusekit"))
-            .args(train_args(&[&common[..], &["--name", "killed"]].concat()))
-            .env("OMP_NUM_THREADS", "1")
-            .env("RANK", rank)
-            .env("LOCAL_RANK", rank)
-            .env("WORLD_SIZE", "2")
-            .env("LOCAL_WORLD_SIZE", "2")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        fusekit_command(
+            &train_args(&[&common[..], &["--name", "killed"]].concat()),
+            dir.path(),
+        )
+        .env("RANK", rank)
+        .env("LOCAL_RANK", rank)
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
     };
     let rank0 = rank("0");
     let mut rank1 = rank("1");
-    let checkpoint = dir.path().join("runs/fuse/killed/weights/last.ckpt");
-    let start = std::time::Instant::now();
-    while !checkpoint.is_file() && start.elapsed().as_secs() < 120 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(checkpoint.is_file(), "the first epoch never ended");
+    wait_for_checkpoint(dir.path(), "killed");
     rank1.kill().unwrap();
     let killed = std::time::Instant::now();
     let _ = rank1.wait();
@@ -458,13 +465,7 @@ fn a_killed_rank_stops_the_other_with_a_clear_error_and_resume_finishes_the_run(
         &train_args(&[&common[..], &["--nproc", "2", "--name", "straight"]].concat()),
         dir.path(),
     ));
-    let a = std::fs::read(
-        dir.path()
-            .join("runs/fuse/straight/weights/last.safetensors"),
-    )
-    .unwrap();
-    let b = std::fs::read(dir.path().join("runs/fuse/killed/weights/last.safetensors")).unwrap();
-    assert!(a == b, "resumed weights differ from an uninterrupted run");
+    assert_same_last_weights(dir.path(), "straight", "killed");
 }
 
 /// `--sync-bn` normalises with both ranks' statistics: the run completes as one run and ends
