@@ -462,10 +462,11 @@ accumulated for the interrupted step were dropped)",
                     other => break other,
                 }
             };
-            // A rank whose loss is not finite stops every rank at the same batch.
+            // A rank whose loss is not finite stops every rank at the same batch (with
+            // synchronised BatchNorm the ranks agreed on it before the backward pass already).
             let failed = match group {
-                Some(g) => any_rank(g, parts.is_err())?,
-                None => parts.is_err(),
+                Some(g) if micro.sync_bn.is_none() => any_rank(g, parts.is_err())?,
+                _ => parts.is_err(),
             };
             let Some(parts) = parts.ok().filter(|_| !failed) else {
                 let names = batch
@@ -741,9 +742,7 @@ impl MicroBatches<'_> {
         }
         Ok(parts)
     }
-}
 
-impl MicroBatches<'_> {
     /// The failure a libtorch error in the backward pass stands for.
     fn backward_failure(&self, text: String) -> MicroBatchFailure {
         if is_out_of_memory(&text) {
