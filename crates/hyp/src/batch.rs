@@ -274,27 +274,6 @@ impl BatchPlan {
         let batch = u64::from(self.inputs.batch) * u64::from(self.inputs.devices);
         x * batch as f64 * f64::from(self.accumulate) / f64::from(self.inputs.nbs)
     }
-
-    /// The plan after a CUDA out-of-memory error: half the micro-batch, twice the accumulation.
-    ///
-    /// `None` at batch 1 (or if accumulation would overflow). An even batch keeps the effective
-    /// batch, so lr and weight decay are unchanged. An odd batch is rounded down (5 -> 2, the
-    /// point is to use less memory), so the effective batch shrinks (5 x 1 -> 2 x 2) and `lr0` /
-    /// `weight_decay` are re-derived from the new effective batch like any other plan: with
-    /// linear scaling the lr per sample stays the same. Compare [`BatchPlan::effective`] to
-    /// report the change.
-    pub fn halve(&self) -> Option<BatchPlan> {
-        if self.inputs.batch < 2 {
-            return None;
-        }
-        let accumulate = self.accumulate.checked_mul(2)?;
-        BatchPlan::new(BatchInputs {
-            batch: self.inputs.batch / 2,
-            accumulate: Accumulate::Fixed(accumulate),
-            ..self.inputs
-        })
-        .ok()
-    }
 }
 
 impl fmt::Display for BatchPlan {

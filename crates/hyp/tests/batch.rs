@@ -158,32 +158,6 @@ fn invalid_inputs_are_typed_errors() {
 }
 
 #[test]
-fn halving_keeps_even_effective_batches() {
-    let p = plan(16, Accumulate::Auto, 1, LrScaling::Linear);
-    let h = p.halve().unwrap();
-    assert_eq!((h.batch(), h.accumulate(), h.effective()), (8, 8, 64));
-    assert_eq!(h.lr0(), p.lr0());
-    assert_eq!(h.weight_decay(), p.weight_decay());
-    let mut p = h;
-    while let Some(next) = p.halve() {
-        assert_eq!(next.effective(), 64);
-        p = next;
-    }
-    assert_eq!((p.batch(), p.accumulate()), (1, 64));
-    assert!(p.halve().is_none());
-}
-
-#[test]
-fn halving_an_odd_batch_rounds_down_and_rescales() {
-    let p = plan(5, Accumulate::Fixed(1), 1, LrScaling::Linear);
-    let h = p.halve().unwrap();
-    assert_eq!((h.batch(), h.accumulate(), h.effective()), (2, 2, 4));
-    assert!((h.lr0() - 0.01 * 4.0 / 64.0).abs() < 1e-15);
-    let p = plan(5, Accumulate::Fixed(1), 1, LrScaling::None);
-    assert_eq!(p.halve().unwrap().lr0(), 0.01);
-}
-
-#[test]
 fn from_hyp_uses_per_device_batch() {
     let hyp = Hyp {
         batch: 8,
