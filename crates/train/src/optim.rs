@@ -123,12 +123,45 @@ impl Optimizer {
         total
     }
 
-    /// `true` when every gradient is finite.
+    /// `true` when every gradient is finite. One device-to-host read for all of them.
     pub fn grads_finite(&self) -> bool {
-        self.params.iter().all(|p| {
-            let g = p.var.grad();
-            !g.defined() || g.isfinite().all().int64_value(&[]) == 1
-        })
+        let checks: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.var.grad())
+            .filter(Tensor::defined)
+            .map(|g| g.isfinite().all())
+            .collect();
+        checks.is_empty() || Tensor::stack(&checks, 0).all().int64_value(&[]) == 1
+    }
+
+    /// Copies of the current gradients, in [`Optimizer::set_gradients`]' order (`None` for a
+    /// variable without one).
+    pub fn gradients(&self) -> Vec<Option<Tensor>> {
+        self.params
+            .iter()
+            .map(|p| {
+                let g = p.var.grad();
+                g.defined().then(|| g.copy())
+            })
+            .collect()
+    }
+
+    /// Puts back gradients saved by [`Optimizer::gradients`]: a variable saved without one gets
+    /// zeros.
+    pub fn set_gradients(&mut self, saved: &[Option<Tensor>]) {
+        for (p, saved) in self.params.iter().zip(saved) {
+            let mut grad = p.var.grad();
+            if !grad.defined() {
+                continue;
+            }
+            match saved {
+                Some(value) => grad.copy_(value),
+                None => {
+                    let _ = grad.zero_();
+                }
+            }
+        }
     }
 
     /// Multiplies every gradient by `factor` (loss-scale removal).
