@@ -6,8 +6,8 @@ use fusekit_cache::Batch;
 use tch::{Device, Kind, Tensor};
 
 /// A batch's tensors. On the CPU `images` views the batch's own buffer (no copy), so it must
-/// not outlive the batch; on CUDA the pixels are copied once into pinned host memory and sent
-/// with a non-blocking copy that overlaps the running step.
+/// not outlive the batch; on CUDA the u8 pixels are copied to the device as they are (a
+/// quarter of the bytes of f32), on the compute stream: the copy does not overlap the step.
 #[derive(Debug)]
 pub struct BatchTensors<'a> {
     /// u8 images, `[batch, planes, imgsz, imgsz]`: R, G, B, then the IR plane(s).
@@ -30,12 +30,12 @@ pub fn batch_tensors(batch: &Batch, device: Device) -> BatchTensors<'_> {
     // (BatchTensors borrows the batch); the tensor is never resized.
     let view =
         unsafe { Tensor::from_blob(batch.images.as_ptr(), &shape, &[], Kind::Uint8, Device::Cpu) };
+    // No pinned staging: libtorch's `pin_memory(device)`, the form tch offers, prints a
+    // deprecation warning per call, and a pinned copy on the compute stream would not overlap
+    // the step anyway.
     let images = match device {
         Device::Cpu => view,
-        accelerator => {
-            view.pin_memory(accelerator)
-                .to_device_(accelerator, Kind::Uint8, true, false)
-        }
+        accelerator => view.to_device(accelerator),
     };
     let rows: Vec<f32> = batch
         .boxes
