@@ -16,7 +16,9 @@ use fusekit_hyp::{
     Accumulate, BatchPlan, Fusion, Hyp, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
     Schedule, render_table,
 };
-use fusekit_train::{Event, RunFiles, TrainError, TrainOptions, parse_device, train};
+use fusekit_train::{
+    Event, Faults, RunFiles, SimulatedOom, TrainError, TrainOptions, parse_device, train,
+};
 use serde_json::json;
 use tch::Device;
 
@@ -383,7 +385,14 @@ fusekit never validates on the training set)",
         resume: args.resume,
         limit,
         min_warmup: MIN_WARMUP,
-        simulate_oom_above: args.simulate_oom_above,
+        faults: Faults {
+            out_of_memory: args.simulate_oom_above.map(|above| SimulatedOom {
+                above,
+                from_batch: 0,
+            }),
+            non_finite: None,
+            out_of_memory_validating: false,
+        },
         group,
         sync_bn: args.sync_bn,
     };

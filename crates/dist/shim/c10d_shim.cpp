@@ -211,7 +211,7 @@ void check_same_layout(const Group& g, const at::Tensor& t) {
 // Forward: per-rank count, mean and biased variance are all-gathered and merged exactly (the
 // parallel variance formula); running statistics move by `momentum` towards the global mean
 // and unbiased variance, as torch.nn.SyncBatchNorm does. Backward: grad_weight and grad_bias
-// stay local (the trainer averages parameter gradients afterwards, as DDP does), and
+// stay local (the trainer sums parameter gradients over ranks afterwards), and
 //   grad_input = weight * invstd * (dy - sum(dy) / n - xhat * sum(dy * xhat) / n)
 // with both sums and n taken over all ranks.
 struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
@@ -421,9 +421,9 @@ char* fk_group_all_reduce(fk_group* group, at::Tensor* const* tensors, size_t n,
   return guarded([&] { all_reduce(*group, collect(tensors, n), mean); });
 }
 
-// Averages the gradients of `vars` across ranks; a variable without a gradient on this rank
+// Sums the gradients of `vars` across ranks; a variable without a gradient on this rank
 // contributes zeros (and gets a zero gradient), so every rank takes part in the same buckets.
-char* fk_group_average_grads(fk_group* group, at::Tensor* const* vars, size_t n) {
+char* fk_group_sum_grads(fk_group* group, at::Tensor* const* vars, size_t n) {
   return guarded([&] {
     std::vector<at::Tensor> grads;
     grads.reserve(n);
@@ -434,7 +434,7 @@ char* fk_group_average_grads(fk_group* group, at::Tensor* const* vars, size_t n)
       }
       grads.push_back(grad);
     }
-    all_reduce(*group, grads, /*mean=*/true);
+    all_reduce(*group, grads, /*mean=*/false);
   });
 }
 

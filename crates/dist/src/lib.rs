@@ -22,10 +22,13 @@
 //!    device NCCL is bound to).
 //! 2. After building (or loading) the model: [`ProcessGroup::broadcast_var_store`] from rank 0,
 //!    so that every rank starts from rank 0's parameters and buffers.
-//! 3. Each optimizer step: backward on the local batch (batch size per rank), then
-//!    [`ProcessGroup::average_gradients`] once (with gradient accumulation: once, just before
-//!    the optimizer step), then the step. Loss scaling, clipping and the step itself are
-//!    unchanged; the averaged gradients are identical on every rank, so the weights stay equal.
+//! 3. Each optimizer step: backward on the local batch (batch size per rank) of a loss that
+//!    sums over the rank's images (Ultralytics' `loss x batch`), then
+//!    [`ProcessGroup::sum_gradients`] once (with gradient accumulation: once, just before the
+//!    optimizer step), then the step: the summed gradient is that of the global batch, so N
+//!    ranks x B images step as one rank with N x B would. Loss scaling, clipping and the step
+//!    itself are unchanged; the summed gradients are identical on every rank, so the weights
+//!    stay equal. (A loss that is a mean over the rank's images would need the average.)
 //! 4. Metrics: [`ProcessGroup::all_reduce_sum`] of counts and sums, or
 //!    [`ProcessGroup::all_gather`] of per-rank tensors; only rank 0 writes files.
 //! 5. Any error is fatal for the run: return it. A rank that dies makes the others' next
@@ -128,7 +131,7 @@ mod ffi {
             n: usize,
             mean: bool,
         ) -> *mut c_char;
-        pub fn fk_group_average_grads(
+        pub fn fk_group_sum_grads(
             group: *mut FkGroup,
             vars: *const *mut C_tensor,
             n: usize,
@@ -573,9 +576,15 @@ impl ProcessGroup {
         self.broadcast(&mut buffers, root)
     }
 
-    /// Averages the gradients of `vs`'s trainable variables over ranks, in buckets (call once per
+    /// Sums the gradients of `vs`'s trainable variables over ranks, in buckets (call once per
     /// optimizer step). A variable without a gradient on this rank counts as a zero gradient.
-    pub fn average_gradients(&self, vs: &VarStore) -> Result<(), DistError> {
+    ///
+    /// Summing, not averaging, is right for losses that add up over images (fusekit's and
+    /// Ultralytics' `loss x batch`): the result is the gradient of the global batch's loss, so
+    /// the step of N ranks x B images equals one rank's step over the same N x B images.
+    /// (Ultralytics gets the same by multiplying the loss by the world size before DDP
+    /// averages.)
+    pub fn sum_gradients(&self, vs: &VarStore) -> Result<(), DistError> {
         let mut vars: Vec<Tensor> = sorted_variables(vs)
             .into_iter()
             .filter(Tensor::requires_grad)
@@ -583,16 +592,16 @@ impl ProcessGroup {
         let ptrs: Vec<*mut C_tensor> = vars.iter_mut().map(Tensor::as_mut_ptr).collect();
         // SAFETY: the pointers are live tensors borrowed for the call.
         let error =
-            unsafe { ffi::fk_group_average_grads(self.group.as_ptr(), ptrs.as_ptr(), ptrs.len()) };
-        self.check("average_gradients", error)
+            unsafe { ffi::fk_group_sum_grads(self.group.as_ptr(), ptrs.as_ptr(), ptrs.len()) };
+        self.check("sum_gradients", error)
     }
 
     /// Training-mode batch normalisation of `input` (`[N, C, ...]`) with the mean and variance
     /// of every rank's input together, as `torch.nn.SyncBatchNorm`: `bn`'s running statistics
     /// move towards the global ones (by `momentum`, PyTorch's convention), and the backward
     /// pass all-reduces the per-channel gradient sums, so the input gradient is that of the
-    /// global batch. Parameter gradients stay local, to be averaged by
-    /// [`ProcessGroup::average_gradients`] as usual.
+    /// global batch. Parameter gradients stay local, to be summed by
+    /// [`ProcessGroup::sum_gradients`] as usual.
     ///
     /// Every rank must call it for the same layers in the same order (forward and backward).
     /// A failure in the backward pass comes out of libtorch's backward as an error naming

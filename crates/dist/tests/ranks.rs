@@ -138,7 +138,7 @@ fn assert_stores_close(a: &nn::VarStore, b: &nn::VarStore, tol: f64, what: &str)
     }
 }
 
-/// Three SGD steps (momentum 0.9, lr 0.1) on `loss`, averaging gradients over `pg` if given.
+/// Three SGD steps (momentum 0.9, lr 0.1) on `loss`, summing gradients over `pg` if given.
 fn sgd_steps(vs: &nn::VarStore, pg: Option<&ProcessGroup>, loss: impl Fn() -> Tensor) {
     let mut opt = nn::Sgd {
         momentum: 0.9,
@@ -150,7 +150,7 @@ fn sgd_steps(vs: &nn::VarStore, pg: Option<&ProcessGroup>, loss: impl Fn() -> Te
         opt.zero_grad();
         loss().backward();
         if let Some(pg) = pg {
-            pg.average_gradients(vs).unwrap();
+            pg.sum_gradients(vs).unwrap();
         }
         opt.step();
     }
@@ -177,18 +177,18 @@ fn var_store(pg: &ProcessGroup) {
     pg.broadcast_var_store(&vs, 0).unwrap();
     assert_stores_close(&vs, &reference, 0.0, "after broadcast");
 
-    // Per-rank gradients of the local batch, averaged.
+    // Per-rank gradients of the local batch, summed.
     let (x, y) = batch(7 + rank, B);
-    let loss = net.forward_t(&x, true).mse_loss(&y, tch::Reduction::Mean);
+    let loss = net.forward_t(&x, true).mse_loss(&y, tch::Reduction::Sum);
     loss.backward();
-    pg.average_gradients(&vs).unwrap();
+    pg.sum_gradients(&vs).unwrap();
     let mut expected: Vec<(String, Tensor)> = Vec::new();
     for r in 0..2 {
         let (local, local_net) = seeded_store(100);
         let (x, y) = batch(7 + r, B);
         local_net
             .forward_t(&x, true)
-            .mse_loss(&y, tch::Reduction::Mean)
+            .mse_loss(&y, tch::Reduction::Sum)
             .backward();
         for (name, t) in local.variables() {
             if !t.requires_grad() {
@@ -200,8 +200,8 @@ fn var_store(pg: &ProcessGroup) {
                 t.zeros_like()
             };
             match expected.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, acc)) => *acc = &*acc + g * 0.5,
-                None => expected.push((name, g * 0.5)),
+                Some((_, acc)) => *acc = &*acc + g,
+                None => expected.push((name, g)),
             }
         }
     }
@@ -213,16 +213,17 @@ fn var_store(pg: &ProcessGroup) {
     );
     for (name, want) in &expected {
         let got = vars[name].grad();
-        assert!(got.defined(), "{name} has no gradient after averaging");
+        assert!(got.defined(), "{name} has no gradient after summing");
         let d = max_diff(&got, want);
         assert!(
             d <= 1e-6,
-            "gradient of {name} differs from the ranks' mean by {d}"
+            "gradient of {name} differs from the ranks' sum by {d}"
         );
     }
 
-    // The criterion: 2 ranks with batch B step to the same weights as 1 rank with 2B.
-    // (Batch norm normalises per batch, so this compares a model without it.)
+    // 2 ranks with batch B step to the same weights as 1 rank with 2B, for a loss that adds up
+    // over samples as the detector's does. (Batch norm normalises per batch, so this compares
+    // a model without it.)
     let linear = |seed: i64| {
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -233,14 +234,14 @@ fn var_store(pg: &ProcessGroup) {
     pg.broadcast_var_store(&dist_vs, 0).unwrap();
     let (x, y) = batch(30 + rank, B);
     sgd_steps(&dist_vs, Some(pg), || {
-        dist_net.forward(&x).mse_loss(&y, tch::Reduction::Mean)
+        dist_net.forward(&x).mse_loss(&y, tch::Reduction::Sum)
     });
     let (single_vs, single_net) = linear(200);
     let (x0, y0) = batch(30, B);
     let (x1, y1) = batch(31, B);
     let (x, y) = (Tensor::cat(&[x0, x1], 0), Tensor::cat(&[y0, y1], 0));
     sgd_steps(&single_vs, None, || {
-        single_net.forward(&x).mse_loss(&y, tch::Reduction::Mean)
+        single_net.forward(&x).mse_loss(&y, tch::Reduction::Sum)
     });
     assert_stores_close(&dist_vs, &single_vs, 1e-5, "2 ranks x B vs 1 rank x 2B");
 }
@@ -382,7 +383,7 @@ fn sync_bn(pg: &ProcessGroup) {
     sgd_steps(&dist_vs, Some(pg), || {
         dist_net
             .forward(&x, Some(pg))
-            .mse_loss(&y, tch::Reduction::Mean)
+            .mse_loss(&y, tch::Reduction::Sum)
     });
     let (single_vs, single_net) = BnNet::seeded(300);
     let (xa, ya) = images(60, B);
@@ -391,7 +392,7 @@ fn sync_bn(pg: &ProcessGroup) {
     sgd_steps(&single_vs, None, || {
         single_net
             .forward(&x, None)
-            .mse_loss(&y, tch::Reduction::Mean)
+            .mse_loss(&y, tch::Reduction::Sum)
     });
     assert_stores_close(
         &dist_vs,
@@ -576,7 +577,7 @@ fn two_ranks_all_reduce_broadcast_all_gather() {
 }
 
 #[test]
-fn two_ranks_var_store_broadcast_and_gradient_average() {
+fn two_ranks_var_store_broadcast_and_gradient_sum() {
     run_ok("var_store");
 }
 

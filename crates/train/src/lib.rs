@@ -21,7 +21,10 @@ pub use ema::Ema;
 pub use feed::{BatchTensors, batch_tensors};
 pub use optim::{Optimizer, StepSettings, param_group};
 pub use results::{EpochRecord, RESULTS_HEADER, append_results, truncate_results};
-pub use trainer::{Event, MAX_GRAD_NORM, RunFiles, TrainOptions, TrainSummary, train};
+pub use trainer::{
+    Event, Faults, MAX_GRAD_NORM, PoisonedBatch, RunFiles, SimulatedOom, TrainOptions,
+    TrainSummary, train,
+};
 pub use validate::{Validation, validate};
 
 /// Why training stopped with an error.
@@ -77,6 +80,18 @@ or --model scale, or free the device; if host memory is what is short, build the
 `--mode disk`"
     )]
     OutOfMemory {
+        /// libtorch's error text.
+        message: String,
+    },
+    /// The device ran out of memory outside the training step, where halving the micro-batch
+    /// cannot help.
+    #[error(
+        "out of memory while {during} ({message}); lower --batch or --imgsz, train a smaller \
+--model scale, or free the device"
+    )]
+    DeviceOutOfMemory {
+        /// What the trainer was doing.
+        during: &'static str,
         /// libtorch's error text.
         message: String,
     },

@@ -2,6 +2,7 @@
 //! EMA, validation, `results.csv`, weights and resumable checkpoints.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
 use std::path::{Path, PathBuf};
@@ -53,15 +54,49 @@ pub struct TrainOptions {
     pub limit: Option<usize>,
     /// Warmup lasts at least this many batches (when warmup_epochs > 0).
     pub min_warmup: u64,
-    /// Makes every micro-batch of more than this many images fail the way a CUDA
-    /// out-of-memory error does, to exercise the fallback without a GPU.
-    pub simulate_oom_above: Option<usize>,
+    /// Failures injected on purpose (tests and hidden testing flags); none by default.
+    pub faults: Faults,
     /// Data-parallel training: this process's c10d group (`None`: one process). Every rank
     /// trains on its shard of the cache; only rank 0 validates, writes files and reports.
     pub group: Option<Arc<ProcessGroup>>,
     /// Synchronised BatchNorm: with several ranks, training-mode BatchNorm uses the statistics
     /// of the global batch (every rank's images) instead of each rank's own.
     pub sync_bn: bool,
+}
+
+/// Failures injected on purpose, so that tests exercise the trainer's recovery paths (the
+/// out-of-memory fallback, NaN rollback, agreement across ranks) without a GPU or bad data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Simulated out-of-memory errors.
+    pub out_of_memory: Option<SimulatedOom>,
+    /// A batch whose loss is made NaN.
+    pub non_finite: Option<PoisonedBatch>,
+    /// Validation fails the way a CUDA out-of-memory error does: outside the training step,
+    /// where no fallback applies.
+    pub out_of_memory_validating: bool,
+}
+
+/// Micro-batches of more than `above` images fail the way a CUDA out-of-memory error does,
+/// from run-wide loader batch `from_batch` (0-based, `epoch * batches + batch`) on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimulatedOom {
+    /// Largest micro-batch that still fits.
+    pub above: usize,
+    /// First run-wide loader batch that can fail.
+    pub from_batch: u64,
+}
+
+/// The first pass of `rank` over loader batch `batch` of `epoch` (both 0-based) gets NaN
+/// pixels, so its loss is not finite; a rerun of the epoch after a rollback is clean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoisonedBatch {
+    /// Epoch, 0-based.
+    pub epoch: u32,
+    /// Loader batch within the epoch, 0-based.
+    pub batch: u64,
+    /// The rank that sees it (0 in a single process).
+    pub rank: usize,
 }
 
 /// Progress reported while training.
@@ -126,6 +161,9 @@ pub struct TrainSummary {
     pub images_per_second: f64,
     /// Fraction of the training time spent waiting for the loader's next batch.
     pub data_wait: f64,
+    /// Optimizer steps taken by the optimizer the run ended with (including before a resume;
+    /// a NaN rollback starts a new optimizer).
+    pub optimizer_steps: u64,
 }
 
 /// Where a run's files are.
@@ -173,6 +211,10 @@ struct TrainState {
     /// the checkpoint and the results append.
     #[serde(default)]
     last_row: String,
+    /// fp16 loss scale and its run of good steps (AMP on CUDA), so a resumed run neither
+    /// restarts the scale at 65536 nor forgets how close it was to doubling.
+    #[serde(default)]
+    loss_scale: Option<(f64, u32)>,
     hyp: String,
     train_cache: String,
 }
@@ -216,9 +258,52 @@ fn import_streams(fusion: Fusion) -> &'static [&'static str] {
 }
 
 /// Trains as `options` say, reporting progress to `observer`.
+///
+/// An out-of-memory error inside a training step halves the micro-batch (see
+/// [`TrainError::OutOfMemory`]); one anywhere else (preparing a batch, the optimizer's state,
+/// validation, checkpoints) ends the run with [`TrainError::DeviceOutOfMemory`], naming where.
 pub fn train(
     options: &TrainOptions,
     observer: &mut dyn FnMut(Event<'_>),
+) -> Result<TrainSummary, TrainError> {
+    let phase = Cell::new(Phase::Starting);
+    let _quiet = QuietDeviceFailures::install();
+    match catch_device_failure(|| run(options, observer, &phase)) {
+        Ok(outcome) => outcome,
+        Err(DeviceFailure::OutOfMemory(message)) => Err(TrainError::DeviceOutOfMemory {
+            during: phase.get().describe(),
+            message,
+        }),
+        Err(DeviceFailure::Dist(error)) => Err(error.into()),
+    }
+}
+
+/// What the trainer is doing, for an out-of-memory error outside the guarded training step.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Starting,
+    PreparingBatch,
+    Stepping,
+    Validating,
+    Saving,
+}
+
+impl Phase {
+    fn describe(self) -> &'static str {
+        match self {
+            Phase::Starting => "building the model",
+            Phase::PreparingBatch => "moving a batch to the device",
+            Phase::Stepping => "updating the weights (optimizer state, EMA)",
+            Phase::Validating => "validating (at twice --batch per batch)",
+            Phase::Saving => "saving weights and the checkpoint",
+        }
+    }
+}
+
+fn run(
+    options: &TrainOptions,
+    observer: &mut dyn FnMut(Event<'_>),
+    phase: &Cell<Phase>,
 ) -> Result<TrainSummary, TrainError> {
     let group = options.group.as_deref();
     let shard = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
@@ -309,6 +394,7 @@ pub fn train(
         lr_factor: 1.0,
         seconds: 0.0,
         last_row: String::new(),
+        loss_scale: None,
         hyp: hyp.to_yaml()?,
         train_cache: options.train_cache.display().to_string(),
     };
@@ -368,6 +454,13 @@ pub fn train(
     // Mixed precision only on CUDA (fp16 autocast with dynamic loss scaling).
     let amp = hyp.amp && device.is_cuda();
     let mut scaler = LossScaler::new(amp);
+    if let Some(saved) = state.loss_scale.filter(|_| amp) {
+        scaler.restore(saved);
+    }
+    if device.is_cuda() {
+        // Every training batch has the same shape: let cuDNN pick its fastest kernels once.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     let sync_bn = options.group.clone().filter(|_| options.sync_bn);
     if options.sync_bn && sync_bn.is_none() {
         observer(Event::Note(
@@ -391,10 +484,9 @@ pub fn train(
         model: &model,
         loss: &loss_fn,
         amp,
-        oom_above: options.simulate_oom_above,
         sync_bn,
     };
-    let _quiet = QuietOutOfMemory::install();
+    let mut poison = options.faults.non_finite.filter(|p| p.rank == shard.0);
     while epoch < hyp.epochs {
         if epoch == mosaic_epochs && hyp.mosaic > 0.0 && hyp.close_mosaic > 0 {
             observer(Event::Note(format!(
@@ -417,6 +509,8 @@ pub fn train(
         let mut sums = [0.0; 3];
         let mut seen = 0u64;
         let mut epoch_images = 0usize;
+        // The batch (within this epoch) of the last optimizer step; every epoch ends with a
+        // step, so each starts a new accumulation window.
         let mut last_step: Option<u64> = None;
         let mut failure = None;
         optimizer.zero_grad();
@@ -429,16 +523,36 @@ pub fn train(
             data_wait += waiting.elapsed();
             let batch = batch?;
             let i = i as u64;
+            let global = u64::from(epoch) * batches + i;
             let step = schedule.at(epoch, i);
             let lr = step.lr.map(|lr| lr * state.lr_factor);
+            phase.set(Phase::PreparingBatch);
             let tensors = batch_tensors(&batch, device);
-            let input = tensors.images.to_kind(Kind::Float) / 255.0;
+            let mut input = tensors.images.to_kind(Kind::Float) / 255.0;
+            if poison.is_some_and(|p| (p.epoch, p.batch) == (epoch, i)) {
+                input *= f64::NAN;
+                poison = None;
+            }
+            // Loader batches in this step's window, this one included (Ultralytics' rule
+            // `ni - last_opt_step >= accumulate`, counted from the epoch's start).
+            let window = last_step.map_or(i + 1, |s| i - s);
+            // The window's gradients so far, kept so that an out-of-memory error part-way
+            // through this batch can start the batch over without losing them.
+            let kept = (window > 1).then(|| optimizer.gradients());
+            let oom_limit = options
+                .faults
+                .out_of_memory
+                .filter(|f| global >= f.from_batch)
+                .map(|f| f.above);
             let parts = loop {
-                match micro.backward(&input, &tensors.targets, split, scaler.scale) {
+                match micro.backward(&input, &tensors.targets, split, scaler.scale, oom_limit) {
                     Err(MicroBatchFailure::OutOfMemory(message)) => {
-                        // Partial gradients of the failed batch cannot be told apart from
-                        // the window's earlier ones: the interrupted step starts over.
-                        optimizer.zero_grad();
+                        // Gradients of the interrupted batch's finished micro-batches are
+                        // dropped; those of the window's earlier batches are put back.
+                        match &kept {
+                            Some(kept) => optimizer.set_gradients(kept),
+                            None => optimizer.zero_grad(),
+                        }
                         let size = batch.len().div_ceil(split);
                         if micro.sync_bn.is_some() {
                             // Ranks splitting on their own would run different numbers of
@@ -451,8 +565,8 @@ pub fn train(
                         split *= 2;
                         observer(Event::Note(format!(
                             "out of memory with a micro-batch of {size}: continuing with \
-micro-batch {} x accumulate {} ({} images per optimizer step and lr unchanged; the gradients \
-accumulated for the interrupted step were dropped)",
+micro-batch {} x accumulate {} ({} images per optimizer step and lr unchanged; the batch \
+starts over, the step's earlier batches are kept)",
                             batch.len().div_ceil(split),
                             u64::from(plan.accumulate()) * split as u64,
                             plan.effective()
@@ -462,6 +576,7 @@ accumulated for the interrupted step were dropped)",
                     other => break other,
                 }
             };
+            drop(kept);
             // A rank whose loss is not finite stops every rank at the same batch (with
             // synchronised BatchNorm the ranks agreed on it before the backward pass already).
             let failed = match group {
@@ -479,12 +594,12 @@ accumulated for the interrupted step were dropped)",
             };
             trained_images += batch.len() * shard.1;
             epoch_images += batch.len() * shard.1;
-            let global = u64::from(epoch) * batches + i;
-            let since = last_step.map_or(global + 1, |s| global - s);
-            if since >= u64::from(step.accumulate.max(1)) || i + 1 == batches {
+            if window >= u64::from(step.accumulate.max(1)) || i + 1 == batches {
+                phase.set(Phase::Stepping);
                 if let Some(g) = group {
-                    // One all-reduce per optimizer step, not per micro-batch.
-                    g.average_gradients(&vs)?;
+                    // One all-reduce per optimizer step, not per micro-batch: the sum of the
+                    // ranks' gradients is the global batch's (the loss adds up over images).
+                    g.sum_gradients(&vs)?;
                 }
                 if scaler.unscale(&mut optimizer) {
                     let _ = optimizer.clip_grad_norm(MAX_GRAD_NORM);
@@ -500,7 +615,7 @@ accumulated for the interrupted step were dropped)",
                     ema.update();
                 }
                 optimizer.zero_grad();
-                last_step = Some(global);
+                last_step = Some(i);
             }
             for (sum, part) in sums.iter_mut().zip(parts) {
                 *sum += part;
@@ -540,8 +655,12 @@ accumulated for the interrupted step were dropped)",
             }
         }
 
+        phase.set(Phase::Validating);
         let validation = match &val_loader {
             Some(val) => {
+                if options.faults.out_of_memory_validating {
+                    panic!("CUDA out of memory (simulated: validation)");
+                }
                 let nms = NmsOptions::default();
                 let eval_model = if hyp.ema { &ema_model } else { &model };
                 validate(eval_model, val, device, &loss_fn, &nms)?
@@ -570,6 +689,7 @@ accumulated for the interrupted step were dropped)",
             Some(g) => share_record(g, record)?,
             None => record,
         };
+        phase.set(Phase::Saving);
         let saved_vs = if hyp.ema { &ema_vs } else { &vs };
         if main {
             weights::save(saved_vs, &config, &files.last)?;
@@ -588,6 +708,7 @@ accumulated for the interrupted step were dropped)",
         state.ema_updates = ema.updates();
         state.seconds = previous_seconds + started.elapsed().as_secs_f64();
         state.last_row = record.csv_row();
+        state.loss_scale = scaler.state();
         if main {
             // The checkpoint is the truth a resume starts from; the results row follows it.
             save_checkpoint(&files.checkpoint, &vs, &ema_vs, &optimizer, &config, &state)?;
@@ -620,6 +741,7 @@ accumulated for the interrupted step were dropped)",
         seconds: started.elapsed().as_secs_f64(),
         images_per_second: trained_images as f64 / train_seconds.max(1e-9),
         data_wait: data_wait.as_secs_f64() / train_seconds.max(1e-9),
+        optimizer_steps: optimizer.steps(),
     })
 }
 
@@ -674,12 +796,20 @@ enum MicroBatchFailure {
     Dist(DistError),
 }
 
+impl From<DeviceFailure> for MicroBatchFailure {
+    fn from(failure: DeviceFailure) -> Self {
+        match failure {
+            DeviceFailure::OutOfMemory(text) => Self::OutOfMemory(text),
+            DeviceFailure::Dist(error) => Self::Dist(error),
+        }
+    }
+}
+
 /// Forward, loss and backward of one loader batch in micro-batches.
 struct MicroBatches<'a> {
     model: &'a Detector,
     loss: &'a DetectionLoss,
     amp: bool,
-    oom_above: Option<usize>,
     /// The group whose ranks' statistics BatchNorm uses (`--sync-bn`).
     sync_bn: Option<Arc<ProcessGroup>>,
 }
@@ -689,13 +819,15 @@ impl MicroBatches<'_> {
     /// of `ceil(b / split)` images, each loss multiplied by `scale`. Gradients add up as they
     /// do across accumulated batches (each micro-batch's loss is its mean times its size), so
     /// the sum matches one pass over the whole batch. Returns the batch's loss parts
-    /// (micro-batches weighted by size).
+    /// (micro-batches weighted by size). With `oom_limit`, micro-batches of more images fail
+    /// as a CUDA out-of-memory error does ([`SimulatedOom`]).
     fn backward(
         &self,
         input: &Tensor,
         targets: &Tensor,
         split: usize,
         scale: f64,
+        oom_limit: Option<usize>,
     ) -> Result<[f64; 3], MicroBatchFailure> {
         let total = input.size()[0];
         let size = (total as usize).div_ceil(split) as i64;
@@ -708,34 +840,34 @@ impl MicroBatches<'_> {
             } else {
                 micro_batch(input, targets, start, len)
             };
-            let loss = catch_device_failure(|| {
-                if self.oom_above.is_some_and(|limit| len as usize > limit) {
+            let forward = || {
+                if oom_limit.is_some_and(|limit| len as usize > limit) {
                     panic!("CUDA out of memory (simulated: a micro-batch of {len} images)");
                 }
-                let forward = || {
-                    let outputs = self.model.forward_t(&images, true);
-                    self.loss.compute(&outputs, &targets)
-                };
-                let loss = tch::autocast(self.amp, || match &self.sync_bn {
+                let outputs = self.model.forward_t(&images, true);
+                self.loss.compute(&outputs, &targets)
+            };
+            // The panic of a failed forward pass is caught inside autocast, so that autocast
+            // always restores its state and clears its cache of fp16 weight copies.
+            let loss = tch::autocast(self.amp, || {
+                catch_device_failure(|| match &self.sync_bn {
                     Some(group) => with_batch_norm(synchronised_batch_norm(group), forward),
                     None => forward(),
-                });
-                let finite = loss.parts.iter().all(|p| p.is_finite());
-                // With synchronised BatchNorm the backward passes exchange statistics: all
-                // ranks run them, or none.
-                let finite = match &self.sync_bn {
-                    Some(group) => !any_rank(group, !finite).map_err(MicroBatchFailure::Dist)?,
-                    None => finite,
-                };
-                if !finite {
-                    return Err(MicroBatchFailure::NonFinite);
-                }
-                if let Err(error) = (&loss.total * scale).f_backward() {
-                    return Err(self.backward_failure(error.to_string()));
-                }
-                Ok(loss.parts)
-            })??;
-            for (sum, part) in parts.iter_mut().zip(loss) {
+                })
+            })?;
+            let finite = loss.parts.iter().all(|p| p.is_finite());
+            // With synchronised BatchNorm the backward passes exchange statistics: all ranks
+            // run them, or none.
+            let finite = match &self.sync_bn {
+                Some(group) => !any_rank(group, !finite).map_err(MicroBatchFailure::Dist)?,
+                None => finite,
+            };
+            if !finite {
+                return Err(MicroBatchFailure::NonFinite);
+            }
+            catch_device_failure(|| (&loss.total * scale).f_backward())?
+                .map_err(|error| self.backward_failure(error.to_string()))?;
+            for (sum, part) in parts.iter_mut().zip(loss.parts) {
                 *sum += part * len as f64 / total as f64;
             }
             start += len;
@@ -796,15 +928,33 @@ fn micro_batch(input: &Tensor, targets: &Tensor, start: i64, len: i64) -> (Tenso
     (input.narrow(0, start, len), rows)
 }
 
-/// Runs `f`, turning a panic that reports an out-of-memory error (tch panics on libtorch
-/// errors) or carries a [`DistError`] into `Err`; other panics continue.
-fn catch_device_failure<T>(f: impl FnOnce() -> T) -> Result<T, MicroBatchFailure> {
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+/// A device failure caught as a panic: tch panics on libtorch errors, and synchronised
+/// BatchNorm unwinds with a [`DistError`].
+enum DeviceFailure {
+    /// The device ran out of memory (the error's text).
+    OutOfMemory(String),
+    /// A collective failed.
+    Dist(DistError),
+}
+
+thread_local! {
+    /// How many [`catch_device_failure`] calls this thread is inside: their out-of-memory and
+    /// [`DistError`] panics become errors, so the panic hook prints nothing for them.
+    static CATCHING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `f`, turning a panic that reports an out-of-memory error or carries a [`DistError`]
+/// into `Err`; other panics continue.
+fn catch_device_failure<T>(f: impl FnOnce() -> T) -> Result<T, DeviceFailure> {
+    CATCHING.with(|depth| depth.set(depth.get() + 1));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    CATCHING.with(|depth| depth.set(depth.get() - 1));
+    result.map_err(|payload| {
         if let Some(text) = panic_text(&*payload).filter(|text| is_out_of_memory(text)) {
-            return MicroBatchFailure::OutOfMemory(text.to_owned());
+            return DeviceFailure::OutOfMemory(text.to_owned());
         }
         match payload.downcast::<DistError>() {
-            Ok(error) => MicroBatchFailure::Dist(*error),
+            Ok(error) => DeviceFailure::Dist(*error),
             Err(payload) => panic::resume_unwind(payload),
         }
     })
@@ -824,20 +974,22 @@ fn is_out_of_memory(text: &str) -> bool {
 
 type PanicHook = dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static;
 
-/// While alive, out-of-memory and [`DistError`] panics print nothing (the trainer reports
-/// them itself); other panics go to the previous hook, which is restored on drop.
-struct QuietOutOfMemory {
+/// While alive, the out-of-memory and [`DistError`] panics that a [`catch_device_failure`] on
+/// the same thread turns into errors print nothing (the trainer reports them itself); every
+/// other panic, on any thread, goes to the previous hook, which is restored on drop.
+struct QuietDeviceFailures {
     previous: Arc<PanicHook>,
 }
 
-impl QuietOutOfMemory {
+impl QuietDeviceFailures {
     fn install() -> Self {
         let previous: Arc<PanicHook> = Arc::from(panic::take_hook());
         let fallback = previous.clone();
         panic::set_hook(Box::new(move |info| {
-            let reported = panic_text(info.payload()).is_some_and(is_out_of_memory)
-                || info.payload().is::<DistError>();
-            if !reported {
+            let caught = CATCHING.with(Cell::get) > 0
+                && (panic_text(info.payload()).is_some_and(is_out_of_memory)
+                    || info.payload().is::<DistError>());
+            if !caught {
                 fallback(info);
             }
         }));
@@ -845,7 +997,7 @@ impl QuietOutOfMemory {
     }
 }
 
-impl Drop for QuietOutOfMemory {
+impl Drop for QuietDeviceFailures {
     fn drop(&mut self) {
         drop(panic::take_hook());
         let previous = self.previous.clone();
@@ -869,6 +1021,17 @@ impl LossScaler {
             scale: if enabled { 65536.0 } else { 1.0 },
             good_steps: 0,
         }
+    }
+
+    /// The scale and its run of good steps, for the checkpoint (`None` when disabled).
+    fn state(&self) -> Option<(f64, u32)> {
+        self.enabled.then_some((self.scale, self.good_steps))
+    }
+
+    /// Continues from a checkpoint's [`LossScaler::state`].
+    fn restore(&mut self, (scale, good_steps): (f64, u32)) {
+        self.scale = scale;
+        self.good_steps = good_steps;
     }
 
     /// Unscales the gradients; `false` when the step must be skipped.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fusekit_dist::ProcessGroup;
 use fusekit_hyp::{Accumulate, Fusion, Hyp};
 use fusekit_synth::SynthOptions;
-use fusekit_train::{TrainOptions, train};
+use fusekit_train::{Faults, TrainOptions, train};
 use tch::Device;
 
 const DIR: &str = "FUSEKIT_TRAIN_RANKS_DIR";
@@ -46,7 +46,7 @@ fn rank_worker() {
         resume: false,
         limit: None,
         min_warmup: 0,
-        simulate_oom_above: None,
+        faults: Faults::default(),
         group: Some(group),
         sync_bn: false,
     };

@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+// Each test binary that includes this module uses some of its helpers.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 
 use fusekit_cache::{BuildInput, BuildOptions, MapMode, build};
@@ -19,6 +22,75 @@ pub fn synth_cache(dir: &Path, name: &str, options: &SynthOptions) -> PathBuf {
                 ir: data.join(format!("imagesIR/{stem}.jpg")),
                 label: Some(data.join(format!("labels/{stem}.txt"))),
             }
+        })
+        .collect();
+    let target = dir.join(format!("{name}.fkc"));
+    let build_options = BuildOptions {
+        imgsz: 64,
+        mode: MapMode::Disk,
+        names: vec!["person".into()],
+        ..BuildOptions::default()
+    };
+    build(&target, &inputs, &build_options, &|| {}).unwrap();
+    target
+}
+
+/// Objects of [`same_pair_cache`]'s pair: class, then centre x, y, width, height (normalised).
+/// Large enough that an untrained detector's boxes overlap them: otherwise every target score
+/// is ~0, the loss's normaliser `max(target score sum, 1)` is 1 and the loss grows with the
+/// square of the batch size (Ultralytics' convention, which fusekit keeps).
+const OBJECTS: [[f32; 5]; 5] = [
+    [0.0, 0.30, 0.30, 0.44, 0.40],
+    [0.0, 0.72, 0.28, 0.40, 0.44],
+    [0.0, 0.28, 0.72, 0.40, 0.44],
+    [0.0, 0.70, 0.70, 0.44, 0.40],
+    [0.0, 0.50, 0.50, 0.90, 0.90],
+];
+
+/// One pair painted with [`OBJECTS`] (bright rectangles on a textured background, in both the
+/// RGB and the IR image) cached `copies` times as `dir/NAME.fkc` at imgsz 64, each copy a
+/// sample of its own: every batch of any size then has the same per-image statistics, in any
+/// order.
+pub fn same_pair_cache(dir: &Path, name: &str, copies: usize) -> PathBuf {
+    let data = dir.join(format!("{name}-data"));
+    std::fs::create_dir_all(&data).unwrap();
+    let size = 64u32;
+    let inside = |x: u32, y: u32| {
+        OBJECTS.iter().position(|o| {
+            let (fx, fy) = (
+                (x as f32 + 0.5) / size as f32,
+                (y as f32 + 0.5) / size as f32,
+            );
+            (fx - o[1]).abs() < o[3] / 2.0 && (fy - o[2]).abs() < o[4] / 2.0
+        })
+    };
+    let rgb = image::RgbImage::from_fn(size, size, |x, y| match inside(x, y) {
+        Some(k) => image::Rgb([200, 120 + 12 * k as u8, 90]),
+        None => image::Rgb([
+            ((x * 7 + y * 3) % 50) as u8 + 20,
+            40,
+            ((x + y) % 30) as u8 + 30,
+        ]),
+    });
+    let ir = image::GrayImage::from_fn(size, size, |x, y| match inside(x, y) {
+        Some(k) => image::Luma([230 - 8 * k as u8]),
+        None => image::Luma([((x * 5 + y * 11) % 40) as u8 + 30]),
+    });
+    let (rgb_path, ir_path) = (data.join("rgb.png"), data.join("ir.png"));
+    rgb.save(&rgb_path).unwrap();
+    ir.save(&ir_path).unwrap();
+    let label = data.join("label.txt");
+    let rows: Vec<String> = OBJECTS
+        .iter()
+        .map(|o| format!("{} {} {} {} {}", o[0], o[1], o[2], o[3], o[4]))
+        .collect();
+    std::fs::write(&label, rows.join("\n") + "\n").unwrap();
+    let inputs: Vec<BuildInput> = (0..copies)
+        .map(|i| BuildInput {
+            name: format!("copy{i}"),
+            rgb: rgb_path.clone(),
+            ir: ir_path.clone(),
+            label: Some(label.clone()),
         })
         .collect();
     let target = dir.join(format!("{name}.fkc"));
