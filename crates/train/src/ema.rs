@@ -20,6 +20,18 @@ impl Ema {
     /// An average of `model`'s variables kept in `ema` (a store with the same names),
     /// starting equal to the model.
     pub fn new(model: &VarStore, ema: &VarStore, decay: f64, tau: f64) -> Self {
+        let average = Self::resume(model, ema, decay, tau, 0);
+        tch::no_grad(|| {
+            for (average, live) in &average.pairs {
+                average.shallow_clone().copy_(live);
+            }
+        });
+        average
+    }
+
+    /// Continues an average that `ema` already holds (restored from a checkpoint) after
+    /// `updates` updates.
+    pub fn resume(model: &VarStore, ema: &VarStore, decay: f64, tau: f64, updates: u64) -> Self {
         let source = model.variables();
         let mut pairs: Vec<(String, (Tensor, Tensor))> = ema
             .variables()
@@ -30,15 +42,9 @@ impl Ema {
             })
             .collect();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let pairs: Vec<(Tensor, Tensor)> = pairs.into_iter().map(|(_, p)| p).collect();
-        tch::no_grad(|| {
-            for (average, live) in &pairs {
-                average.shallow_clone().copy_(live);
-            }
-        });
         Self {
-            pairs,
-            updates: 0,
+            pairs: pairs.into_iter().map(|(_, p)| p).collect(),
+            updates,
             decay,
             tau,
         }
@@ -60,10 +66,5 @@ impl Ema {
     /// Updates made so far.
     pub fn updates(&self) -> u64 {
         self.updates
-    }
-
-    /// Sets the update count (resume).
-    pub fn set_updates(&mut self, updates: u64) {
-        self.updates = updates;
     }
 }

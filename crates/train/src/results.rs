@@ -50,6 +50,31 @@ impl EpochRecord {
         fields.extend(numbers.map(|v| format!("{v:.6}")));
         fields.join(",")
     }
+
+    /// The record of a row in [`EpochRecord::csv_row`]'s layout (the header's columns);
+    /// `None` for any other line.
+    pub fn from_csv_row(row: &str) -> Option<EpochRecord> {
+        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
+        if fields.len() != RESULTS_HEADER.split(',').count() {
+            return None;
+        }
+        let epoch = fields[0].parse().ok()?;
+        let v: Vec<f64> = fields[1..]
+            .iter()
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(EpochRecord {
+            epoch,
+            time: v[0],
+            train_loss: [v[1], v[2], v[3]],
+            precision: v[4],
+            recall: v[5],
+            map50: v[6],
+            map50_95: v[7],
+            val_loss: [v[8], v[9], v[10]],
+            lr: [v[11], v[12], v[13]],
+        })
+    }
 }
 
 /// Appends `record` to `path`, writing the header first when the file is new or empty.

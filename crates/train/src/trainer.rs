@@ -420,13 +420,12 @@ fn run(
     if main {
         std::fs::write(&files.args, hyp.to_yaml()?).map_err(io(&files.args))?;
     }
-    let mut ema = Ema::new(&vs, &ema_vs, EMA_DECAY, EMA_TAU);
-    if options.resume {
-        // The checkpoint's EMA weights were restored into ema_vs; Ema::new copied the live
-        // model over them, so load them again.
-        restore_ema(&files.checkpoint, &ema_vs)?;
-        ema.set_updates(state.ema_updates);
-    }
+    let mut ema = if options.resume {
+        // The checkpoint's average is in ema_vs already.
+        Ema::resume(&vs, &ema_vs, EMA_DECAY, EMA_TAU, state.ema_updates)
+    } else {
+        Ema::new(&vs, &ema_vs, EMA_DECAY, EMA_TAU)
+    };
     // Every rank starts from rank 0's model and average (parameters and BatchNorm buffers).
     if let Some(g) = group {
         g.broadcast_var_store(&vs, 0)?;
@@ -1177,28 +1176,11 @@ fn restore_checkpoint(
     Ok(state)
 }
 
-fn restore_ema(path: &Path, ema_vs: &VarStore) -> Result<(), TrainError> {
-    let (tensors, _) = weights::read_tensors(path)?;
-    weights::copy_into(ema_vs, path, &tensors, "ema/")?;
-    Ok(())
-}
-
 /// The record of `epoch` in an existing `results.csv`.
 fn read_record(path: &Path, epoch: u32) -> Option<EpochRecord> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let line = text
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
-        .find(|l| l.split(',').next().and_then(|e| e.parse::<u32>().ok()) == Some(epoch))?;
-    let v: Vec<f64> = line.split(',').filter_map(|f| f.parse().ok()).collect();
-    (v.len() == 15).then(|| EpochRecord {
-        epoch,
-        time: v[1],
-        train_loss: [v[2], v[3], v[4]],
-        precision: v[5],
-        recall: v[6],
-        map50: v[7],
-        map50_95: v[8],
-        val_loss: [v[9], v[10], v[11]],
-        lr: [v[12], v[13], v[14]],
-    })
+        .filter_map(EpochRecord::from_csv_row)
+        .find(|record| record.epoch == epoch)
 }
