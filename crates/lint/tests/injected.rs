@@ -114,6 +114,7 @@ fn every_injected_defect_is_found_at_its_pair_and_nothing_else() {
     };
     assert!(!usable(&stem_of(Defect::Pair001)));
     assert!(!usable(&stem_of(Defect::Lbl003)));
+    assert!(!usable(&stem_of(Defect::Lbl013)));
     assert!(usable(&stem_of(Defect::Lbl009)));
     assert!(usable(&stem_of(Defect::Lbl001)));
     assert!(header.pairs.iter().filter(|p| !p.usable).count() >= 12);
