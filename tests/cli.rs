@@ -74,7 +74,7 @@ fn findings_exit_1_and_json_lists_every_code() {
     let report = json(&output);
     assert_eq!(report["version"], 1);
     let by_code = report["summary"]["by_code"].as_object().unwrap();
-    assert_eq!(by_code.len(), 28, "{by_code:?}");
+    assert_eq!(by_code.len(), 29, "{by_code:?}");
     let finding = report["findings"]
         .as_array()
         .unwrap()

@@ -9,6 +9,8 @@ use tch::nn::{self, OptimizerConfig, VarStore};
 use tch::{Device, Kind, Tensor};
 
 const SIZE: u32 = 64;
+/// Adam steps that overfit the single pair of the source-size test.
+const STEPS: usize = 100;
 
 /// Boxes per image as (class, x0, y0, x1, y1) pixels: class 0 red squares, class 1 green
 /// rectangles (4:3). One object per image: with several, which object a from-scratch model
@@ -169,6 +171,173 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
         })
         .count();
     assert_eq!(pictures, 4);
+}
+
+/// A source unlike the network input (200 x 120 predicted at 64, so stored as 64 x 39 and
+/// padded above and below): trained on exactly the batch the loader makes of it, `predict`
+/// reports the object in source pixels, not network pixels.
+#[test]
+fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
+    use fusekit_cache::{
+        BuildInput, BuildOptions, Cache, IrChannels, Loader, LoaderOptions, MapMode, build,
+    };
+    tch::set_num_threads(1);
+    tch::manual_seed(0);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for sub in ["images", "imagesIR", "labels"] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+    }
+    let (width, height) = (200u32, 120u32);
+    // Off-centre on both axes: a network-pixel box, or a padding left in, lands elsewhere.
+    let truth = [96u32, 10, 184, 70];
+    let inside = |x: u32, y: u32| x >= truth[0] && x < truth[2] && y >= truth[1] && y < truth[3];
+    let rgb = RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb(if inside(x, y) {
+            [60, 220, 90]
+        } else {
+            [20, 30, 40]
+        })
+    });
+    let ir = GrayImage::from_fn(width, height, |x, y| {
+        image::Luma([if inside(x, y) { 200 } else { 10 }])
+    });
+    let input = BuildInput {
+        name: "images/wide.png".into(),
+        rgb: data.join("images/wide.png"),
+        ir: data.join("imagesIR/wide.png"),
+        label: Some(data.join("labels/wide.txt")),
+    };
+    rgb.save(&input.rgb).unwrap();
+    ir.save(&input.ir).unwrap();
+    let [x0, y0, x1, y1] = truth.map(f64::from);
+    let (w, h) = (f64::from(width), f64::from(height));
+    std::fs::write(
+        input.label.as_ref().unwrap(),
+        format!(
+            "0 {} {} {} {}\n",
+            (x0 + x1) / 2.0 / w,
+            (y0 + y1) / 2.0 / h,
+            (x1 - x0) / w,
+            (y1 - y0) / h
+        ),
+    )
+    .unwrap();
+
+    // The training batch as the trainer gets it: cached at 64, letterboxed by the loader.
+    let cache_path = dir.path().join("train.fkc");
+    let options = BuildOptions {
+        imgsz: SIZE,
+        mode: MapMode::Disk,
+        ir_channels: IrChannels::Grey,
+        names: vec!["bar".into()],
+        ..BuildOptions::default()
+    };
+    build(&cache_path, std::slice::from_ref(&input), &options, &|| {}).unwrap();
+    let loader = Loader::new(
+        std::sync::Arc::new(Cache::open(&cache_path, None).unwrap()),
+        LoaderOptions {
+            batch: 1,
+            shuffle: false,
+            ..LoaderOptions::default()
+        },
+    );
+    let batch = loader.make_batch(&[0], 0).unwrap();
+    let images = Tensor::from_slice(&batch.images)
+        .view([1, 4, i64::from(SIZE), i64::from(SIZE)])
+        .to_kind(Kind::Float)
+        / 255.0;
+    let rows: Vec<f32> = batch
+        .boxes
+        .iter()
+        .flat_map(|b| [b.image as f32, b.class as f32, b.x, b.y, b.w, b.h])
+        .collect();
+    let targets = Tensor::from_slice(&rows).view([batch.boxes.len() as i64, 6]);
+
+    let vs = VarStore::new(Device::Cpu);
+    let config = ModelConfig {
+        scale: ModelScale::N,
+        fusion: Fusion::Early,
+        names: vec!["bar".into()],
+        ir_channels: 1,
+    };
+    let model = Detector::new(&vs.root(), config.clone());
+    let mut optimizer = nn::Adam::default().build(&vs, 2e-3).unwrap();
+    let loss = DetectionLoss::default();
+    for _ in 0..STEPS {
+        // Batch norm in inference mode, as predict runs it: with one image and few steps its
+        // running statistics (momentum 0.03) would still be far from the batch's.
+        let outputs = model.forward_t(&images, false);
+        let step = loss.compute(&outputs, &targets);
+        optimizer.zero_grad();
+        step.total.backward();
+        optimizer.step();
+    }
+    let weights_path = dir.path().join("wide.safetensors");
+    weights::save(&vs, &config, &weights_path).unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+        .args(["predict", "--weights"])
+        .arg(&weights_path)
+        .arg(&input.rgb)
+        .arg(&input.ir)
+        .env("OMP_NUM_THREADS", "1")
+        .args([
+            "--imgsz",
+            "64",
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+            "--no-images",
+            "--out",
+        ])
+        .arg(dir.path().join("predict"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+    assert_eq!(
+        (record["width"].as_u64(), record["height"].as_u64()),
+        (Some(200), Some(120))
+    );
+    // (score, box) of each detection.
+    let detections: Vec<(f64, [f64; 4])> = record["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let b: Vec<f64> = d["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            (d["score"].as_f64().unwrap(), [b[0], b[1], b[2], b[3]])
+        })
+        .collect();
+    for (_, b) in &detections {
+        assert!(
+            b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w && b[3] <= h && b[0] < b[2] && b[1] < b[3],
+            "box {b:?} is not inside the 200 x 120 source"
+        );
+    }
+    // The most confident detection is the object, where it was painted.
+    let (_, top) = detections
+        .iter()
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap_or_else(|| panic!("no detection: {record}"));
+    let truth = [x0, y0, x1, y1];
+    assert!(
+        iou(*top, truth) > 0.7,
+        "the top detection {top:?} is not at {truth:?} (IoU {:.2}): {detections:?}",
+        iou(*top, truth)
+    );
 }
 
 #[test]

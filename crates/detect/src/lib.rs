@@ -19,7 +19,7 @@ pub use blocks::{
 };
 pub use fusekit_hyp::{Fusion, ModelScale};
 pub use loss::{
-    Assigner, Assignment, DetectionLoss, Loss, LossGains, ciou, distribution_focal_loss,
+    Assigner, Assignment, DetectionLoss, Loss, LossError, LossGains, ciou, distribution_focal_loss,
 };
 pub use model::{Detector, HeadOutputs, ModelConfig};
 pub use postprocess::{Detection, Letterbox, NmsOptions, non_max_suppression};

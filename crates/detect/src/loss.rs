@@ -26,7 +26,10 @@ pub fn ciou(a: &Tensor, b: &Tensor) -> Tensor {
     let rho2 =
         ((&b[0] + &b[2] - &a[0] - &a[2]).square() + (&b[1] + &b[3] - &a[1] - &a[3]).square()) / 4.0;
     let v = ((&w2 / &h2).atan() - (&w1 / &h1).atan()).square() * (4.0 / (PI * PI));
-    let alpha = tch::no_grad(|| &v / (&v - &iou + (1.0 + eps)));
+    let alpha = {
+        let _no_grad = tch::no_grad_guard();
+        &v / (&v - &iou + (1.0 + eps))
+    };
     iou - (rho2 / c2 + v * alpha)
 }
 
@@ -71,7 +74,8 @@ pub struct Assignment {
 impl Assigner {
     /// Assigns anchors. `scores` `[b, a, nc]` are probabilities, `boxes` `[b, a, 4]` and
     /// `anchors` `[a, 2]` in pixels; `gt_labels` `[b, m, 1]`, `gt_boxes` `[b, m, 4]` xyxy
-    /// pixels, `gt_mask` `[b, m, 1]` marks real (non-padding) ground truths.
+    /// pixels, `gt_mask` `[b, m, 1]` marks real (non-padding) ground truths. Labels must lie
+    /// in `0..nc` (unchecked here; [`DetectionLoss`] checks its targets before assigning).
     pub fn assign(
         &self,
         scores: &Tensor,
@@ -239,6 +243,28 @@ impl Default for LossGains {
     }
 }
 
+/// Targets the loss cannot be computed for.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LossError {
+    /// A target's class id is not an integer in `0..nc`. Checked on the host before any
+    /// indexing by class: on CUDA, libtorch skips its range checks and an out-of-range class
+    /// id would end in a device-side assert that poisons the CUDA context.
+    #[error(
+        "target {row} (image {image}) has class id {class}, not in 0..{nc}: the model has \
+         {nc} classes (do the labels and the model's `names` agree?)"
+    )]
+    ClassOutOfRange {
+        /// Row of the targets tensor.
+        row: usize,
+        /// Image index in the batch.
+        image: usize,
+        /// The class id as given.
+        class: f32,
+        /// Classes of the model.
+        nc: i64,
+    },
+}
+
 /// One batch's loss.
 #[derive(Debug)]
 pub struct Loss {
@@ -262,11 +288,22 @@ pub struct DetectionLoss {
 impl DetectionLoss {
     /// The loss of `outputs` against `targets` `[n, 6]` (image index, class, normalised
     /// centre x, y, w, h), on the outputs' device.
+    ///
+    /// # Panics
+    ///
+    /// With the message of [`LossError`] when a target's class id is not in `0..nc`; see
+    /// [`DetectionLoss::try_compute`].
     pub fn compute(&self, outputs: &HeadOutputs, targets: &Tensor) -> Loss {
+        self.try_compute(outputs, targets)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`DetectionLoss::compute`], or an error for targets it cannot use (on every device).
+    pub fn try_compute(&self, outputs: &HeadOutputs, targets: &Tensor) -> Result<Loss, LossError> {
         let mut total: Option<Tensor> = None;
         let mut parts = [0.0; 3];
         for levels in outputs {
-            let (t, p) = self.compute_one(levels, targets);
+            let (t, p) = self.compute_one(levels, targets)?;
             total = Some(match total {
                 Some(sum) => sum + t,
                 None => t,
@@ -275,27 +312,40 @@ impl DetectionLoss {
                 *acc += v / outputs.len() as f64;
             }
         }
-        Loss {
+        Ok(Loss {
             total: total.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, Device::Cpu))),
             parts,
-        }
+        })
     }
 
     /// Loss components (after gains) of one detector's levels, as a `[3]` tensor, and the
     /// backpropagated total.
-    fn compute_one(&self, levels: &[Tensor], targets: &Tensor) -> (Tensor, [f64; 3]) {
-        let components = self.components(levels, targets);
+    fn compute_one(
+        &self,
+        levels: &[Tensor],
+        targets: &Tensor,
+    ) -> Result<(Tensor, [f64; 3]), LossError> {
+        let components = self.try_components(levels, targets)?;
         let batch = levels[0].size()[0] as f64;
         let parts: Vec<f64> = Vec::try_from(components.detach().to_kind(Kind::Double))
             .unwrap_or_else(|_| vec![f64::NAN; 3]);
-        (
+        Ok((
             components.sum(Kind::Float) * batch,
             [parts[0], parts[1], parts[2]],
-        )
+        ))
     }
 
     /// `[box, cls, dfl]` after gains for one detector's level outputs.
+    ///
+    /// # Panics
+    ///
+    /// As [`DetectionLoss::compute`].
     pub fn components(&self, levels: &[Tensor], targets: &Tensor) -> Tensor {
+        self.try_components(levels, targets)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_components(&self, levels: &[Tensor], targets: &Tensor) -> Result<Tensor, LossError> {
         let Prepared {
             pred_dist,
             pred_logits,
@@ -303,7 +353,7 @@ impl DetectionLoss {
             anchors,
             strides,
             assignment,
-        } = self.prepare(levels, targets);
+        } = self.prepare(levels, targets)?;
         let score_sum = assignment.scores.sum(Kind::Float).clamp_min(1.0);
         let cls = pred_logits
             .binary_cross_entropy_with_logits::<Tensor>(
@@ -339,14 +389,14 @@ impl DetectionLoss {
         let dfl = (distribution_focal_loss(&fg_dist, &target_distances) * weight).sum(Kind::Float)
             / &score_sum;
 
-        Tensor::stack(
+        Ok(Tensor::stack(
             &[
                 box_loss * self.gains.box_gain,
                 cls * self.gains.cls_gain,
                 dfl * self.gains.dfl_gain,
             ],
             0,
-        )
+        ))
     }
 }
 
@@ -363,11 +413,17 @@ struct Prepared {
 
 impl DetectionLoss {
     /// The assigner's targets for one detector's level outputs and `targets` `[n, 6]`.
+    ///
+    /// # Panics
+    ///
+    /// As [`DetectionLoss::compute`].
     pub fn assignment(&self, levels: &[Tensor], targets: &Tensor) -> Assignment {
-        self.prepare(levels, targets).assignment
+        self.prepare(levels, targets)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .assignment
     }
 
-    fn prepare(&self, levels: &[Tensor], targets: &Tensor) -> Prepared {
+    fn prepare(&self, levels: &[Tensor], targets: &Tensor) -> Result<Prepared, LossError> {
         let device = levels[0].device();
         let size = levels[0].size();
         let batch = size[0];
@@ -385,7 +441,7 @@ impl DetectionLoss {
         let image_h = (size[2] * STRIDES[0]) as f64;
         let image_w = (size[3] * STRIDES[0]) as f64;
 
-        let (gt_labels, gt_boxes) = pad_targets(targets, batch, image_w, image_h, device);
+        let (gt_labels, gt_boxes) = pad_targets(targets, batch, nc, image_w, image_h, device)?;
         let gt_mask = gt_boxes.sum_dim_intlist(-1, true, Kind::Float).gt(0.0);
 
         let bins = Tensor::arange(REG_MAX, (Kind::Float, device));
@@ -402,26 +458,28 @@ impl DetectionLoss {
             &gt_boxes,
             &gt_mask,
         );
-        Prepared {
+        Ok(Prepared {
             pred_dist,
             pred_logits,
             pred_boxes,
             anchors,
             strides,
             assignment,
-        }
+        })
     }
 }
 
 /// Targets `[n, 6]` padded per image: labels `[b, m, 1]` and xyxy pixel boxes `[b, m, 4]`,
-/// where `m` is the most boxes any image has (zero rows pad).
+/// where `m` is the most boxes any image has (zero rows pad). Every class id must be an
+/// integer in `0..nc`: the targets are on the host here, so the check costs nothing.
 fn pad_targets(
     targets: &Tensor,
     batch: i64,
+    nc: i64,
     image_w: f64,
     image_h: f64,
     device: Device,
-) -> (Tensor, Tensor) {
+) -> Result<(Tensor, Tensor), LossError> {
     let rows: Vec<f32> = Vec::try_from(
         targets
             .to_kind(Kind::Float)
@@ -430,8 +488,17 @@ fn pad_targets(
     )
     .unwrap_or_default();
     let mut per_image: Vec<Vec<[f32; 5]>> = vec![Vec::new(); batch.max(0) as usize];
-    for row in rows.chunks_exact(6) {
+    for (index, row) in rows.chunks_exact(6).enumerate() {
         let image = row[0] as usize;
+        let class = row[1];
+        if !(class >= 0.0 && class < nc as f32 && class.fract() == 0.0) {
+            return Err(LossError::ClassOutOfRange {
+                row: index,
+                image,
+                class,
+                nc,
+            });
+        }
         if let Some(list) = per_image.get_mut(image) {
             // Scale first, then convert centre-xywh to corners, in f32 as Ultralytics does.
             let (x, y) = (row[2] * image_w as f32, row[3] * image_h as f32);
@@ -451,5 +518,5 @@ fn pad_targets(
         .view([batch, max_boxes as i64, 5])
         .to_device(device);
     let split = padded.split_with_sizes([1, 4], -1);
-    (split[0].shallow_clone(), split[1].shallow_clone())
+    Ok((split[0].shallow_clone(), split[1].shallow_clone()))
 }

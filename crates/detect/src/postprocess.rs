@@ -112,12 +112,14 @@ fn image_detections(rows: &Tensor, options: &NmsOptions) -> Vec<Detection> {
         .collect()
 }
 
-/// How an image was fitted into a square network input: scaled by `gain`, then shifted by
-/// `pad` (left, top).
+/// How an image was fitted into a square network input: scaled by `gain` per axis, then
+/// shifted by `pad` (left, top).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
-    /// Scale from original to network pixels.
-    pub gain: f32,
+    /// Scale from original to network pixels along x and y: the stored size over the original
+    /// size. The cache rounds the short side up to whole pixels, so the two can differ a little
+    /// (200 x 120 at 64 is stored as 64 x 39: 0.32 along x, 0.325 along y).
+    pub gain: [f32; 2],
     /// Left and top padding in network pixels.
     pub pad: [f32; 2],
     /// Original width and height.
@@ -128,7 +130,7 @@ impl Letterbox {
     /// The letterbox of an `original` (width, height) image stored at `scaled` size (long side
     /// equal to `size`) and centred in a `size` x `size` input, as the cache and loader do.
     pub fn new(original: [u32; 2], scaled: [u32; 2], size: u32) -> Self {
-        let gain = size as f32 / original[0].max(original[1]).max(1) as f32;
+        let gain = [0, 1].map(|i| scaled[i] as f32 / original[i].max(1) as f32);
         let pad = scaled.map(|v| (size.saturating_sub(v) / 2) as f32);
         Self {
             gain,
@@ -140,8 +142,87 @@ impl Letterbox {
     /// `bbox` (network pixels) in original image pixels, clipped to the image.
     pub fn to_original(&self, bbox: [f32; 4]) -> [f32; 4] {
         let [w, h] = self.original.map(|v| v as f32);
-        let x = |v: f32| ((v - self.pad[0]) / self.gain).clamp(0.0, w);
-        let y = |v: f32| ((v - self.pad[1]) / self.gain).clamp(0.0, h);
+        let x = |v: f32| ((v - self.pad[0]) / self.gain[0]).clamp(0.0, w);
+        let y = |v: f32| ((v - self.pad[1]) / self.gain[1]).clamp(0.0, h);
         [x(bbox[0]), y(bbox[1]), x(bbox[2]), y(bbox[3])]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A box in original pixels as the cache and loader place it in the network input: its
+    /// normalised coordinates times the stored size, plus the padding.
+    fn forward(original: [u32; 2], scaled: [u32; 2], size: u32, bbox: [f32; 4]) -> [f32; 4] {
+        let pad = scaled.map(|v| ((size - v) / 2) as f32);
+        std::array::from_fn(|i| {
+            let axis = i % 2;
+            bbox[i] / original[axis] as f32 * scaled[axis] as f32 + pad[axis]
+        })
+    }
+
+    fn assert_near(got: [f32; 4], expected: [f32; 4], tolerance: f32) {
+        assert!(
+            got.iter()
+                .zip(expected)
+                .all(|(g, e)| (g - e).abs() <= tolerance),
+            "{got:?} vs {expected:?}"
+        );
+    }
+
+    /// (original, stored size at 64 as the cache's `stored_size` gives it): long side 64, the
+    /// other rounded up.
+    const CASES: [([u32; 2], [u32; 2]); 4] = [
+        // Landscape: padding top and bottom; 120 x 0.32 = 38.4 is stored as 39 rows.
+        ([200, 120], [64, 39]),
+        // Portrait: padding left and right.
+        ([120, 200], [39, 64]),
+        // An exact fit (no rounding) and an upscaled small image.
+        ([640, 480], [64, 48]),
+        ([40, 24], [64, 39]),
+    ];
+
+    #[test]
+    fn boxes_map_back_to_original_pixels_in_portrait_and_landscape() {
+        for (original, scaled) in CASES {
+            let fit = Letterbox::new(original, scaled, 64);
+            let [w, h] = original.map(|v| v as f32);
+            let boxes = [
+                [0.1 * w, 0.15 * h, 0.4 * w, 0.5 * h],
+                [0.55 * w, 0.6 * h, 0.97 * w, 0.9 * h],
+                [0.0, 0.0, w, h],
+            ];
+            for bbox in boxes {
+                let network = forward(original, scaled, 64, bbox);
+                assert_near(fit.to_original(network), bbox, 0.5);
+            }
+        }
+        // The padding is on the short axis only.
+        assert_eq!(Letterbox::new([200, 120], [64, 39], 64).pad, [0.0, 12.0]);
+        assert_eq!(Letterbox::new([120, 200], [39, 64], 64).pad, [12.0, 0.0]);
+    }
+
+    #[test]
+    fn boxes_reaching_into_the_padding_are_clipped_to_the_image() {
+        for (original, scaled) in CASES {
+            let fit = Letterbox::new(original, scaled, 64);
+            let [w, h] = original.map(|v| v as f32);
+            // The whole network input, padding included, is the whole image.
+            assert_near(
+                fit.to_original([-3.0, -3.0, 67.0, 67.0]),
+                [0.0, 0.0, w, h],
+                0.0,
+            );
+            // A box crossing the left/top edge keeps its inner corner.
+            let inner = [0.5 * w, 0.5 * h];
+            let network = forward(original, scaled, 64, [0.0, 0.0, inner[0], inner[1]]);
+            let crossing = [network[0] - 5.0, network[1] - 5.0, network[2], network[3]];
+            assert_near(
+                fit.to_original(crossing),
+                [0.0, 0.0, inner[0], inner[1]],
+                0.5,
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! with and without boxes.
 
 use fusekit_detect::{
-    Assigner, DetectionLoss, Detector, Fusion, ModelConfig, ModelScale, REG_MAX, ciou,
+    Assigner, DetectionLoss, Detector, Fusion, LossError, ModelConfig, ModelScale, REG_MAX, ciou,
     distribution_focal_loss, make_anchors,
 };
 use tch::nn::VarStore;
@@ -251,4 +251,44 @@ fn late_fusion_sums_both_detectors_and_reports_their_mean() {
     }
     let sum: f64 = each.iter().flatten().sum();
     assert!((whole.total.double_value(&[]) - sum).abs() < 1e-4);
+}
+
+#[test]
+fn a_class_id_outside_the_model_is_a_clear_error_before_any_indexing() {
+    tch::set_num_threads(1);
+    let (_vs, model) = small_model(Fusion::Mid);
+    let images = Tensor::rand([2, 4, 64, 64], CPU);
+    let outputs = model.forward_t(&images, false);
+    let loss = DetectionLoss::default();
+    // Two classes (person, car): ids 2 and -1 name none of them, 0 and 1 are fine.
+    let targets = |class: f32| {
+        Tensor::from_slice(&[
+            0f32, 1.0, 0.5, 0.5, 0.2, 0.2, 1.0, class, 0.3, 0.3, 0.2, 0.2,
+        ])
+        .view([2, 6])
+    };
+    for bad in [2.0, 7.0, -1.0] {
+        let error = loss.try_compute(&outputs, &targets(bad)).unwrap_err();
+        assert_eq!(
+            error,
+            LossError::ClassOutOfRange {
+                row: 1,
+                image: 1,
+                class: bad,
+                nc: 2
+            }
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("class id {bad}")) && message.contains("0..2"),
+            "{message}"
+        );
+        // The infallible forms stop with the same message rather than index out of range.
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            loss.compute(&outputs, &targets(bad))
+        }))
+        .unwrap_err();
+        assert_eq!(panic.downcast_ref::<String>(), Some(&message));
+    }
+    assert!(loss.try_compute(&outputs, &targets(1.0)).is_ok());
 }

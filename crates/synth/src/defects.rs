@@ -36,6 +36,7 @@ defects! {
     Lbl001 => "LBL001", Lbl002 => "LBL002", Lbl003 => "LBL003", Lbl004 => "LBL004",
     Lbl005 => "LBL005", Lbl006 => "LBL006", Lbl007 => "LBL007", Lbl008 => "LBL008",
     Lbl009 => "LBL009", Lbl010 => "LBL010", Lbl011 => "LBL011", Lbl012 => "LBL012",
+    Lbl013 => "LBL013",
     Ds002 => "DS002", Ds003 => "DS003", Ds004 => "DS004",
 }
 
@@ -128,6 +129,12 @@ pub(crate) fn apply(
         Defect::Lbl010 => copy(&label, &label.with_file_name(format!("label_only_{stem}.txt"))),
         Defect::Lbl011 => append("0 0.5 0.5 0.0005 0.1"),
         Defect::Lbl012 => append("0 0.2 0.2 0.3 0.2 0.25 0.35"),
+        // A row ending in a Latin-1 `é` (one byte, 0xE9): the file is no longer UTF-8 text.
+        Defect::Lbl013 => {
+            let mut bytes = std::fs::read(&label).map_err(io_error(&label))?;
+            bytes.extend_from_slice(b"0 0.5 0.5 0.1 0.1\xe9\n");
+            write(&label, &bytes)
+        }
         Defect::Ds002 | Defect::Ds003 | Defect::Ds004 => Ok(()),
     }
 }

@@ -3,7 +3,11 @@
 //! `torch-sys` exposes the directory of the libtorch it was built against to the build scripts of
 //! its direct dependents as `DEP_TCH_LIBTORCH_LIB`. Calling [`emit`] from such a build script
 //! makes every binary and test of the package
-//! - find libtorch at run time without `LD_LIBRARY_PATH` (an rpath to that directory), and
+//! - find libtorch at run time without `LD_LIBRARY_PATH` (a run path to that directory),
+//! - still honour `LD_LIBRARY_PATH` first: the run path is written as `DT_RUNPATH`
+//!   (`--enable-new-dtags`), which the dynamic loader searches after `LD_LIBRARY_PATH`, not as
+//!   `DT_RPATH`, which it searches before; so a binary whose libtorch has moved (an installed
+//!   binary, a cleared cache) runs with `LD_LIBRARY_PATH=/path/to/torch/lib`, and
 //! - keep `libtorch_cuda` as a dependency even though no symbol of it is referenced directly
 //!   (`--no-as-needed`), so that CUDA is available on a machine with a GPU.
 
@@ -28,7 +32,10 @@ pub fn emit() {
 
 /// The linker arguments for a libtorch library directory.
 pub fn link_args(lib_dir: &Path) -> Vec<String> {
-    let mut args = vec![format!("-Wl,-rpath,{}", lib_dir.display())];
+    let mut args = vec![
+        "-Wl,--enable-new-dtags".to_owned(),
+        format!("-Wl,-rpath,{}", lib_dir.display()),
+    ];
     if lib_dir.join("libtorch_cuda.so").exists() {
         args.push("-Wl,--no-as-needed,-ltorch_cuda,--as-needed".to_owned());
     }
@@ -40,12 +47,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_build_gets_only_rpath() {
+    fn cpu_build_gets_only_a_runpath() {
         let dir = std::env::temp_dir().join("fusekit-torch-link-cpu");
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(
             link_args(&dir),
-            vec![format!("-Wl,-rpath,{}", dir.display())]
+            vec![
+                "-Wl,--enable-new-dtags".to_owned(),
+                format!("-Wl,-rpath,{}", dir.display())
+            ]
         );
     }
 
@@ -55,7 +65,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("libtorch_cuda.so"), b"").unwrap();
         let args = link_args(&dir);
-        assert_eq!(args.len(), 2);
-        assert!(args[1].contains("--no-as-needed,-ltorch_cuda"));
+        assert_eq!(args.len(), 3);
+        assert_eq!(args[0], "-Wl,--enable-new-dtags");
+        assert!(args[2].contains("--no-as-needed,-ltorch_cuda"));
     }
 }
