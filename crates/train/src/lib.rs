@@ -42,6 +42,9 @@ pub enum TrainError {
     /// The batch arithmetic is invalid.
     #[error(transparent)]
     Batch(#[from] fusekit_hyp::BatchError),
+    /// A batch's targets do not fit the model (a class id outside the model's classes).
+    #[error(transparent)]
+    Targets(#[from] fusekit_detect::LossError),
     /// The schedule is invalid.
     #[error(transparent)]
     Schedule(#[from] fusekit_hyp::ScheduleError),

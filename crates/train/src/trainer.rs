@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use fusekit_cache::{Augment, Cache, Loader, LoaderOptions};
 use fusekit_detect::{
-    BatchNormFn, DetectionLoss, Detector, Fusion, LossGains, ModelConfig, NmsOptions,
+    BatchNormFn, DetectionLoss, Detector, Fusion, LossError, LossGains, ModelConfig, NmsOptions,
     parameter_count, weights, with_batch_norm,
 };
 use fusekit_dist::{DistError, ProcessGroup};
@@ -572,6 +572,7 @@ starts over, the step's earlier batches are kept)",
                         )));
                     }
                     Err(MicroBatchFailure::Dist(error)) => return Err(error.into()),
+                    Err(MicroBatchFailure::Targets(error)) => return Err(error.into()),
                     other => break other,
                 }
             };
@@ -793,6 +794,14 @@ enum MicroBatchFailure {
     OutOfMemory(String),
     /// A collective of synchronised BatchNorm failed.
     Dist(DistError),
+    /// The batch's targets do not fit the model (a class id out of range).
+    Targets(LossError),
+}
+
+impl From<LossError> for MicroBatchFailure {
+    fn from(error: LossError) -> Self {
+        Self::Targets(error)
+    }
 }
 
 impl From<DeviceFailure> for MicroBatchFailure {
@@ -844,7 +853,7 @@ impl MicroBatches<'_> {
                     panic!("CUDA out of memory (simulated: a micro-batch of {len} images)");
                 }
                 let outputs = self.model.forward_t(&images, true);
-                self.loss.compute(&outputs, &targets)
+                self.loss.try_compute(&outputs, &targets)
             };
             // The panic of a failed forward pass is caught inside autocast, so that autocast
             // always restores its state and clears its cache of fp16 weight copies.
@@ -853,7 +862,7 @@ impl MicroBatches<'_> {
                     Some(group) => with_batch_norm(synchronised_batch_norm(group), forward),
                     None => forward(),
                 })
-            })?;
+            })??;
             let finite = loss.parts.iter().all(|p| p.is_finite());
             // With synchronised BatchNorm the backward passes exchange statistics: all ranks
             // run them, or none.

@@ -41,10 +41,13 @@ pub fn validate(
         let input = tensors.images.to_kind(Kind::Float) / 255.0;
         let (parts, detections) = tch::no_grad(|| {
             let outputs = model.forward_t(&input, false);
-            let parts = loss.compute(&outputs, &tensors.targets).parts;
+            let parts = loss
+                .try_compute(&outputs, &tensors.targets)
+                .map(|l| l.parts);
             let detections = non_max_suppression(&model.decode(&outputs), options);
             (parts, detections)
         });
+        let parts = parts?;
         for (sum, part) in loss_sum.iter_mut().zip(parts) {
             *sum += part;
         }
