@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,40 +88,7 @@ fn every_rank_ends_with_rank_0s_metrics() {
     let dir = tempfile::tempdir().unwrap();
     cache(dir.path(), "train", 12, 1);
     cache(dir.path(), "val", 4, 2);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let exe = std::env::current_exe().unwrap();
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            Command::new(&exe)
-                .args(["--exact", "rank_worker", "--ignored", "--test-threads=1"])
-                .env(DIR, dir.path())
-                .env("OMP_NUM_THREADS", "1")
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (rank, child) in ranks.into_iter().enumerate() {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "rank {rank} failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    common::run_two_ranks("rank_worker", &[(DIR, dir.path().as_os_str())]);
     let ended = |rank: usize| std::fs::read_to_string(dir.path().join(format!("rank{rank}.txt")));
     let (rank0, rank1) = (ended(0).unwrap(), ended(1).unwrap());
     assert!(rank0.starts_with("epochs 2 "), "{rank0}");

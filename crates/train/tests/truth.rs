@@ -18,8 +18,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -481,46 +481,10 @@ fn rank_case(case: &str) -> (Hyp, Faults, bool) {
 
 /// Runs `case` on two ranks of a loopback group; returns rank 0's saved weights.
 fn two_ranks(dir: &Path, case: &str) -> HashMap<String, Tensor> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let exe = std::env::current_exe().unwrap();
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "truth_rank_worker",
-                    "--ignored",
-                    "--test-threads=1",
-                ])
-                .env(DIR, dir)
-                .env(CASE, case)
-                .env("OMP_NUM_THREADS", "1")
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (rank, child) in ranks.into_iter().enumerate() {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "rank {rank} of {case} failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    common::run_two_ranks(
+        "truth_rank_worker",
+        &[(DIR, dir.as_os_str()), (CASE, OsStr::new(case))],
+    );
     saved_weights(&dir.join(format!("{case}-2x4")))
 }
 

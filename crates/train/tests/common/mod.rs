@@ -5,8 +5,64 @@
 
 use std::path::{Path, PathBuf};
 
+use std::ffi::OsStr;
+use std::process::{Command, Output, Stdio};
+
 use fusekit_cache::{BuildInput, BuildOptions, MapMode, build};
 use fusekit_synth::{SynthOptions, generate};
+
+/// `inputs` cached at imgsz 64 (disk mode, class `person`) as `dir/NAME.fkc`, which it returns.
+fn cache_of(dir: &Path, name: &str, inputs: &[BuildInput]) -> PathBuf {
+    let target = dir.join(format!("{name}.fkc"));
+    let build_options = BuildOptions {
+        imgsz: 64,
+        mode: MapMode::Disk,
+        names: vec!["person".into()],
+        ..BuildOptions::default()
+    };
+    build(&target, inputs, &build_options, &|| {}).unwrap();
+    target
+}
+
+/// Runs the ignored test `worker` of the current test binary as ranks 0 and 1 of a loopback
+/// group (torchrun's variables, one OpenMP thread each) with `env` set, and waits for both;
+/// panics with a rank's output when it fails.
+pub fn run_two_ranks(worker: &str, env: &[(&str, &OsStr)]) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let exe = std::env::current_exe().unwrap();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(["--exact", worker, "--ignored", "--test-threads=1"])
+                .envs(env.iter().copied())
+                .env("OMP_NUM_THREADS", "1")
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in ranks.into_iter().enumerate() {
+        let output: Output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "rank {rank} of {worker} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
 
 /// Generates `options`' pairs into `dir/NAME-data` and caches them at imgsz 64 (disk mode) into
 /// `dir/NAME.fkc`, which it returns.
@@ -24,15 +80,7 @@ pub fn synth_cache(dir: &Path, name: &str, options: &SynthOptions) -> PathBuf {
             }
         })
         .collect();
-    let target = dir.join(format!("{name}.fkc"));
-    let build_options = BuildOptions {
-        imgsz: 64,
-        mode: MapMode::Disk,
-        names: vec!["person".into()],
-        ..BuildOptions::default()
-    };
-    build(&target, &inputs, &build_options, &|| {}).unwrap();
-    target
+    cache_of(dir, name, &inputs)
 }
 
 /// Objects of [`same_pair_cache`]'s pair: class, then centre x, y, width, height (normalised).
@@ -93,13 +141,5 @@ pub fn same_pair_cache(dir: &Path, name: &str, copies: usize) -> PathBuf {
             label: Some(label.clone()),
         })
         .collect();
-    let target = dir.join(format!("{name}.fkc"));
-    let build_options = BuildOptions {
-        imgsz: 64,
-        mode: MapMode::Disk,
-        names: vec!["person".into()],
-        ..BuildOptions::default()
-    };
-    build(&target, &inputs, &build_options, &|| {}).unwrap();
-    target
+    cache_of(dir, name, &inputs)
 }
