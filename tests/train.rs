@@ -589,3 +589,33 @@ fn hyp_yaml_errors_name_the_line_and_suggest_a_key() {
         "{stderr}"
     );
 }
+
+/// The cache knows the size it was built at: `--cache` alone trains at it, and a different
+/// `--imgsz` (or hyp.yaml `imgsz`) is refused before anything is trained.
+#[test]
+fn imgsz_comes_from_the_cache_unless_given() {
+    let dir = tempfile::tempdir().unwrap();
+    cached_dataset(dir.path());
+    let common = [
+        "train", "--cache", "cache", "--device", "cpu", "--epochs", "1", "--batch", "8",
+        "--fusion", "rgb",
+    ];
+    ok(&fusekit(&common, dir.path()));
+    let args = std::fs::read_to_string(dir.path().join("runs/fuse/train/args.yaml")).unwrap();
+    assert!(args.lines().any(|l| l == "imgsz: 64"), "{args}");
+
+    let given = [&common[..], &["--imgsz", "128"]].concat();
+    let output = fusekit(&given, dir.path());
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("was built at imgsz 64, but imgsz is 128")
+            && stderr.contains("train at 64"),
+        "{stderr}"
+    );
+    std::fs::write(dir.path().join("hyp.yaml"), "imgsz: 96\n").unwrap();
+    let from_file = [&common[..], &["--hyp", "hyp.yaml"]].concat();
+    let output = fusekit(&from_file, dir.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("but imgsz is 96"), "{stderr}");
+}

@@ -61,7 +61,8 @@ pub struct TrainArgs {
     /// Images per micro-batch (per device).
     #[arg(long)]
     batch: Option<u32>,
-    /// Image size; must equal the cache's.
+    /// Image size: by default the cache's (it knows the size it was built at) or, with
+    /// --data, 640; a value that differs from the cache's is an error.
     #[arg(long)]
     imgsz: Option<u32>,
     /// Micro-batches per optimizer step: `auto` (round(nbs / batch)) or a number.
@@ -323,7 +324,8 @@ pub fn execute(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<Option<T
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
-    let hyp = loaded.hyp;
+    let imgsz_given = loaded.given.iter().any(|key| key == "imgsz");
+    let mut hyp = loaded.hyp;
     let cache_dir = match (&args.cache, &args.data) {
         (Some(cache), _) => cache.clone(),
         (None, Some(data)) => build_for_training(data, hyp.imgsz)?,
@@ -348,7 +350,13 @@ fusekit never validates on the training set)",
         );
         None
     };
-    let samples = Cache::open(&train_cache, None)?.len();
+    let cache = Cache::open(&train_cache, None)?;
+    if !imgsz_given {
+        // The cache knows the size it was built at.
+        hyp.imgsz = cache.meta().imgsz;
+    }
+    let samples = cache.len();
+    drop(cache);
     let limit = match (args.limit, args.fraction) {
         (Some(n), _) => Some(n),
         (None, Some(f)) if f > 0.0 && f <= 1.0 => {

@@ -129,6 +129,17 @@ macro_rules! hyp_fields {
                 set
             }
 
+            /// The keys of the set values.
+            pub fn keys(&self) -> Vec<&'static str> {
+                let mut set = Vec::new();
+                $(
+                    if self.$field.is_some() {
+                        set.push(key_of!($field $($key)?));
+                    }
+                )*
+                set
+            }
+
             /// Whether no value is set.
             pub fn is_empty(&self) -> bool {
                 true $(&& self.$field.is_none())*
@@ -425,6 +436,8 @@ pub struct Loaded {
     pub hyp: Hyp,
     /// Ignored keys, in file order.
     pub warnings: Vec<HypWarning>,
+    /// The keys a file or the command line set (the others hold defaults).
+    pub given: Vec<String>,
 }
 
 impl Hyp {
@@ -477,21 +490,37 @@ impl Hyp {
                 message,
             }
         })?;
-        Ok(Loaded { hyp, warnings })
+        let given = keys
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| Hyp::KEYS.contains(&key.as_str()))
+            .collect();
+        Ok(Loaded {
+            hyp,
+            warnings,
+            given,
+        })
     }
 
     /// Defaults, then `file` when given, then `overrides`; validated.
     pub fn resolve(file: Option<&Path>, overrides: &HypOverrides) -> Result<Loaded, HypError> {
-        let Loaded { hyp, warnings } = match file {
+        let Loaded {
+            hyp,
+            warnings,
+            mut given,
+        } = match file {
             Some(path) => Self::from_yaml_file(path)?,
             None => Loaded {
                 hyp: Hyp::default(),
                 warnings: Vec::new(),
+                given: Vec::new(),
             },
         };
+        given.extend(overrides.keys().into_iter().map(str::to_owned));
         Ok(Loaded {
             hyp: hyp.with_overrides(overrides)?,
             warnings,
+            given,
         })
     }
 

@@ -245,6 +245,9 @@ fn layering_defaults_file_command_line() {
     assert_eq!(loaded.hyp.fusion, Fusion::Early);
     assert_eq!(loaded.hyp.batch, 16); // default
     assert_eq!(loaded.warnings.len(), 1);
+    // What was given, by the file or the command line (ignored keys are not), so that a
+    // caller can fill the rest from elsewhere (the trainer's imgsz from its cache).
+    assert_eq!(loaded.given, ["lr0", "epochs", "epochs", "fusion"]);
     let bad = HypOverrides {
         mosaic: Some(2.0),
         ..HypOverrides::default()

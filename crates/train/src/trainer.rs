@@ -326,11 +326,13 @@ fn run(
     let meta = train_cache.meta().clone();
     if meta.imgsz != hyp.imgsz {
         return Err(TrainError::Incompatible(format!(
-            "{} was built at imgsz {}, but imgsz is {}: rebuild the cache or pass --imgsz {}",
+            "{} was built at imgsz {}, but imgsz is {}: train at {} (what `fusekit train \
+--cache` does when imgsz is not given) or rebuild the cache at {}",
             options.train_cache.display(),
             meta.imgsz,
             hyp.imgsz,
-            meta.imgsz
+            meta.imgsz,
+            hyp.imgsz
         )));
     }
     let mosaic_epochs = hyp.epochs.saturating_sub(hyp.close_mosaic);
