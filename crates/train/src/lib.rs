@@ -6,11 +6,14 @@
 //! [`RuntimeInfo`] choose and describe devices; [`batch_tensors`] feeds cache batches to
 //! libtorch without copies.
 
+mod checkpoint;
 mod device;
 mod ema;
 mod feed;
+mod guard;
 mod optim;
 mod results;
+mod step;
 mod trainer;
 mod validate;
 

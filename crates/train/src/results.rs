@@ -118,3 +118,12 @@ pub fn truncate_results(path: &Path, epoch: u32, last_row: &str) -> std::io::Res
     }
     std::fs::write(path, kept.join("\n") + "\n")
 }
+
+/// The record of `epoch` in an existing `results.csv`.
+pub(crate) fn read_record(path: &Path, epoch: u32) -> Option<EpochRecord> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .filter_map(EpochRecord::from_csv_row)
+        .find(|record| record.epoch == epoch)
+}

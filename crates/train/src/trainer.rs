@@ -1,34 +1,30 @@
 //! The training loop: batches from a cache, v8 loss, accumulation, the scheduled optimizer,
 //! EMA, validation, `results.csv`, weights and resumable checkpoints.
 
-use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fusekit_cache::{Augment, Cache, Loader, LoaderOptions};
+use fusekit_cache::{Augment, Batch, Cache, Loader, LoaderOptions};
 use fusekit_detect::{
-    BatchNormFn, DetectionLoss, Detector, Fusion, LossError, LossGains, ModelConfig, NmsOptions,
-    parameter_count, weights, with_batch_norm,
+    DetectionLoss, Detector, Fusion, LossGains, ModelConfig, NmsOptions, parameter_count, weights,
 };
-use fusekit_dist::{DistError, ProcessGroup};
+use fusekit_dist::ProcessGroup;
 use fusekit_hyp::{BatchPlan, EMA_DECAY, EMA_TAU, Hyp, NanPolicy, Schedule};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::TrainError;
+use crate::checkpoint::{self, TrainState};
 use crate::ema::Ema;
 use crate::feed::batch_tensors;
+use crate::guard::{DeviceFailure, QuietDeviceFailures, catch_device_failure};
 use crate::optim::{Optimizer, StepSettings};
-use crate::results::{EpochRecord, append_results, truncate_results};
+use crate::results::{self, EpochRecord, append_results, truncate_results};
+use crate::step::{LossScaler, MicroBatchFailure, MicroBatches, any_rank};
 use crate::validate::{Validation, validate};
-
-/// Metadata key of a checkpoint's training state (JSON).
-const STATE_KEY: &str = "fusekit.train_state";
 
 /// Gradient-norm clipping threshold applied before every optimizer step.
 pub const MAX_GRAD_NORM: f64 = 10.0;
@@ -194,31 +190,6 @@ impl RunFiles {
     }
 }
 
-/// The resumable state saved with each checkpoint.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct TrainState {
-    /// Epochs completed.
-    epochs_done: u32,
-    best_fitness: f64,
-    best_epoch: u32,
-    optimizer_steps: u64,
-    ema_updates: u64,
-    /// Learning-rate multiplier after NaN rollbacks.
-    lr_factor: f64,
-    /// Training seconds before this process (results.csv's time continues).
-    seconds: f64,
-    /// The last finished epoch's results row, rewritten on resume when a kill came between
-    /// the checkpoint and the results append.
-    #[serde(default)]
-    last_row: String,
-    /// fp16 loss scale and its run of good steps (AMP on CUDA), so a resumed run neither
-    /// restarts the scale at 65536 nor forgets how close it was to doubling.
-    #[serde(default)]
-    loss_scale: Option<(f64, u32)>,
-    hyp: String,
-    train_cache: String,
-}
-
 /// Cache loader options for training with `hyp`'s augmentation.
 fn train_loader_options(
     hyp: &Hyp,
@@ -305,191 +276,319 @@ fn run(
     observer: &mut dyn FnMut(Event<'_>),
     phase: &Cell<Phase>,
 ) -> Result<TrainSummary, TrainError> {
-    let group = options.group.as_deref();
-    let shard = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
-    let main = shard.0 == 0;
+    let main = options.group.as_ref().is_none_or(|g| g.is_main());
     // Only rank 0 reports.
     let mut quiet = |_: Event<'_>| {};
     let observer: &mut dyn FnMut(Event<'_>) = if main { observer } else { &mut quiet };
-    let hyp = &options.hyp;
-    let device = options.device;
-    let files = RunFiles::new(&options.run_dir);
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TrainError::Io { path, source }
-    };
-    if main {
-        std::fs::create_dir_all(options.run_dir.join("weights")).map_err(io(&options.run_dir))?;
-    }
+    Trainer::start(options, phase, observer)?.run(observer)
+}
 
-    let train_cache = Arc::new(Cache::open(&options.train_cache, None)?);
-    let meta = train_cache.meta().clone();
-    if meta.imgsz != hyp.imgsz {
-        return Err(TrainError::Incompatible(format!(
-            "{} was built at imgsz {}, but imgsz is {}: train at {} (what `fusekit train \
+/// How an epoch's training pass ended.
+enum EpochEnd {
+    /// Every batch trained: the epoch's mean box, class and DFL losses.
+    Trained([f64; 3]),
+    /// A batch's loss was not finite on some rank ([`TrainError::NonFinite`]).
+    NonFinite(TrainError),
+}
+
+/// A run in progress, in its phases: [`Trainer::start`] (data, model, resume), then per epoch
+/// [`Trainer::begin_epoch`], [`Trainer::train_epoch`] (batches, each through
+/// [`Trainer::backward`] and, at the end of a window, [`Trainer::optimizer_step`]),
+/// [`Trainer::roll_back`] after a non-finite loss, [`Trainer::validate_epoch`] and
+/// [`Trainer::save_epoch`]; [`Trainer::run`] strings them together and stops early.
+struct Trainer<'a> {
+    options: &'a TrainOptions,
+    phase: &'a Cell<Phase>,
+    /// (rank, world size).
+    shard: (usize, usize),
+    main: bool,
+    files: RunFiles,
+    train_cache: Arc<Cache>,
+    loader: Loader,
+    val_loader: Option<Loader>,
+    /// Epochs trained with mosaic (before `close_mosaic`).
+    mosaic_epochs: u32,
+    config: ModelConfig,
+    vs: VarStore,
+    model: Detector,
+    ema_vs: VarStore,
+    ema_model: Detector,
+    optimizer: Optimizer,
+    ema: Ema,
+    loss: DetectionLoss,
+    scaler: LossScaler,
+    sync_bn: Option<Arc<ProcessGroup>>,
+    plan: BatchPlan,
+    schedule: Schedule,
+    batches: u64,
+    state: TrainState,
+    /// Each loader batch runs as `split` micro-batches; doubled on out-of-memory errors.
+    split: usize,
+    poison: Option<PoisonedBatch>,
+    /// The weights at the start of the epoch, for a NaN rollback.
+    good_state: Option<HashMap<String, Tensor>>,
+    started: Instant,
+    trained_images: usize,
+    train_seconds: f64,
+    data_wait: Duration,
+}
+
+impl<'a> Trainer<'a> {
+    /// Opens the caches, builds the model and its average, and resumes or initialises them.
+    fn start(
+        options: &'a TrainOptions,
+        phase: &'a Cell<Phase>,
+        observer: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Self, TrainError> {
+        let group = options.group.as_deref();
+        let shard = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
+        let main = shard.0 == 0;
+        let hyp = &options.hyp;
+        let device = options.device;
+        let files = RunFiles::new(&options.run_dir);
+        if main {
+            std::fs::create_dir_all(options.run_dir.join("weights"))
+                .map_err(io(&options.run_dir))?;
+        }
+
+        let train_cache = Arc::new(Cache::open(&options.train_cache, None)?);
+        let meta = train_cache.meta().clone();
+        if meta.imgsz != hyp.imgsz {
+            return Err(TrainError::Incompatible(format!(
+                "{} was built at imgsz {}, but imgsz is {}: train at {} (what `fusekit train \
 --cache` does when imgsz is not given) or rebuild the cache at {}",
-            options.train_cache.display(),
-            meta.imgsz,
-            hyp.imgsz,
-            meta.imgsz,
-            hyp.imgsz
-        )));
-    }
-    let mosaic_epochs = hyp.epochs.saturating_sub(hyp.close_mosaic);
-    let mut loader = Loader::new(
-        train_cache.clone(),
-        train_loader_options(hyp, options.limit, mosaic_epochs > 0, shard),
-    );
-    if loader.is_empty() {
-        return Err(TrainError::Incompatible(format!(
-            "{} holds no samples",
-            options.train_cache.display()
-        )));
-    }
-    let val_loader = match options.val_cache.as_ref().filter(|_| main) {
-        Some(path) => {
-            let cache = Arc::new(Cache::open(path, None)?);
-            let val_meta = cache.meta();
-            if val_meta.names != meta.names || val_meta.ir_channels != meta.ir_channels {
-                return Err(TrainError::Incompatible(format!(
-                    "{} and {} differ in class names or IR planes",
-                    options.train_cache.display(),
-                    path.display()
-                )));
+                options.train_cache.display(),
+                meta.imgsz,
+                hyp.imgsz,
+                meta.imgsz,
+                hyp.imgsz
+            )));
+        }
+        let mosaic_epochs = hyp.epochs.saturating_sub(hyp.close_mosaic);
+        let loader = Loader::new(
+            train_cache.clone(),
+            train_loader_options(hyp, options.limit, mosaic_epochs > 0, shard),
+        );
+        if loader.is_empty() {
+            return Err(TrainError::Incompatible(format!(
+                "{} holds no samples",
+                options.train_cache.display()
+            )));
+        }
+        let val_loader = match options.val_cache.as_ref().filter(|_| main) {
+            Some(path) => {
+                let cache = Arc::new(Cache::open(path, None)?);
+                let val_meta = cache.meta();
+                if val_meta.names != meta.names || val_meta.ir_channels != meta.ir_channels {
+                    return Err(TrainError::Incompatible(format!(
+                        "{} and {} differ in class names or IR planes",
+                        options.train_cache.display(),
+                        path.display()
+                    )));
+                }
+                Some(Loader::new(
+                    cache,
+                    LoaderOptions {
+                        batch: (hyp.batch as usize * 2).max(1),
+                        shuffle: false,
+                        ..LoaderOptions::default()
+                    },
+                ))
             }
-            Some(Loader::new(
-                cache,
-                LoaderOptions {
-                    batch: (hyp.batch as usize * 2).max(1),
-                    shuffle: false,
-                    ..LoaderOptions::default()
-                },
-            ))
-        }
-        None => None,
-    };
+            None => None,
+        };
 
-    let config = ModelConfig {
-        scale: hyp.model_scale,
-        fusion: hyp.fusion,
-        names: meta.names.clone(),
-        ir_channels: i64::from(meta.ir_channels),
-    };
-    tch::manual_seed(hyp.seed as i64);
-    let vs = VarStore::new(device);
-    let model = Detector::new(&vs.root(), config.clone());
-    let ema_vs = VarStore::new(device);
-    let ema_model = Detector::new(&ema_vs.root(), config.clone());
+        let config = ModelConfig {
+            scale: hyp.model_scale,
+            fusion: hyp.fusion,
+            names: meta.names.clone(),
+            ir_channels: i64::from(meta.ir_channels),
+        };
+        tch::manual_seed(hyp.seed as i64);
+        let vs = VarStore::new(device);
+        let model = Detector::new(&vs.root(), config.clone());
+        let ema_vs = VarStore::new(device);
+        let ema_model = Detector::new(&ema_vs.root(), config.clone());
 
-    let plan = BatchPlan::from_hyp(hyp, shard.1 as u32)?;
-    let batches = loader.batches_per_epoch() as u64;
-    let schedule =
-        Schedule::new(hyp, &plan, batches, hyp.epochs)?.with_min_warmup(options.min_warmup);
-    let mut optimizer = Optimizer::new(hyp.optimizer, vs.variables());
+        let plan = BatchPlan::from_hyp(hyp, shard.1 as u32)?;
+        let batches = loader.batches_per_epoch() as u64;
+        let schedule =
+            Schedule::new(hyp, &plan, batches, hyp.epochs)?.with_min_warmup(options.min_warmup);
+        let mut optimizer = Optimizer::new(hyp.optimizer, vs.variables());
 
-    let mut state = TrainState {
-        epochs_done: 0,
-        best_fitness: f64::NEG_INFINITY,
-        best_epoch: 0,
-        optimizer_steps: 0,
-        ema_updates: 0,
-        lr_factor: 1.0,
-        seconds: 0.0,
-        last_row: String::new(),
-        loss_scale: None,
-        hyp: hyp.to_yaml()?,
-        train_cache: options.train_cache.display().to_string(),
-    };
-    if options.resume {
-        state = restore_checkpoint(&files.checkpoint, &vs, &ema_vs, &mut optimizer)?;
-        if main {
-            truncate_results(&files.results, state.epochs_done, &state.last_row)
-                .map_err(io(&files.results))?;
-        }
-        observer(Event::Note(format!(
-            "resuming {} after epoch {}",
-            files.checkpoint.display(),
-            state.epochs_done
-        )));
-    } else {
-        if let Some(path) = &options.weights {
-            observer(Event::Note(initialise(&vs, &config, path)?));
+        let mut state = TrainState {
+            epochs_done: 0,
+            best_fitness: f64::NEG_INFINITY,
+            best_epoch: 0,
+            optimizer_steps: 0,
+            ema_updates: 0,
+            lr_factor: 1.0,
+            seconds: 0.0,
+            last_row: String::new(),
+            loss_scale: None,
+            hyp: hyp.to_yaml()?,
+            train_cache: options.train_cache.display().to_string(),
+        };
+        if options.resume {
+            state = checkpoint::restore(&files.checkpoint, &vs, &ema_vs, &mut optimizer)?;
+            if main {
+                truncate_results(&files.results, state.epochs_done, &state.last_row)
+                    .map_err(io(&files.results))?;
+            }
+            observer(Event::Note(format!(
+                "resuming {} after epoch {}",
+                files.checkpoint.display(),
+                state.epochs_done
+            )));
+        } else {
+            if let Some(path) = &options.weights {
+                observer(Event::Note(initialise(&vs, &config, path)?));
+            }
+            if main {
+                let _ = std::fs::remove_file(&files.results);
+            }
         }
         if main {
-            let _ = std::fs::remove_file(&files.results);
+            std::fs::write(&files.args, hyp.to_yaml()?).map_err(io(&files.args))?;
         }
-    }
-    if main {
-        std::fs::write(&files.args, hyp.to_yaml()?).map_err(io(&files.args))?;
-    }
-    let mut ema = if options.resume {
-        // The checkpoint's average is in ema_vs already.
-        Ema::resume(&vs, &ema_vs, EMA_DECAY, EMA_TAU, state.ema_updates)
-    } else {
-        Ema::new(&vs, &ema_vs, EMA_DECAY, EMA_TAU)
-    };
-    // Every rank starts from rank 0's model and average (parameters and BatchNorm buffers).
-    if let Some(g) = group {
-        g.broadcast_var_store(&vs, 0)?;
-        g.broadcast_var_store(&ema_vs, 0)?;
+        let ema = if options.resume {
+            // The checkpoint's average is in ema_vs already.
+            Ema::resume(&vs, &ema_vs, EMA_DECAY, EMA_TAU, state.ema_updates)
+        } else {
+            Ema::new(&vs, &ema_vs, EMA_DECAY, EMA_TAU)
+        };
+        // Every rank starts from rank 0's model and average (parameters and BatchNorm
+        // buffers).
+        if let Some(g) = group {
+            g.broadcast_var_store(&vs, 0)?;
+            g.broadcast_var_store(&ema_vs, 0)?;
+        }
+
+        let loss = DetectionLoss {
+            gains: LossGains {
+                box_gain: hyp.box_gain,
+                cls_gain: hyp.cls,
+                dfl_gain: hyp.dfl,
+            },
+            ..DetectionLoss::default()
+        };
+        observer(Event::Started {
+            plan: &plan,
+            config: &config,
+            parameters: parameter_count(&vs),
+            images: (loader.len(), val_loader.as_ref().map_or(0, |l| l.len())),
+            batches,
+            warmup: schedule.warmup_batches(),
+            start_epoch: state.epochs_done,
+        });
+
+        // Mixed precision only on CUDA (fp16 autocast with dynamic loss scaling).
+        let mut scaler = LossScaler::new(hyp.amp && device.is_cuda());
+        if let Some(saved) = state.loss_scale.filter(|_| scaler.enabled()) {
+            scaler.restore(saved);
+        }
+        if device.is_cuda() {
+            // Every training batch has the same shape: let cuDNN pick its fastest kernels
+            // once.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        let sync_bn = options.group.clone().filter(|_| options.sync_bn);
+        if options.sync_bn && sync_bn.is_none() {
+            observer(Event::Note(
+                "--sync-bn has no effect in a single process".to_owned(),
+            ));
+        }
+        Ok(Self {
+            options,
+            phase,
+            shard,
+            main,
+            files,
+            train_cache,
+            loader,
+            val_loader,
+            mosaic_epochs,
+            config,
+            vs,
+            model,
+            ema_vs,
+            ema_model,
+            optimizer,
+            ema,
+            loss,
+            scaler,
+            sync_bn,
+            plan,
+            schedule,
+            batches,
+            state,
+            split: 1,
+            poison: options.faults.non_finite.filter(|p| p.rank == shard.0),
+            good_state: None,
+            started: Instant::now(),
+            trained_images: 0,
+            train_seconds: 0.0,
+            data_wait: Duration::ZERO,
+        })
     }
 
-    let loss_fn = DetectionLoss {
-        gains: LossGains {
-            box_gain: hyp.box_gain,
-            cls_gain: hyp.cls,
-            dfl_gain: hyp.dfl,
-        },
-        ..DetectionLoss::default()
-    };
-    observer(Event::Started {
-        plan: &plan,
-        config: &config,
-        parameters: parameter_count(&vs),
-        images: (loader.len(), val_loader.as_ref().map_or(0, |l| l.len())),
-        batches,
-        warmup: schedule.warmup_batches(),
-        start_epoch: state.epochs_done,
-    });
+    /// Trains the remaining epochs; stops early when patience runs out.
+    fn run(mut self, observer: &mut dyn FnMut(Event<'_>)) -> Result<TrainSummary, TrainError> {
+        let hyp = &self.options.hyp;
+        let start_epoch = self.state.epochs_done;
+        let previous_seconds = self.state.seconds;
+        let mut epoch = start_epoch;
+        let mut last_record = None;
+        let mut best_record = None;
+        let mut stopped_early = false;
+        while epoch < hyp.epochs {
+            self.begin_epoch(epoch, start_epoch, observer);
+            let train_loss = match self.train_epoch(epoch, observer)? {
+                EpochEnd::Trained(loss) => loss,
+                EpochEnd::NonFinite(error) => {
+                    self.roll_back(error, observer)?;
+                    continue;
+                }
+            };
+            let record = self.validate_epoch(epoch, train_loss, previous_seconds)?;
+            if self.save_epoch(&record, previous_seconds)? {
+                best_record = Some(record.clone());
+            }
+            observer(Event::Epoch(&record));
+            last_record = Some(record);
+            epoch += 1;
+            let best = self.state.best_epoch;
+            if hyp.patience > 0 && epoch - best >= hyp.patience && epoch < hyp.epochs {
+                observer(Event::Note(format!(
+                    "no improvement for {} epochs (best: epoch {best}): stopping early",
+                    hyp.patience
+                )));
+                stopped_early = true;
+                break;
+            }
+        }
+        if best_record.is_none() && self.state.best_epoch > 0 && self.main {
+            best_record = results::read_record(&self.files.results, self.state.best_epoch);
+        }
+        let train_seconds = self.train_seconds.max(1e-9);
+        Ok(TrainSummary {
+            epochs: self.state.epochs_done,
+            best_epoch: self.state.best_epoch,
+            last: last_record,
+            best: best_record,
+            stopped_early,
+            seconds: self.started.elapsed().as_secs_f64(),
+            images_per_second: self.trained_images as f64 / train_seconds,
+            data_wait: self.data_wait.as_secs_f64() / train_seconds,
+            optimizer_steps: self.optimizer.steps(),
+        })
+    }
 
-    // Mixed precision only on CUDA (fp16 autocast with dynamic loss scaling).
-    let amp = hyp.amp && device.is_cuda();
-    let mut scaler = LossScaler::new(amp);
-    if let Some(saved) = state.loss_scale.filter(|_| amp) {
-        scaler.restore(saved);
-    }
-    if device.is_cuda() {
-        // Every training batch has the same shape: let cuDNN pick its fastest kernels once.
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
-    let sync_bn = options.group.clone().filter(|_| options.sync_bn);
-    if options.sync_bn && sync_bn.is_none() {
-        observer(Event::Note(
-            "--sync-bn has no effect in a single process".to_owned(),
-        ));
-    }
-    let started = Instant::now();
-    let previous_seconds = state.seconds;
-    let mut trained_images = 0usize;
-    let mut train_seconds = 0.0;
-    let mut last_record = None;
-    let mut best_record = None;
-    let mut stopped_early = false;
-    let start_epoch = state.epochs_done;
-    let mut epoch = start_epoch;
-    let mut good_state: Option<HashMap<String, Tensor>> = None;
-    let mut data_wait = Duration::ZERO;
-    // Each loader batch runs as `split` micro-batches; doubled on out-of-memory errors.
-    let mut split = 1usize;
-    let micro = MicroBatches {
-        model: &model,
-        loss: &loss_fn,
-        amp,
-        sync_bn,
-    };
-    let mut poison = options.faults.non_finite.filter(|p| p.rank == shard.0);
-    while epoch < hyp.epochs {
-        if epoch == mosaic_epochs && hyp.mosaic > 0.0 && hyp.close_mosaic > 0 {
+    /// Closes mosaic when its epochs are over and keeps the epoch's first state for a
+    /// rollback.
+    fn begin_epoch(&mut self, epoch: u32, start_epoch: u32, observer: &mut dyn FnMut(Event<'_>)) {
+        let hyp = &self.options.hyp;
+        if epoch == self.mosaic_epochs && hyp.mosaic > 0.0 && hyp.close_mosaic > 0 {
             observer(Event::Note(format!(
                 "mosaic off for the last {} epochs (close_mosaic {})",
                 hyp.epochs - epoch,
@@ -497,126 +596,64 @@ fn run(
             )));
         }
         // Mosaic closes once: at its epoch, or at the first epoch of a resumed run past it.
-        if epoch == mosaic_epochs.max(start_epoch) {
-            loader = Loader::new(
-                train_cache.clone(),
-                train_loader_options(hyp, options.limit, false, shard),
+        if epoch == self.mosaic_epochs.max(start_epoch) {
+            self.loader = Loader::new(
+                self.train_cache.clone(),
+                train_loader_options(hyp, self.options.limit, false, self.shard),
             );
         }
-        if good_state.is_none() && hyp.nan_policy == NanPolicy::Rollback {
-            good_state = Some(snapshot(&vs));
+        if self.good_state.is_none() && hyp.nan_policy == NanPolicy::Rollback {
+            self.good_state = Some(snapshot(&self.vs));
         }
+    }
+
+    /// Every batch of `epoch`: backward passes, and an optimizer step at the end of each
+    /// accumulation window (the epoch's last batch ends the last, maybe short, window).
+    fn train_epoch(
+        &mut self,
+        epoch: u32,
+        observer: &mut dyn FnMut(Event<'_>),
+    ) -> Result<EpochEnd, TrainError> {
         let epoch_start = Instant::now();
         let mut sums = [0.0; 3];
         let mut seen = 0u64;
         let mut epoch_images = 0usize;
-        // The batch (within this epoch) of the last optimizer step; every epoch ends with a
-        // step, so each starts a new accumulation window.
+        // The batch (within this epoch) of the last optimizer step.
         let mut last_step: Option<u64> = None;
-        let mut failure = None;
-        optimizer.zero_grad();
-        let mut batches_of_epoch = loader.epoch(u64::from(epoch)).enumerate();
-        loop {
+        self.optimizer.zero_grad();
+        let loader_epoch = self.loader.epoch(u64::from(epoch));
+        let mut batches_of_epoch = loader_epoch.enumerate();
+        let end = loop {
             let waiting = Instant::now();
             let Some((i, batch)) = batches_of_epoch.next() else {
-                break;
+                break EpochEnd::Trained(sums.map(|s| s / seen.max(1) as f64));
             };
-            data_wait += waiting.elapsed();
+            self.data_wait += waiting.elapsed();
             let batch = batch?;
             let i = i as u64;
-            let global = u64::from(epoch) * batches + i;
-            let step = schedule.at(epoch, i);
-            let lr = step.lr.map(|lr| lr * state.lr_factor);
-            phase.set(Phase::PreparingBatch);
-            let tensors = batch_tensors(&batch, device);
-            let mut input = tensors.images.to_kind(Kind::Float) / 255.0;
-            if poison.is_some_and(|p| (p.epoch, p.batch) == (epoch, i)) {
-                input *= f64::NAN;
-                poison = None;
-            }
+            let step = self.schedule.at(epoch, i);
+            let lr = step.lr.map(|lr| lr * self.state.lr_factor);
             // Loader batches in this step's window, this one included (Ultralytics' rule
             // `ni - last_opt_step >= accumulate`, counted from the epoch's start).
             let window = last_step.map_or(i + 1, |s| i - s);
-            // The window's gradients so far, kept so that an out-of-memory error part-way
-            // through this batch can start the batch over without losing them.
-            let kept = (window > 1).then(|| optimizer.gradients());
-            let oom_limit = options
-                .faults
-                .out_of_memory
-                .filter(|f| global >= f.from_batch)
-                .map(|f| f.above);
-            let parts = loop {
-                match micro.backward(&input, &tensors.targets, split, scaler.scale, oom_limit) {
-                    Err(MicroBatchFailure::OutOfMemory(message)) => {
-                        // Gradients of the interrupted batch's finished micro-batches are
-                        // dropped; those of the window's earlier batches are put back.
-                        match &kept {
-                            Some(kept) => optimizer.set_gradients(kept),
-                            None => optimizer.zero_grad(),
-                        }
-                        let size = batch.len().div_ceil(split);
-                        if micro.sync_bn.is_some() {
-                            // Ranks splitting on their own would run different numbers of
-                            // synchronised BatchNorm collectives.
-                            return Err(TrainError::OutOfMemorySyncBn { size, message });
-                        }
-                        if size <= 1 {
-                            return Err(TrainError::OutOfMemory { message });
-                        }
-                        split *= 2;
-                        observer(Event::Note(format!(
-                            "out of memory with a micro-batch of {size}: continuing with \
-micro-batch {} x accumulate {} ({} images per optimizer step and lr unchanged; the batch \
-starts over, the step's earlier batches are kept)",
-                            batch.len().div_ceil(split),
-                            u64::from(plan.accumulate()) * split as u64,
-                            plan.effective()
-                        )));
-                    }
-                    Err(MicroBatchFailure::Dist(error)) => return Err(error.into()),
-                    Err(MicroBatchFailure::Targets(error)) => return Err(error.into()),
-                    other => break other,
-                }
-            };
-            drop(kept);
-            // A rank whose loss is not finite stops every rank at the same batch (with
-            // synchronised BatchNorm the ranks agreed on it before the backward pass already).
-            let failed = match group {
-                Some(g) if micro.sync_bn.is_none() => any_rank(g, parts.is_err())?,
-                _ => parts.is_err(),
-            };
-            let Some(parts) = parts.ok().filter(|_| !failed) else {
-                let names = batch
+            let Some(parts) = self.backward(&batch, epoch, i, window, observer)? else {
+                let meta = self.train_cache.meta();
+                let samples = batch
                     .samples
                     .iter()
                     .filter_map(|&s| meta.samples.get(s).cloned())
                     .collect();
-                failure = Some((i, names, lr[0]));
-                break;
+                break EpochEnd::NonFinite(TrainError::NonFinite {
+                    epoch: epoch + 1,
+                    batch: i,
+                    samples,
+                    lr: lr[0],
+                });
             };
-            trained_images += batch.len() * shard.1;
-            epoch_images += batch.len() * shard.1;
-            if window >= u64::from(step.accumulate.max(1)) || i + 1 == batches {
-                phase.set(Phase::Stepping);
-                if let Some(g) = group {
-                    // One all-reduce per optimizer step, not per micro-batch: the sum of the
-                    // ranks' gradients is the global batch's (the loss adds up over images).
-                    g.sum_gradients(&vs)?;
-                }
-                if scaler.unscale(&mut optimizer) {
-                    let _ = optimizer.clip_grad_norm(MAX_GRAD_NORM);
-                    optimizer.step(&StepSettings {
-                        lr,
-                        momentum: step.momentum,
-                        weight_decay: plan.weight_decay(),
-                    });
-                    if let Some(g) = group {
-                        // As DDP does: BatchNorm statistics follow rank 0's.
-                        g.broadcast_buffers(&vs, 0)?;
-                    }
-                    ema.update();
-                }
-                optimizer.zero_grad();
+            self.trained_images += batch.len() * self.shard.1;
+            epoch_images += batch.len() * self.shard.1;
+            if window >= u64::from(step.accumulate.max(1)) || i + 1 == self.batches {
+                self.optimizer_step(lr, step.momentum)?;
                 last_step = Some(i);
             }
             for (sum, part) in sums.iter_mut().zip(parts) {
@@ -626,49 +663,173 @@ starts over, the step's earlier batches are kept)",
             observer(Event::Batch {
                 epoch,
                 batch: i,
-                batches,
+                batches: self.batches,
                 loss: sums.map(|s| s / seen as f64),
                 images: epoch_images,
                 seconds: epoch_start.elapsed().as_secs_f64(),
                 lr: lr[0],
             });
-        }
-        train_seconds += epoch_start.elapsed().as_secs_f64();
-        if let Some((batch, samples, lr)) = failure {
-            let error = TrainError::NonFinite {
-                epoch: epoch + 1,
-                batch,
-                samples,
-                lr,
-            };
-            match (&hyp.nan_policy, &good_state) {
-                (NanPolicy::Rollback, Some(saved)) if state.lr_factor > 1e-3 => {
-                    restore_snapshot(&vs, saved);
-                    optimizer = Optimizer::new(hyp.optimizer, vs.variables());
-                    ema = Ema::new(&vs, &ema_vs, EMA_DECAY, EMA_TAU);
-                    state.lr_factor /= 2.0;
-                    observer(Event::Note(format!(
-                        "{error}; rolled back to the start of the epoch, continuing at {}x lr",
-                        state.lr_factor
-                    )));
-                    continue;
-                }
-                _ => return Err(error),
-            }
-        }
+        };
+        self.train_seconds += epoch_start.elapsed().as_secs_f64();
+        Ok(end)
+    }
 
-        phase.set(Phase::Validating);
-        let validation = match &val_loader {
+    /// Backpropagates loader batch `i` of `epoch` (the `window`-th of its accumulation
+    /// window), halving the micro-batch on out-of-memory errors; `None` when its loss is not
+    /// finite on some rank.
+    fn backward(
+        &mut self,
+        batch: &Batch,
+        epoch: u32,
+        i: u64,
+        window: u64,
+        observer: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Option<[f64; 3]>, TrainError> {
+        self.phase.set(Phase::PreparingBatch);
+        let tensors = batch_tensors(batch, self.options.device);
+        let mut input = tensors.images.to_kind(Kind::Float) / 255.0;
+        if self
+            .poison
+            .is_some_and(|p| (p.epoch, p.batch) == (epoch, i))
+        {
+            input *= f64::NAN;
+            self.poison = None;
+        }
+        // The window's gradients so far, kept so that an out-of-memory error part-way through
+        // this batch can start the batch over without losing them.
+        let kept = (window > 1).then(|| self.optimizer.gradients());
+        let global = u64::from(epoch) * self.batches + i;
+        let oom_limit = self
+            .options
+            .faults
+            .out_of_memory
+            .filter(|f| global >= f.from_batch)
+            .map(|f| f.above);
+        let micro = MicroBatches {
+            model: &self.model,
+            loss: &self.loss,
+            amp: self.scaler.enabled(),
+            sync_bn: self.sync_bn.clone(),
+        };
+        let parts = loop {
+            let scale = self.scaler.scale;
+            match micro.backward(&input, &tensors.targets, self.split, scale, oom_limit) {
+                Err(MicroBatchFailure::OutOfMemory(message)) => {
+                    // Gradients of the interrupted batch's finished micro-batches are dropped;
+                    // those of the window's earlier batches are put back.
+                    match &kept {
+                        Some(kept) => self.optimizer.set_gradients(kept),
+                        None => self.optimizer.zero_grad(),
+                    }
+                    let size = batch.len().div_ceil(self.split);
+                    if micro.sync_bn.is_some() {
+                        // Ranks splitting on their own would run different numbers of
+                        // synchronised BatchNorm collectives.
+                        return Err(TrainError::OutOfMemorySyncBn { size, message });
+                    }
+                    if size <= 1 {
+                        return Err(TrainError::OutOfMemory { message });
+                    }
+                    self.split *= 2;
+                    observer(Event::Note(format!(
+                        "out of memory with a micro-batch of {size}: continuing with \
+micro-batch {} x accumulate {} ({} images per optimizer step and lr unchanged; the batch \
+starts over, the step's earlier batches are kept)",
+                        batch.len().div_ceil(self.split),
+                        u64::from(self.plan.accumulate()) * self.split as u64,
+                        self.plan.effective()
+                    )));
+                }
+                Err(MicroBatchFailure::Dist(error)) => return Err(error.into()),
+                Err(MicroBatchFailure::Targets(error)) => return Err(error.into()),
+                other => break other,
+            }
+        };
+        // A rank whose loss is not finite stops every rank at the same batch (with
+        // synchronised BatchNorm the ranks agreed on it before the backward pass already).
+        let failed = match self.options.group.as_deref() {
+            Some(g) if self.sync_bn.is_none() => any_rank(g, parts.is_err())?,
+            _ => parts.is_err(),
+        };
+        Ok(parts.ok().filter(|_| !failed))
+    }
+
+    /// Sums the gradients over ranks, unscales, clips and steps (unless fp16 overflowed),
+    /// then follows rank 0's BatchNorm statistics and updates the average.
+    fn optimizer_step(&mut self, lr: [f64; 3], momentum: f64) -> Result<(), TrainError> {
+        self.phase.set(Phase::Stepping);
+        let group = self.options.group.as_deref();
+        if let Some(g) = group {
+            // One all-reduce per optimizer step, not per micro-batch: the sum of the ranks'
+            // gradients is the global batch's (the loss adds up over images).
+            g.sum_gradients(&self.vs)?;
+        }
+        if self.scaler.unscale(&mut self.optimizer) {
+            let _ = self.optimizer.clip_grad_norm(MAX_GRAD_NORM);
+            self.optimizer.step(&StepSettings {
+                lr,
+                momentum,
+                weight_decay: self.plan.weight_decay(),
+            });
+            if let Some(g) = group {
+                // As DDP does: BatchNorm statistics follow rank 0's.
+                g.broadcast_buffers(&self.vs, 0)?;
+            }
+            self.ema.update();
+        }
+        self.optimizer.zero_grad();
+        Ok(())
+    }
+
+    /// After a non-finite loss: with `--nan-policy rollback` (and lr left to halve), back to
+    /// the epoch's first weights with a new optimizer and average at half the lr; else the
+    /// error.
+    fn roll_back(
+        &mut self,
+        error: TrainError,
+        observer: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), TrainError> {
+        let hyp = &self.options.hyp;
+        match (&hyp.nan_policy, &self.good_state) {
+            (NanPolicy::Rollback, Some(saved)) if self.state.lr_factor > 1e-3 => {
+                restore_snapshot(&self.vs, saved);
+                self.optimizer = Optimizer::new(hyp.optimizer, self.vs.variables());
+                self.ema = Ema::new(&self.vs, &self.ema_vs, EMA_DECAY, EMA_TAU);
+                self.state.lr_factor /= 2.0;
+                observer(Event::Note(format!(
+                    "{error}; rolled back to the start of the epoch, continuing at {}x lr",
+                    self.state.lr_factor
+                )));
+                Ok(())
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// The epoch's record: rank 0's validation (of the EMA model when `ema` is on), shared
+    /// with every rank so that all agree on the best epoch and early stopping.
+    fn validate_epoch(
+        &self,
+        epoch: u32,
+        train_loss: [f64; 3],
+        previous_seconds: f64,
+    ) -> Result<EpochRecord, TrainError> {
+        self.phase.set(Phase::Validating);
+        let validation = match &self.val_loader {
             Some(val) => {
-                if options.faults.out_of_memory_validating {
+                if self.options.faults.out_of_memory_validating {
                     panic!("CUDA out of memory (simulated: validation)");
                 }
                 let nms = NmsOptions::default();
-                let eval_model = if hyp.ema { &ema_model } else { &model };
-                validate(eval_model, val, device, &loss_fn, &nms)?
+                let eval_model = if self.options.hyp.ema {
+                    &self.ema_model
+                } else {
+                    &self.model
+                };
+                validate(eval_model, val, self.options.device, &self.loss, &nms)?
             }
             None => Validation {
-                metrics: fusekit_eval::evaluate(&[], &[], config.names.len())
+                metrics: fusekit_eval::evaluate(&[], &[], self.config.names.len())
                     .map_err(|e| TrainError::Numeric(e.to_string()))?,
                 loss: [0.0; 3],
                 images: 0,
@@ -676,82 +837,78 @@ starts over, the step's earlier batches are kept)",
         };
         let record = EpochRecord {
             epoch: epoch + 1,
-            time: previous_seconds + started.elapsed().as_secs_f64(),
-            train_loss: sums.map(|s| s / seen.max(1) as f64),
+            time: previous_seconds + self.started.elapsed().as_secs_f64(),
+            train_loss,
             precision: validation.metrics.precision,
             recall: validation.metrics.recall,
             map50: validation.metrics.map50,
             map50_95: validation.metrics.map50_95,
             val_loss: validation.loss,
-            lr: schedule.epoch_end(epoch).lr.map(|lr| lr * state.lr_factor),
+            lr: self
+                .schedule
+                .epoch_end(epoch)
+                .lr
+                .map(|lr| lr * self.state.lr_factor),
         };
-        // Rank 0 validated; every rank takes its numbers so that all agree on the best epoch
-        // and early stopping.
-        let record = match group {
-            Some(g) => share_record(g, record)?,
-            None => record,
-        };
-        phase.set(Phase::Saving);
-        let saved_vs = if hyp.ema { &ema_vs } else { &vs };
-        if main {
-            weights::save(saved_vs, &config, &files.last)?;
+        match self.options.group.as_deref() {
+            Some(g) => share_record(g, record),
+            None => Ok(record),
         }
+    }
+
+    /// Writes `last` (and `best` when this epoch is the best so far: returns whether it is),
+    /// then the checkpoint and after it the results row; keeps the weights for a rollback.
+    fn save_epoch(
+        &mut self,
+        record: &EpochRecord,
+        previous_seconds: f64,
+    ) -> Result<bool, TrainError> {
+        self.phase.set(Phase::Saving);
+        let hyp = &self.options.hyp;
+        let files = &self.files;
+        let saved_vs = if hyp.ema { &self.ema_vs } else { &self.vs };
+        if self.main {
+            weights::save(saved_vs, &self.config, &files.last)?;
+        }
+        let state = &mut self.state;
         let fitness = record.fitness();
-        if fitness > state.best_fitness || state.best_epoch == 0 {
+        let best = fitness > state.best_fitness || state.best_epoch == 0;
+        if best {
             state.best_fitness = fitness;
             state.best_epoch = record.epoch;
-            if main {
-                weights::save(saved_vs, &config, &files.best)?;
+            if self.main {
+                weights::save(saved_vs, &self.config, &files.best)?;
             }
-            best_record = Some(record.clone());
         }
-        state.epochs_done = epoch + 1;
-        state.optimizer_steps = optimizer.steps();
-        state.ema_updates = ema.updates();
-        state.seconds = previous_seconds + started.elapsed().as_secs_f64();
+        state.epochs_done = record.epoch;
+        state.optimizer_steps = self.optimizer.steps();
+        state.ema_updates = self.ema.updates();
+        state.seconds = previous_seconds + self.started.elapsed().as_secs_f64();
         state.last_row = record.csv_row();
-        state.loss_scale = scaler.state();
-        if main {
+        state.loss_scale = self.scaler.state();
+        if self.main {
             // The checkpoint is the truth a resume starts from; the results row follows it.
-            save_checkpoint(&files.checkpoint, &vs, &ema_vs, &optimizer, &config, &state)?;
-            append_results(&files.results, &record).map_err(io(&files.results))?;
+            checkpoint::save(
+                &files.checkpoint,
+                &self.vs,
+                &self.ema_vs,
+                &self.optimizer,
+                &self.config,
+                state,
+            )?;
+            append_results(&files.results, record).map_err(io(&files.results))?;
         }
         if hyp.nan_policy == NanPolicy::Rollback {
-            good_state = Some(snapshot(&vs));
+            self.good_state = Some(snapshot(&self.vs));
         }
-        observer(Event::Epoch(&record));
-        last_record = Some(record);
-        epoch += 1;
-        if hyp.patience > 0 && epoch - state.best_epoch >= hyp.patience && epoch < hyp.epochs {
-            observer(Event::Note(format!(
-                "no improvement for {} epochs (best: epoch {}): stopping early",
-                hyp.patience, state.best_epoch
-            )));
-            stopped_early = true;
-            break;
-        }
+        Ok(best)
     }
-    if best_record.is_none() && state.best_epoch > 0 && main {
-        best_record = read_record(&files.results, state.best_epoch);
-    }
-    Ok(TrainSummary {
-        epochs: state.epochs_done,
-        best_epoch: state.best_epoch,
-        last: last_record,
-        best: best_record,
-        stopped_early,
-        seconds: started.elapsed().as_secs_f64(),
-        images_per_second: trained_images as f64 / train_seconds.max(1e-9),
-        data_wait: data_wait.as_secs_f64() / train_seconds.max(1e-9),
-        optimizer_steps: optimizer.steps(),
-    })
 }
 
-/// Whether `flag` is set on any rank.
-fn any_rank(group: &ProcessGroup, flag: bool) -> Result<bool, DistError> {
-    let mut flags = [Tensor::from_slice(&[f32::from(u8::from(flag))])];
-    group.all_reduce_sum(&mut flags)?;
-    Ok(flags[0].double_value(&[0]) > 0.0)
+/// The error for a file that could not be written.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + use<> {
+    let path = path.to_path_buf();
+    move |source| TrainError::Io { path, source }
 }
 
 /// The same epoch record on every rank: rank 0's validation and time, and the training losses
@@ -786,283 +943,6 @@ fn share_record(group: &ProcessGroup, record: EpochRecord) -> Result<EpochRecord
         val_loss: [v[5], v[6], v[7]],
         ..record
     })
-}
-
-/// Why a batch's backward pass did not complete.
-enum MicroBatchFailure {
-    /// A loss part was NaN or infinite (on any rank, with synchronised BatchNorm).
-    NonFinite,
-    /// The device ran out of memory (the error's text).
-    OutOfMemory(String),
-    /// A collective of synchronised BatchNorm failed.
-    Dist(DistError),
-    /// The batch's targets do not fit the model (a class id out of range).
-    Targets(LossError),
-}
-
-impl From<LossError> for MicroBatchFailure {
-    fn from(error: LossError) -> Self {
-        Self::Targets(error)
-    }
-}
-
-impl From<DeviceFailure> for MicroBatchFailure {
-    fn from(failure: DeviceFailure) -> Self {
-        match failure {
-            DeviceFailure::OutOfMemory(text) => Self::OutOfMemory(text),
-            DeviceFailure::Dist(error) => Self::Dist(error),
-        }
-    }
-}
-
-/// Forward, loss and backward of one loader batch in micro-batches.
-struct MicroBatches<'a> {
-    model: &'a Detector,
-    loss: &'a DetectionLoss,
-    amp: bool,
-    /// The group whose ranks' statistics BatchNorm uses (`--sync-bn`).
-    sync_bn: Option<Arc<ProcessGroup>>,
-}
-
-impl MicroBatches<'_> {
-    /// Backpropagates `input` (`[b, planes, s, s]`) against `targets` in `split` micro-batches
-    /// of `ceil(b / split)` images, each loss multiplied by `scale`. Gradients add up as they
-    /// do across accumulated batches (each micro-batch's loss is its mean times its size), so
-    /// the sum matches one pass over the whole batch. Returns the batch's loss parts
-    /// (micro-batches weighted by size). With `oom_limit`, micro-batches of more images fail
-    /// as a CUDA out-of-memory error does ([`SimulatedOom`]).
-    fn backward(
-        &self,
-        input: &Tensor,
-        targets: &Tensor,
-        split: usize,
-        scale: f64,
-        oom_limit: Option<usize>,
-    ) -> Result<[f64; 3], MicroBatchFailure> {
-        let total = input.size()[0];
-        let size = (total as usize).div_ceil(split) as i64;
-        let mut parts = [0.0; 3];
-        let mut start = 0;
-        while start < total {
-            let len = size.min(total - start);
-            let (images, targets) = if len == total {
-                (input.shallow_clone(), targets.shallow_clone())
-            } else {
-                micro_batch(input, targets, start, len)
-            };
-            let forward = || {
-                if oom_limit.is_some_and(|limit| len as usize > limit) {
-                    panic!("CUDA out of memory (simulated: a micro-batch of {len} images)");
-                }
-                let outputs = self.model.forward_t(&images, true);
-                self.loss.try_compute(&outputs, &targets)
-            };
-            // The panic of a failed forward pass is caught inside autocast, so that autocast
-            // always restores its state and clears its cache of fp16 weight copies.
-            let loss = tch::autocast(self.amp, || {
-                catch_device_failure(|| match &self.sync_bn {
-                    Some(group) => with_batch_norm(synchronised_batch_norm(group), forward),
-                    None => forward(),
-                })
-            })??;
-            let finite = loss.parts.iter().all(|p| p.is_finite());
-            // With synchronised BatchNorm the backward passes exchange statistics: all ranks
-            // run them, or none.
-            let finite = match &self.sync_bn {
-                Some(group) => !any_rank(group, !finite).map_err(MicroBatchFailure::Dist)?,
-                None => finite,
-            };
-            if !finite {
-                return Err(MicroBatchFailure::NonFinite);
-            }
-            catch_device_failure(|| (&loss.total * scale).f_backward())?
-                .map_err(|error| self.backward_failure(error.to_string()))?;
-            for (sum, part) in parts.iter_mut().zip(loss.parts) {
-                *sum += part * len as f64 / total as f64;
-            }
-            start += len;
-        }
-        Ok(parts)
-    }
-
-    /// The failure a libtorch error in the backward pass stands for.
-    fn backward_failure(&self, text: String) -> MicroBatchFailure {
-        if is_out_of_memory(&text) {
-            return MicroBatchFailure::OutOfMemory(text);
-        }
-        match &self.sync_bn {
-            Some(group) if text.contains("sync_batch_norm") => {
-                MicroBatchFailure::Dist(DistError::Collective {
-                    op: "sync_batch_norm (backward)",
-                    rank: group.rank(),
-                    world_size: group.world_size(),
-                    message: text,
-                })
-            }
-            // Anything else is a bug, reported as tch reports libtorch errors.
-            _ => panic!("{text}"),
-        }
-    }
-}
-
-/// BatchNorm over every rank's images; a failed collective unwinds the forward pass as a
-/// [`DistError`] panic payload, which [`catch_device_failure`] turns back into an error.
-fn synchronised_batch_norm(group: &Arc<ProcessGroup>) -> Rc<BatchNormFn> {
-    let group = group.clone();
-    Rc::new(move |xs, bn, eps, momentum| {
-        group
-            .sync_batch_norm(xs, bn, eps, momentum)
-            .unwrap_or_else(|error| match &error {
-                // The device's own failure, handled as every out-of-memory error is.
-                DistError::Collective { message, .. } if is_out_of_memory(message) => {
-                    panic!("{message}")
-                }
-                _ => panic::panic_any(error),
-            })
-    })
-}
-
-/// Images `start..start + len` of a batch and their targets, renumbered from 0.
-fn micro_batch(input: &Tensor, targets: &Tensor, start: i64, len: i64) -> (Tensor, Tensor) {
-    let image = targets.select(1, 0);
-    let keep = image
-        .ge(start as f64)
-        .logical_and(&image.lt((start + len) as f64))
-        .nonzero()
-        .squeeze_dim(1);
-    let rows = targets.index_select(0, &keep);
-    if rows.size()[0] > 0 {
-        let mut column = rows.narrow(1, 0, 1);
-        let _ = column.g_sub_scalar_(start as f64);
-    }
-    (input.narrow(0, start, len), rows)
-}
-
-/// A device failure caught as a panic: tch panics on libtorch errors, and synchronised
-/// BatchNorm unwinds with a [`DistError`].
-enum DeviceFailure {
-    /// The device ran out of memory (the error's text).
-    OutOfMemory(String),
-    /// A collective failed.
-    Dist(DistError),
-}
-
-thread_local! {
-    /// How many [`catch_device_failure`] calls this thread is inside: their out-of-memory and
-    /// [`DistError`] panics become errors, so the panic hook prints nothing for them.
-    static CATCHING: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Runs `f`, turning a panic that reports an out-of-memory error or carries a [`DistError`]
-/// into `Err`; other panics continue.
-fn catch_device_failure<T>(f: impl FnOnce() -> T) -> Result<T, DeviceFailure> {
-    CATCHING.with(|depth| depth.set(depth.get() + 1));
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
-    CATCHING.with(|depth| depth.set(depth.get() - 1));
-    result.map_err(|payload| {
-        if let Some(text) = panic_text(&*payload).filter(|text| is_out_of_memory(text)) {
-            return DeviceFailure::OutOfMemory(text.to_owned());
-        }
-        match payload.downcast::<DistError>() {
-            Ok(error) => DeviceFailure::Dist(*error),
-            Err(payload) => panic::resume_unwind(payload),
-        }
-    })
-}
-
-fn panic_text(payload: &(dyn Any + Send)) -> Option<&str> {
-    payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-}
-
-/// libtorch's allocation failures: the caching allocator's and cuBLAS'.
-fn is_out_of_memory(text: &str) -> bool {
-    text.contains("out of memory") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
-}
-
-type PanicHook = dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static;
-
-/// While alive, the out-of-memory and [`DistError`] panics that a [`catch_device_failure`] on
-/// the same thread turns into errors print nothing (the trainer reports them itself); every
-/// other panic, on any thread, goes to the previous hook, which is restored on drop.
-struct QuietDeviceFailures {
-    previous: Arc<PanicHook>,
-}
-
-impl QuietDeviceFailures {
-    fn install() -> Self {
-        let previous: Arc<PanicHook> = Arc::from(panic::take_hook());
-        let fallback = previous.clone();
-        panic::set_hook(Box::new(move |info| {
-            let caught = CATCHING.with(Cell::get) > 0
-                && (panic_text(info.payload()).is_some_and(is_out_of_memory)
-                    || info.payload().is::<DistError>());
-            if !caught {
-                fallback(info);
-            }
-        }));
-        Self { previous }
-    }
-}
-
-impl Drop for QuietDeviceFailures {
-    fn drop(&mut self) {
-        drop(panic::take_hook());
-        let previous = self.previous.clone();
-        panic::set_hook(Box::new(move |info| previous(info)));
-    }
-}
-
-/// Dynamic loss scaling for fp16 training (PyTorch's GradScaler rule): losses are multiplied
-/// by `scale` before backward; a step whose unscaled gradients are not finite is skipped and
-/// halves the scale; 2000 good steps in a row double it. Disabled, the scale stays 1.
-struct LossScaler {
-    enabled: bool,
-    scale: f64,
-    good_steps: u32,
-}
-
-impl LossScaler {
-    fn new(enabled: bool) -> Self {
-        Self {
-            enabled,
-            scale: if enabled { 65536.0 } else { 1.0 },
-            good_steps: 0,
-        }
-    }
-
-    /// The scale and its run of good steps, for the checkpoint (`None` when disabled).
-    fn state(&self) -> Option<(f64, u32)> {
-        self.enabled.then_some((self.scale, self.good_steps))
-    }
-
-    /// Continues from a checkpoint's [`LossScaler::state`].
-    fn restore(&mut self, (scale, good_steps): (f64, u32)) {
-        self.scale = scale;
-        self.good_steps = good_steps;
-    }
-
-    /// Unscales the gradients; `false` when the step must be skipped.
-    fn unscale(&mut self, optimizer: &mut Optimizer) -> bool {
-        if !self.enabled {
-            return true;
-        }
-        optimizer.scale_grads(1.0 / self.scale);
-        if optimizer.grads_finite() {
-            self.good_steps += 1;
-            if self.good_steps == 2000 {
-                self.scale *= 2.0;
-                self.good_steps = 0;
-            }
-            true
-        } else {
-            self.scale /= 2.0;
-            self.good_steps = 0;
-            false
-        }
-    }
 }
 
 /// Initialises `vs` from `path`: a fusekit weights file of the same model layout, or an
@@ -1118,80 +998,4 @@ fn restore_snapshot(vs: &VarStore, saved: &HashMap<String, Tensor>) {
             }
         }
     });
-}
-
-fn save_checkpoint(
-    path: &Path,
-    vs: &VarStore,
-    ema_vs: &VarStore,
-    optimizer: &Optimizer,
-    config: &ModelConfig,
-    state: &TrainState,
-) -> Result<(), TrainError> {
-    let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    tensors.extend(
-        vs.variables()
-            .into_iter()
-            .map(|(n, t)| (format!("model/{n}"), t)),
-    );
-    tensors.extend(
-        ema_vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (format!("ema/{n}"), t)),
-    );
-    let (buffers, _) = optimizer.state();
-    tensors.extend(buffers.into_iter().map(|(n, t)| (format!("optim/{n}"), t)));
-    let metadata = HashMap::from([
-        (
-            weights::CONFIG_KEY.to_string(),
-            serde_json::to_string(config).map_err(|e| TrainError::Numeric(e.to_string()))?,
-        ),
-        (
-            STATE_KEY.to_string(),
-            serde_json::to_string(state).map_err(|e| TrainError::Numeric(e.to_string()))?,
-        ),
-    ]);
-    weights::write_tensors(path, tensors, metadata)?;
-    Ok(())
-}
-
-fn restore_checkpoint(
-    path: &Path,
-    vs: &VarStore,
-    ema_vs: &VarStore,
-    optimizer: &mut Optimizer,
-) -> Result<TrainState, TrainError> {
-    if !path.is_file() {
-        return Err(TrainError::Resume(format!(
-            "{}: no checkpoint to resume from (was this run started?)",
-            path.display()
-        )));
-    }
-    let (tensors, metadata) = weights::read_tensors(path)?;
-    let state: TrainState = metadata
-        .get(STATE_KEY)
-        .and_then(|json| serde_json::from_str(json).ok())
-        .ok_or_else(|| {
-            TrainError::Resume(format!("{}: no training state in the file", path.display()))
-        })?;
-    weights::copy_into(vs, path, &tensors, "model/")?;
-    weights::copy_into(ema_vs, path, &tensors, "ema/")?;
-    let buffers: HashMap<String, Tensor> = tensors
-        .iter()
-        .filter_map(|(n, t)| Some((n.strip_prefix("optim/")?.to_string(), t.shallow_clone())))
-        .collect();
-    optimizer
-        .restore(&buffers, state.optimizer_steps)
-        .map_err(|m| TrainError::Resume(format!("{}: {m}", path.display())))?;
-    Ok(state)
-}
-
-/// The record of `epoch` in an existing `results.csv`.
-fn read_record(path: &Path, epoch: u32) -> Option<EpochRecord> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .filter_map(EpochRecord::from_csv_row)
-        .find(|record| record.epoch == epoch)
 }
