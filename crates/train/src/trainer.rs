@@ -351,52 +351,13 @@ impl<'a> Trainer<'a> {
                 .map_err(io(&options.run_dir))?;
         }
 
-        let train_cache = Arc::new(Cache::open(&options.train_cache, None)?);
-        let meta = train_cache.meta().clone();
-        if meta.imgsz != hyp.imgsz {
-            return Err(TrainError::Incompatible(format!(
-                "{} was built at imgsz {}, but imgsz is {}: train at {} (what `fusekit train \
---cache` does when imgsz is not given) or rebuild the cache at {}",
-                options.train_cache.display(),
-                meta.imgsz,
-                hyp.imgsz,
-                meta.imgsz,
-                hyp.imgsz
-            )));
-        }
-        let mosaic_epochs = hyp.epochs.saturating_sub(hyp.close_mosaic);
-        let loader = Loader::new(
-            train_cache.clone(),
-            train_loader_options(hyp, options.limit, mosaic_epochs > 0, shard),
-        );
-        if loader.is_empty() {
-            return Err(TrainError::Incompatible(format!(
-                "{} holds no samples",
-                options.train_cache.display()
-            )));
-        }
-        let val_loader = match options.val_cache.as_ref().filter(|_| main) {
-            Some(path) => {
-                let cache = Arc::new(Cache::open(path, None)?);
-                let val_meta = cache.meta();
-                if val_meta.names != meta.names || val_meta.ir_channels != meta.ir_channels {
-                    return Err(TrainError::Incompatible(format!(
-                        "{} and {} differ in class names or IR planes",
-                        options.train_cache.display(),
-                        path.display()
-                    )));
-                }
-                Some(Loader::new(
-                    cache,
-                    LoaderOptions {
-                        batch: (hyp.batch as usize * 2).max(1),
-                        shuffle: false,
-                        ..LoaderOptions::default()
-                    },
-                ))
-            }
-            None => None,
-        };
+        let Caches {
+            train: train_cache,
+            loader,
+            val_loader,
+            mosaic_epochs,
+        } = open_caches(options, shard)?;
+        let meta = train_cache.meta();
 
         let config = ModelConfig {
             scale: hyp.model_scale,
@@ -416,38 +377,13 @@ impl<'a> Trainer<'a> {
             Schedule::new(hyp, &plan, batches, hyp.epochs)?.with_min_warmup(options.min_warmup);
         let mut optimizer = Optimizer::new(hyp.optimizer, vs.variables());
 
-        let mut state = TrainState {
-            epochs_done: 0,
-            best_fitness: f64::NEG_INFINITY,
-            best_epoch: 0,
-            optimizer_steps: 0,
-            ema_updates: 0,
-            lr_factor: 1.0,
-            seconds: 0.0,
-            last_row: String::new(),
-            loss_scale: None,
-            hyp: hyp.to_yaml()?,
-            train_cache: options.train_cache.display().to_string(),
-        };
-        if options.resume {
-            state = checkpoint::restore(&files.checkpoint, &vs, &ema_vs, &mut optimizer)?;
-            if main {
-                truncate_results(&files.results, state.epochs_done, &state.last_row)
-                    .map_err(io(&files.results))?;
-            }
-            observer(Event::Note(format!(
-                "resuming {} after epoch {}",
-                files.checkpoint.display(),
-                state.epochs_done
-            )));
-        } else {
-            if let Some(path) = &options.weights {
-                observer(Event::Note(initialise(&vs, &config, path)?));
-            }
-            if main {
-                let _ = std::fs::remove_file(&files.results);
-            }
-        }
+        let state = resume_or_initialise(
+            options,
+            &files,
+            (&vs, &ema_vs, &mut optimizer),
+            &config,
+            observer,
+        )?;
         if main {
             std::fs::write(&files.args, hyp.to_yaml()?).map_err(io(&files.args))?;
         }
@@ -903,6 +839,117 @@ starts over, the step's earlier batches are kept)",
         }
         Ok(best)
     }
+}
+
+/// A run's caches: the training cache, its loader (mosaic on while `mosaic_epochs` last) and
+/// rank 0's validation loader.
+struct Caches {
+    train: Arc<Cache>,
+    loader: Loader,
+    val_loader: Option<Loader>,
+    mosaic_epochs: u32,
+}
+
+/// Opens the caches, checking that they fit `options` and each other.
+fn open_caches(options: &TrainOptions, shard: (usize, usize)) -> Result<Caches, TrainError> {
+    let hyp = &options.hyp;
+    let train = Arc::new(Cache::open(&options.train_cache, None)?);
+    let meta = train.meta();
+    if meta.imgsz != hyp.imgsz {
+        return Err(TrainError::Incompatible(format!(
+            "{} was built at imgsz {}, but imgsz is {}: train at {} (what `fusekit train \
+--cache` does when imgsz is not given) or rebuild the cache at {}",
+            options.train_cache.display(),
+            meta.imgsz,
+            hyp.imgsz,
+            meta.imgsz,
+            hyp.imgsz
+        )));
+    }
+    let mosaic_epochs = hyp.epochs.saturating_sub(hyp.close_mosaic);
+    let loader = Loader::new(
+        train.clone(),
+        train_loader_options(hyp, options.limit, mosaic_epochs > 0, shard),
+    );
+    if loader.is_empty() {
+        return Err(TrainError::Incompatible(format!(
+            "{} holds no samples",
+            options.train_cache.display()
+        )));
+    }
+    let val_loader = match options.val_cache.as_ref().filter(|_| shard.0 == 0) {
+        Some(path) => {
+            let cache = Arc::new(Cache::open(path, None)?);
+            let val_meta = cache.meta();
+            if val_meta.names != meta.names || val_meta.ir_channels != meta.ir_channels {
+                return Err(TrainError::Incompatible(format!(
+                    "{} and {} differ in class names or IR planes",
+                    options.train_cache.display(),
+                    path.display()
+                )));
+            }
+            Some(Loader::new(
+                cache,
+                LoaderOptions {
+                    batch: (hyp.batch as usize * 2).max(1),
+                    shuffle: false,
+                    ..LoaderOptions::default()
+                },
+            ))
+        }
+        None => None,
+    };
+    Ok(Caches {
+        train,
+        loader,
+        val_loader,
+        mosaic_epochs,
+    })
+}
+
+/// With `--resume`: the model, average and optimizer of the checkpoint, and its state (and
+/// results.csv cut back to it). Otherwise: `--weights` when given, a new results.csv and a
+/// fresh state.
+fn resume_or_initialise(
+    options: &TrainOptions,
+    files: &RunFiles,
+    (vs, ema_vs, optimizer): (&VarStore, &VarStore, &mut Optimizer),
+    config: &ModelConfig,
+    observer: &mut dyn FnMut(Event<'_>),
+) -> Result<TrainState, TrainError> {
+    let main = options.group.as_ref().is_none_or(|g| g.is_main());
+    if options.resume {
+        let state = checkpoint::restore(&files.checkpoint, vs, ema_vs, optimizer)?;
+        if main {
+            truncate_results(&files.results, state.epochs_done, &state.last_row)
+                .map_err(io(&files.results))?;
+        }
+        observer(Event::Note(format!(
+            "resuming {} after epoch {}",
+            files.checkpoint.display(),
+            state.epochs_done
+        )));
+        return Ok(state);
+    }
+    if let Some(path) = &options.weights {
+        observer(Event::Note(initialise(vs, config, path)?));
+    }
+    if main {
+        let _ = std::fs::remove_file(&files.results);
+    }
+    Ok(TrainState {
+        epochs_done: 0,
+        best_fitness: f64::NEG_INFINITY,
+        best_epoch: 0,
+        optimizer_steps: 0,
+        ema_updates: 0,
+        lr_factor: 1.0,
+        seconds: 0.0,
+        last_row: String::new(),
+        loss_scale: None,
+        hyp: options.hyp.to_yaml()?,
+        train_cache: options.train_cache.display().to_string(),
+    })
 }
 
 /// The error for a file that could not be written.
