@@ -613,6 +613,8 @@ fn imgsz_comes_from_the_cache_unless_given() {
             && stderr.contains("train at 64"),
         "{stderr}"
     );
+    // A run that cannot start leaves no folder: the next one is not pushed to train3.
+    assert!(!dir.path().join("runs/fuse/train2").exists());
     std::fs::write(dir.path().join("hyp.yaml"), "imgsz: 96\n").unwrap();
     let from_file = [&common[..], &["--hyp", "hyp.yaml"]].concat();
     let output = fusekit(&from_file, dir.path());

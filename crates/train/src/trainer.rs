@@ -346,10 +346,6 @@ impl<'a> Trainer<'a> {
         let hyp = &options.hyp;
         let device = options.device;
         let files = RunFiles::new(&options.run_dir);
-        if main {
-            std::fs::create_dir_all(options.run_dir.join("weights"))
-                .map_err(io(&options.run_dir))?;
-        }
 
         let Caches {
             train: train_cache,
@@ -385,6 +381,10 @@ impl<'a> Trainer<'a> {
             observer,
         )?;
         if main {
+            // Only now, past every check: a run that cannot start leaves no folder behind (nor
+            // pushes the next run to NAME2).
+            std::fs::create_dir_all(options.run_dir.join("weights"))
+                .map_err(io(&options.run_dir))?;
             std::fs::write(&files.args, hyp.to_yaml()?).map_err(io(&files.args))?;
         }
         let ema = if options.resume {
