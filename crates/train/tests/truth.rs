@@ -20,7 +20,7 @@ mod common;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use fusekit_cache::{Augment, Cache, Loader, LoaderOptions};
@@ -179,12 +179,18 @@ weights",
     );
 }
 
-/// A directory holding the copies cache.
-fn setup() -> tempfile::TempDir {
+/// Serialises the tests of this file: each seeds libtorch's one global generator and then
+/// builds models (in `train` and here), so two at once would draw from each other's stream
+/// and start from different weights.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A directory holding the copies cache, and this test's turn (hold it to the end).
+fn setup() -> (MutexGuard<'static, ()>, tempfile::TempDir) {
+    let turn = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     copies(dir.path());
-    dir
+    (turn, dir)
 }
 
 /// `--batch 8 --accumulate 4` steps like `--batch 32 --accumulate 1`: 40 images per epoch are
@@ -192,7 +198,7 @@ fn setup() -> tempfile::TempDir {
 /// window) or a batch of 32 and one of 8, over two epochs.
 #[test]
 fn accumulating_4_batches_of_8_trains_like_batches_of_32() {
-    let dir = setup();
+    let (_turn, dir) = setup();
     let d = dir.path();
     let accumulated = Hyp {
         batch: 8,
@@ -227,7 +233,7 @@ fn accumulating_4_batches_of_8_trains_like_batches_of_32() {
 /// steps by Ultralytics' rule with the schedule's lr, momentum and accumulation at each batch.
 #[test]
 fn warmup_ramps_accumulation_as_ultralytics_does() {
-    let dir = setup();
+    let (_turn, dir) = setup();
     let d = dir.path();
     let hyp = Hyp {
         epochs: 3,
@@ -322,7 +328,7 @@ fn reference_run(dir: &Path, hyp: &Hyp) -> (u64, HashMap<String, Tensor>) {
 /// two micro-batches of 4.
 #[test]
 fn out_of_memory_mid_window_ends_with_the_weights_of_a_clean_run() {
-    let dir = setup();
+    let (_turn, dir) = setup();
     let d = dir.path();
     let hyp = Hyp {
         batch: 8,
@@ -366,7 +372,7 @@ fn out_of_memory_mid_window_ends_with_the_weights_of_a_clean_run() {
 /// initial weights, so the run must end exactly like a clean run at half `lr0`.
 #[test]
 fn a_nan_batch_rolls_back_and_continues_at_half_the_lr() {
-    let dir = setup();
+    let (_turn, dir) = setup();
     let d = dir.path();
     let hyp = plain_hyp();
     let faults = Faults {
@@ -492,7 +498,7 @@ fn two_ranks(dir: &Path, case: &str) -> HashMap<String, Tensor> {
 /// (each rank's loss adds up over its images), through warmup and accumulation 2.
 #[test]
 fn two_ranks_of_4_train_like_one_rank_of_8() {
-    let dir = setup();
+    let (_turn, dir) = setup();
     let d = dir.path();
     let got = two_ranks(d, "dp");
     let (per_rank, _, _) = rank_case("dp");
@@ -513,7 +519,7 @@ fn two_ranks_of_4_train_like_one_rank_of_8() {
 /// run of the same global batch at half `lr0`.
 #[test]
 fn a_nan_on_one_rank_rolls_every_rank_back() {
-    let dir = setup();
+    let (_turn, dir) = setup();
     let d = dir.path();
     let got = two_ranks(d, "nan");
     let (per_rank, _, _) = rank_case("nan");
@@ -535,7 +541,7 @@ fn a_nan_on_one_rank_rolls_every_rank_back() {
 /// returns an error that says what the trainer was doing.
 #[test]
 fn out_of_memory_outside_the_step_is_an_error_naming_the_phase() {
-    let dir = setup();
+    let (_turn, dir) = setup();
     let d = dir.path();
     let options = TrainOptions {
         val_cache: Some(copies(d)),
