@@ -584,3 +584,90 @@ fn a_killed_build_leaves_the_previous_cache_intact() {
             .any(|e| e.file_name().to_string_lossy().contains(".partial-"))
     );
 }
+
+/// Two `fusekit split` processes with different seeds writing into the same folder at once:
+/// they take turns (a lock on the folder), each writes through uniquely named temporary
+/// files, so both succeed and every file is whole, one run's or the other's (never a mix or a
+/// truncated file), and no temporary file is left behind, even where another writer's
+/// temporary files sit.
+#[test]
+fn two_splits_at_once_do_not_corrupt_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), &[]);
+    let data_arg = data.to_str().unwrap();
+    let names = ["train.txt", "val.txt", "split.yaml"];
+    let args = |seed: &str, out: &Path| -> Vec<String> {
+        let out = out.to_str().unwrap();
+        [
+            "split", data_arg, "--val", "0.25", "--seed", seed, "--out", out,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // What each seed writes, alone.
+    let mut expected: Vec<Vec<String>> = Vec::new();
+    for seed in ["1", "2"] {
+        let out = dir.path().join(format!("alone-{seed}"));
+        let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+            .args(args(seed, &out))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        expected.push(
+            names
+                .iter()
+                .map(|n| std::fs::read_to_string(out.join(n)).unwrap())
+                .collect(),
+        );
+    }
+    assert_ne!(expected[0][0], expected[1][0], "the seeds split alike");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    // Another writer's temporary files under fixed names (what fusekit used to use): a
+    // writer that picked its temporary name that way would run into them.
+    for name in ["train.txt", "val.txt", "split.yaml", "split.json"] {
+        std::fs::create_dir(shared.join(format!(".{name}.tmp"))).unwrap();
+    }
+    let hidden = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&shared)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.') && n != ".fusekit-split.lock")
+            .collect();
+        names.sort();
+        names
+    };
+    let before = hidden();
+    for round in 0..4 {
+        let children: Vec<_> = ["1", "2"]
+            .iter()
+            .map(|seed| {
+                Command::new(env!("CARGO_BIN_EXE_fusekit"))
+                    .args(args(seed, &shared))
+                    .current_dir(dir.path())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}: {}",
+                stderr(&output)
+            );
+        }
+        for (i, name) in names.iter().enumerate() {
+            let got = std::fs::read_to_string(shared.join(name)).unwrap();
+            assert!(
+                got == expected[0][i] || got == expected[1][i],
+                "round {round}: {name} is neither run's:\n{got}"
+            );
+        }
+        assert_eq!(hidden(), before, "round {round}: a temporary file was left");
+    }
+}

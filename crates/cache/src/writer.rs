@@ -147,13 +147,22 @@ impl CacheWriter {
             self.file.write_all(&index)?;
             self.file.seek(SeekFrom::Start(0))?;
             self.file.write_all(&header.to_bytes()[..HEADER_LEN])?;
-            self.file.flush()
+            self.file.flush()?;
+            // On disk before it takes the target's name, so a crash never leaves a cache
+            // whose header promises records that were not written.
+            self.file.get_ref().sync_all()
         })();
         io_result.map_err(self.io())?;
-        std::fs::rename(&self.temp, &self.target).map_err(|source| CacheError::Io {
+        let at_target = |source| CacheError::Io {
             path: self.target.clone(),
             cause: source,
-        })?;
+        };
+        std::fs::rename(&self.temp, &self.target).map_err(at_target)?;
+        // And the rename itself, through the folder.
+        let folder = self.target.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::File::open(folder.unwrap_or(Path::new(".")))
+            .and_then(|dir| dir.sync_all())
+            .map_err(at_target)?;
         Ok(file_len)
     }
 }

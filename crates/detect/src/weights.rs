@@ -3,8 +3,10 @@
 //! header metadata so that a file alone rebuilds its detector.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use atomic_write_file::AtomicWriteFile;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -113,9 +115,10 @@ pub fn write_tensors(
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes).map_err(io)?;
-    std::fs::rename(&partial, path).map_err(io)
+    // Atomic and durable: a checkpoint is what a resume trusts.
+    let mut file = AtomicWriteFile::open(path).map_err(io)?;
+    file.write_all(&bytes).map_err(io)?;
+    file.commit().map_err(io)
 }
 
 /// Reads every tensor (f32 or f16, returned as f32 on the CPU) and the metadata of the

@@ -3,10 +3,12 @@
 //! existing output file is replaced, never written through (it may be a link to a source).
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use atomic_write_file::AtomicWriteFile;
 use fusekit_dataset::DATA_YAML;
 use serde::Serialize;
 
@@ -79,12 +81,13 @@ impl Placer {
     }
 }
 
-/// Writes `bytes` to `dst` through a temporary file and a rename.
+/// Writes `bytes` to `dst` atomically and durably (a uniquely named temporary file, fsync,
+/// rename, fsync of the folder).
 pub(crate) fn write_atomically(dst: &Path, bytes: &[u8]) -> Result<(), ImportError> {
     create_parent(dst)?;
-    let temp = temp_path(dst);
-    std::fs::write(&temp, bytes).map_err(io_error(&temp))?;
-    finish(&temp, dst)
+    let mut file = AtomicWriteFile::open(dst).map_err(io_error(dst))?;
+    file.write_all(bytes).map_err(io_error(dst))?;
+    file.commit().map_err(io_error(dst))
 }
 
 fn create_parent(path: &Path) -> Result<(), ImportError> {

@@ -1,7 +1,10 @@
 //! Writing safe label fixes: originals are copied to a backup folder first, then each fixed
 //! file is replaced atomically (temporary file + rename). Images are never touched.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use atomic_write_file::AtomicWriteFile;
 
 use crate::check::PendingFix;
 
@@ -34,9 +37,10 @@ pub fn apply_fixes(
         std::fs::create_dir_all(backup.parent().unwrap_or(backup_dir))
             .map_err(|source| fix_error(&backup, source))?;
         std::fs::copy(&fix.label, &backup).map_err(|source| fix_error(&backup, source))?;
-        let temp = fix.label.with_extension("txt.fusekit-fix");
-        std::fs::write(&temp, &fix.text).map_err(|source| fix_error(&temp, source))?;
-        std::fs::rename(&temp, &fix.label).map_err(|source| fix_error(&fix.label, source))?;
+        let error = |source| fix_error(&fix.label, source);
+        let mut file = AtomicWriteFile::open(&fix.label).map_err(error)?;
+        file.write_all(fix.text.as_bytes()).map_err(error)?;
+        file.commit().map_err(error)?;
         backups.push(backup);
     }
     Ok(backups)

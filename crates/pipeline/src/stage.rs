@@ -1,8 +1,10 @@
 //! Stages, their fingerprints and records (`stage.json`), and the plan of a run.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use atomic_write_file::AtomicWriteFile;
 use fusekit_hyp::Fusion;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -263,12 +265,9 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), PipelineError> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path
-        .file_name()
-        .map_or("file".into(), |n| n.to_string_lossy());
-    let temp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-    std::fs::write(&temp, text).map_err(io)?;
-    std::fs::rename(&temp, path).map_err(io)
+    let mut file = AtomicWriteFile::open(path).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.commit().map_err(io)
 }
 
 /// Where a stage stands against its folder.

@@ -3,8 +3,10 @@
 //! overwritten without `--force`, and then kept as `NAME.bak`.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use atomic_write_file::AtomicWriteFile;
 use fusekit_dataset::{Dataset, Source};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
@@ -36,6 +38,9 @@ pub enum SplitError {
     #[error("{0}")]
     Refused(String),
 }
+
+/// The lock file that keeps two splits from writing into one folder at once (hidden; empty).
+const SPLIT_LOCK: &str = ".fusekit-split.lock";
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SplitError + '_ {
     move |source| SplitError::Io {
@@ -254,6 +259,12 @@ pub fn write_split(
 ) -> Result<(WriteOutcome, Manifest), SplitError> {
     let mut manifest = Manifest::new(dataset, plan, params, group_by);
     std::fs::create_dir_all(out).map_err(io_error(out))?;
+    // One split at a time per folder: the manifest read below decides which files are ours,
+    // so another process writing between that read and our writes would make us refuse its
+    // files, or theirs ours. The lock is released when the file closes.
+    let lock_path = out.join(SPLIT_LOCK);
+    let lock = std::fs::File::create(&lock_path).map_err(io_error(&lock_path))?;
+    lock.lock().map_err(io_error(&lock_path))?;
     let previous: Option<Manifest> = std::fs::read(out.join(SPLIT_JSON))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -398,12 +409,10 @@ fn render_files(
     Ok(files)
 }
 
+/// Replaces `path` with `bytes` atomically and durably (a uniquely named temporary file, so
+/// two runs at once do not write into each other's).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SplitError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&temp, bytes).map_err(io_error(&temp))?;
-    std::fs::rename(&temp, path).map_err(io_error(path))
+    let mut file = AtomicWriteFile::open(path).map_err(io_error(path))?;
+    file.write_all(bytes).map_err(io_error(path))?;
+    file.commit().map_err(io_error(path))
 }
