@@ -632,8 +632,13 @@ impl<'a> Trainer<'a> {
             self.poison = None;
         }
         // The window's gradients so far, kept so that an out-of-memory error part-way through
-        // this batch can start the batch over without losing them.
-        let kept = (window > 1).then(|| self.optimizer.gradients());
+        // this batch can start the batch over without losing them. Only where the fallback
+        // can run: it is for a device allocator's "out of memory" (libtorch's CPU allocator
+        // says "can't allocate memory", which stays an error), so on the CPU, bar a simulated
+        // error, the copy would be work for nothing on every batch.
+        let fallback =
+            self.options.device != Device::Cpu || self.options.faults.out_of_memory.is_some();
+        let kept = (window > 1 && fallback).then(|| self.optimizer.gradients());
         let global = u64::from(epoch) * self.batches + i;
         let oom_limit = self
             .options
