@@ -102,7 +102,7 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
     let mut last = [f64::NAN; 3];
     for _ in 0..250 {
         let outputs = model.forward_t(&images, true);
-        let step = loss.compute(&outputs, &targets);
+        let step = loss.compute(&outputs, &targets).unwrap();
         optimizer.zero_grad();
         step.total.backward();
         optimizer.step();
@@ -268,7 +268,7 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
         // Batch norm in inference mode, as predict runs it: with one image and few steps its
         // running statistics (momentum 0.03) would still be far from the batch's.
         let outputs = model.forward_t(&images, false);
-        let step = loss.compute(&outputs, &targets);
+        let step = loss.compute(&outputs, &targets).unwrap();
         optimizer.zero_grad();
         step.total.backward();
         optimizer.step();

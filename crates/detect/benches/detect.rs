@@ -276,7 +276,7 @@ impl Bench {
         let t0 = Instant::now();
         let outputs = self.detector.forward_t(&self.images, true);
         let t1 = Instant::now();
-        let loss = self.criterion.compute(&outputs, &self.targets);
+        let loss = self.criterion.compute(&outputs, &self.targets).unwrap();
         let t2 = Instant::now();
         loss.total.backward();
         let t3 = Instant::now();

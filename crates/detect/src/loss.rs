@@ -288,18 +288,8 @@ pub struct DetectionLoss {
 impl DetectionLoss {
     /// The loss of `outputs` against `targets` `[n, 6]` (image index, class, normalised
     /// centre x, y, w, h), on the outputs' device.
-    ///
-    /// # Panics
-    ///
-    /// With the message of [`LossError`] when a target's class id is not in `0..nc`; see
-    /// [`DetectionLoss::try_compute`].
-    pub fn compute(&self, outputs: &HeadOutputs, targets: &Tensor) -> Loss {
-        self.try_compute(outputs, targets)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`DetectionLoss::compute`], or an error for targets it cannot use (on every device).
-    pub fn try_compute(&self, outputs: &HeadOutputs, targets: &Tensor) -> Result<Loss, LossError> {
+    /// Targets it cannot use (a class id outside `0..nc`) are an error on every device.
+    pub fn compute(&self, outputs: &HeadOutputs, targets: &Tensor) -> Result<Loss, LossError> {
         let mut total: Option<Tensor> = None;
         let mut parts = [0.0; 3];
         for levels in outputs {
@@ -325,7 +315,7 @@ impl DetectionLoss {
         levels: &[Tensor],
         targets: &Tensor,
     ) -> Result<(Tensor, [f64; 3]), LossError> {
-        let components = self.try_components(levels, targets)?;
+        let components = self.components(levels, targets)?;
         let batch = levels[0].size()[0] as f64;
         let parts: Vec<f64> = Vec::try_from(components.detach().to_kind(Kind::Double))
             .unwrap_or_else(|_| vec![f64::NAN; 3]);
@@ -336,16 +326,8 @@ impl DetectionLoss {
     }
 
     /// `[box, cls, dfl]` after gains for one detector's level outputs.
-    ///
-    /// # Panics
-    ///
-    /// As [`DetectionLoss::compute`].
-    pub fn components(&self, levels: &[Tensor], targets: &Tensor) -> Tensor {
-        self.try_components(levels, targets)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn try_components(&self, levels: &[Tensor], targets: &Tensor) -> Result<Tensor, LossError> {
+    /// Errors as [`DetectionLoss::compute`] does.
+    pub fn components(&self, levels: &[Tensor], targets: &Tensor) -> Result<Tensor, LossError> {
         let Prepared {
             pred_dist,
             pred_logits,
@@ -413,14 +395,9 @@ struct Prepared {
 
 impl DetectionLoss {
     /// The assigner's targets for one detector's level outputs and `targets` `[n, 6]`.
-    ///
-    /// # Panics
-    ///
-    /// As [`DetectionLoss::compute`].
-    pub fn assignment(&self, levels: &[Tensor], targets: &Tensor) -> Assignment {
-        self.prepare(levels, targets)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .assignment
+    /// Errors as [`DetectionLoss::compute`] does.
+    pub fn assignment(&self, levels: &[Tensor], targets: &Tensor) -> Result<Assignment, LossError> {
+        Ok(self.prepare(levels, targets)?.assignment)
     }
 
     fn prepare(&self, levels: &[Tensor], targets: &Tensor) -> Result<Prepared, LossError> {

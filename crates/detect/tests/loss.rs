@@ -209,7 +209,9 @@ fn batches_without_boxes_have_class_loss_only() {
     let (_vs, model) = small_model(Fusion::Mid);
     let images = Tensor::rand([2, 4, 64, 64], CPU);
     let outputs = model.forward_t(&images, true);
-    let loss = DetectionLoss::default().compute(&outputs, &Tensor::zeros([0, 6], CPU));
+    let loss = DetectionLoss::default()
+        .compute(&outputs, &Tensor::zeros([0, 6], CPU))
+        .unwrap();
     assert_eq!(loss.parts[0], 0.0);
     assert_eq!(loss.parts[2], 0.0);
     assert!(loss.parts[1] > 0.0 && loss.parts[1].is_finite());
@@ -218,7 +220,9 @@ fn batches_without_boxes_have_class_loss_only() {
     // One image with a box, one without: all three parts are positive and finite.
     let outputs = model.forward_t(&images, true);
     let targets = Tensor::from_slice(&[1f32, 1.0, 0.5, 0.5, 0.5, 0.5]).view([1, 6]);
-    let loss = DetectionLoss::default().compute(&outputs, &targets);
+    let loss = DetectionLoss::default()
+        .compute(&outputs, &targets)
+        .unwrap();
     assert!(
         loss.parts.iter().all(|p| *p > 0.0 && p.is_finite()),
         "{:?}",
@@ -240,10 +244,10 @@ fn late_fusion_sums_both_detectors_and_reports_their_mean() {
     let outputs = model.forward_t(&images, true);
     let targets = Tensor::from_slice(&[0f32, 0.0, 0.3, 0.3, 0.2, 0.4]).view([1, 6]);
     let loss = DetectionLoss::default();
-    let whole = loss.compute(&outputs, &targets);
+    let whole = loss.compute(&outputs, &targets).unwrap();
     let each: Vec<Vec<f64>> = outputs
         .iter()
-        .map(|levels| values(&loss.components(levels, &targets)))
+        .map(|levels| values(&loss.components(levels, &targets).unwrap()))
         .collect();
     for (part, reported) in whole.parts.iter().enumerate() {
         let mean = (each[0][part] + each[1][part]) / 2.0;
@@ -268,7 +272,7 @@ fn a_class_id_outside_the_model_is_a_clear_error_before_any_indexing() {
         .view([2, 6])
     };
     for bad in [2.0, 7.0, -1.0] {
-        let error = loss.try_compute(&outputs, &targets(bad)).unwrap_err();
+        let error = loss.compute(&outputs, &targets(bad)).unwrap_err();
         assert_eq!(
             error,
             LossError::ClassOutOfRange {
@@ -283,12 +287,11 @@ fn a_class_id_outside_the_model_is_a_clear_error_before_any_indexing() {
             message.contains(&format!("class id {bad}")) && message.contains("0..2"),
             "{message}"
         );
-        // The infallible forms stop with the same message rather than index out of range.
-        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            loss.compute(&outputs, &targets(bad))
-        }))
-        .unwrap_err();
-        assert_eq!(panic.downcast_ref::<String>(), Some(&message));
+        // The other entry points check the same way.
+        assert_eq!(
+            loss.assignment(&outputs[0], &targets(bad)).unwrap_err(),
+            error
+        );
     }
-    assert!(loss.try_compute(&outputs, &targets(1.0)).is_ok());
+    assert!(loss.compute(&outputs, &targets(1.0)).is_ok());
 }

@@ -195,7 +195,9 @@ fn gradients_reach_every_trainable_parameter_in_every_fusion() {
         let model = Detector::new(&vs.root(), config(ModelScale::N, fusion, 2, 1));
         let images = Tensor::rand([2, 4, 64, 64], (Kind::Float, Device::Cpu));
         let outputs = model.forward_t(&images, true);
-        let loss = DetectionLoss::default().compute(&outputs, &targets);
+        let loss = DetectionLoss::default()
+            .compute(&outputs, &targets)
+            .unwrap();
         assert!(
             loss.parts.iter().all(|p| p.is_finite() && *p > 0.0),
             "{fusion} {:?}",

@@ -86,7 +86,7 @@ impl MicroBatches<'_> {
                     panic!("CUDA out of memory (simulated: a micro-batch of {len} images)");
                 }
                 let outputs = self.model.forward_t(&images, true);
-                self.loss.try_compute(&outputs, &targets)
+                self.loss.compute(&outputs, &targets)
             };
             // The panic of a failed forward pass is caught inside autocast, so that autocast
             // always restores its state and clears its cache of fp16 weight copies.

@@ -41,9 +41,7 @@ pub fn validate(
         let input = tensors.images.to_kind(Kind::Float) / 255.0;
         let (parts, detections) = tch::no_grad(|| {
             let outputs = model.forward_t(&input, false);
-            let parts = loss
-                .try_compute(&outputs, &tensors.targets)
-                .map(|l| l.parts);
+            let parts = loss.compute(&outputs, &tensors.targets).map(|l| l.parts);
             let detections = non_max_suppression(&model.decode(&outputs), options);
             (parts, detections)
         });

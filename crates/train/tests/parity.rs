@@ -101,7 +101,9 @@ fn check(scale: ModelScale, nc: usize) {
         "{scale}: train outputs differ by {d_boxes:e} / {d_scores:e}"
     );
 
-    let assignment = DetectionLoss::default().assignment(&outputs[0], &r["targets_several"]);
+    let assignment = DetectionLoss::default()
+        .assignment(&outputs[0], &r["targets_several"])
+        .unwrap();
     let d = relative_difference(&assignment.scores, &r["assigned_scores"]);
     assert!(d < 1e-4, "{scale}: assigned class targets differ by {d:e}");
     let d = relative_difference(
@@ -111,7 +113,9 @@ fn check(scale: ModelScale, nc: usize) {
     assert!(d == 0.0, "{scale}: foreground anchors differ");
 
     for name in ["several", "empty"] {
-        let loss = DetectionLoss::default().compute(&outputs, &r[&format!("targets_{name}")]);
+        let loss = DetectionLoss::default()
+            .compute(&outputs, &r[&format!("targets_{name}")])
+            .unwrap();
         let expected: Vec<f64> =
             Vec::try_from(r[&format!("loss_{name}")].to_kind(Kind::Double)).unwrap();
         for (part, (got, want)) in loss.parts.iter().zip(&expected).enumerate() {
@@ -164,7 +168,9 @@ fn check(scale: ModelScale, nc: usize) {
     // One SGD step with fusekit's parameter groups gives Ultralytics' weights.
     let mut optimizer = Optimizer::new(OptimizerKind::Sgd, vs.variables());
     optimizer.zero_grad();
-    let loss = DetectionLoss::default().compute(&outputs, &r["targets_several"]);
+    let loss = DetectionLoss::default()
+        .compute(&outputs, &r["targets_several"])
+        .unwrap();
     loss.total.backward();
     optimizer.clip_grad_norm(10.0);
     optimizer.step(&StepSettings {

@@ -300,7 +300,10 @@ fn reference_run(dir: &Path, hyp: &Hyp) -> (u64, HashMap<String, Tensor>) {
             let tensors = batch_tensors(&batch, Device::Cpu);
             let input = tensors.images.to_kind(Kind::Float) / 255.0;
             let outputs = detector.forward_t(&input, true);
-            loss.compute(&outputs, &tensors.targets).total.backward();
+            loss.compute(&outputs, &tensors.targets)
+                .unwrap()
+                .total
+                .backward();
             let window = last_step.map_or(i + 1, |s| i - s);
             if window >= u64::from(step.accumulate) || i + 1 == batches {
                 optimizer.clip_grad_norm(MAX_GRAD_NORM);
