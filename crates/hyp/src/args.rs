@@ -146,6 +146,28 @@ macro_rules! hyp_fields {
             }
         }
 
+        #[cfg(feature = "clap")]
+        impl HypOverrides {
+            /// One `--KEY` flag per hyperparameter (underscores as dashes), its help the
+            /// key's documentation.
+            pub(crate) fn flags() -> Vec<clap::Arg> {
+                vec![$(
+                    crate::flags::flag::<$ty>(
+                        key_of!($field $($key)?),
+                        &[$($doc),*],
+                        $expect,
+                    ),
+                )*]
+            }
+
+            /// The values of the flags that [`HypOverrides::flags`] defined.
+            pub(crate) fn from_flags(matches: &clap::ArgMatches) -> HypOverrides {
+                HypOverrides {
+                    $($field: matches.get_one::<$ty>(key_of!($field $($key)?)).cloned(),)*
+                }
+            }
+        }
+
         /// hyp.yaml as written: every key optional, null meaning "default".
         #[derive(Debug, Deserialize)]
         struct RawHyp {
@@ -591,15 +613,10 @@ impl Hyp {
         at_least_one("epochs", self.epochs)?;
         at_least_one("batch", self.batch)?;
         at_least_one("nbs", self.nbs)?;
-        if self.imgsz < 32 || !self.imgsz.is_multiple_of(32) {
-            let nearest = self.imgsz.div_ceil(32).max(1).saturating_mul(32);
-            return Err((
-                "imgsz",
-                format!(
-                    "must be a positive multiple of 32 (the largest stride), not {}; try {nearest}",
-                    self.imgsz
-                ),
-            ));
+        if let Err(err) = crate::Imgsz::new(self.imgsz) {
+            let message = err.to_string();
+            let message = message.strip_prefix("imgsz ").unwrap_or(&message);
+            return Err(("imgsz", message.to_owned()));
         }
         if self.accumulate == Accumulate::Fixed(0) {
             return Err(("accumulate", "must be auto or at least 1".to_owned()));

@@ -75,12 +75,16 @@ macro_rules! named_enum {
 
 mod args;
 mod batch;
+#[cfg(feature = "clap")]
+mod flags;
+mod imgsz;
 mod schedule;
 
 pub use args::{
     Fusion, Hyp, HypError, HypOverrides, HypWarning, Loaded, ModelScale, NanPolicy, Optimizer,
 };
 pub use batch::{Accumulate, BatchError, BatchInputs, BatchPlan, LrScaling, auto_accumulate};
+pub use imgsz::{Imgsz, ImgszError};
 pub use schedule::{
     EMA_DECAY, EMA_TAU, PARAM_GROUPS, ParamGroup, Schedule, ScheduleError, ScheduleRow, StepLr,
     ema_decay, render_csv, render_table, warmup_iterations,
