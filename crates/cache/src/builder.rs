@@ -27,15 +27,63 @@ pub struct BuildInput {
     pub label: Option<PathBuf>,
 }
 
-/// IR planes to store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// IR planes to store: `auto`, `1` or `3` in files and on the command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IrChannels {
     /// One plane when a spread sample of 16 IR images is grey, else three.
+    #[default]
     Auto,
     /// One plane (IR decoded as grey).
     Grey,
     /// Three planes.
     Colour,
+}
+
+impl IrChannels {
+    /// `auto`, `1` or `3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IrChannels::Auto => "auto",
+            IrChannels::Grey => "1",
+            IrChannels::Colour => "3",
+        }
+    }
+}
+
+impl std::str::FromStr for IrChannels {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(IrChannels::Auto),
+            "1" => Ok(IrChannels::Grey),
+            "3" => Ok(IrChannels::Colour),
+            other => Err(format!("ir_channels must be auto, 1 or 3, not `{other}`")),
+        }
+    }
+}
+
+impl serde::Serialize for IrChannels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IrChannels {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// A yaml `1` is a number, `auto` a string.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Number(u64),
+            Text(String),
+        }
+        let text = match Given::deserialize(deserializer)? {
+            Given::Number(n) => n.to_string(),
+            Given::Text(text) => text,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Build parameters.

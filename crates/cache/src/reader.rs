@@ -42,23 +42,27 @@ pub enum CacheError {
     },
 }
 
-/// How the file is mapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the file is mapped (`ram` or `disk` in files and on the command line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MapMode {
     /// Read the whole file into the page cache up front (MAP_POPULATE): training never waits
     /// on the disk.
+    #[default]
     Ram,
     /// Map lazily; pages are read on first touch.
     Disk,
 }
 
-impl MapMode {
-    /// Parses `ram` or `disk`.
-    pub fn parse(text: &str) -> Option<Self> {
+impl std::str::FromStr for MapMode {
+    type Err = String;
+
+    /// `ram` or `disk`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
-            "ram" => Some(MapMode::Ram),
-            "disk" => Some(MapMode::Disk),
-            _ => None,
+            "ram" => Ok(MapMode::Ram),
+            "disk" => Ok(MapMode::Disk),
+            other => Err(format!("mode must be `ram` or `disk`, not `{other}`")),
         }
     }
 }

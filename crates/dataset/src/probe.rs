@@ -16,8 +16,9 @@ pub const UNSUPPORTED_EXTENSIONS: &[&str] = &["dng", "heic", "pfm"];
 /// Images above this many pixels are not decoded in full (a guard against decompression bombs).
 const MAX_FULL_DECODE_PIXELS: u64 = 250_000_000;
 
-/// How much of each image to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How much of each image to read (`header` or `full` in files and on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DecodeLevel {
     /// Headers, trailer and a content hash: fast, finds most problems.
     #[default]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::codes::{Code, Severity};
@@ -105,7 +105,7 @@ impl Finding {
 }
 
 /// Counts over a report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     /// Pairs checked.
     pub pairs: usize,
@@ -130,6 +130,13 @@ pub struct Report {
     pub summary: Summary,
     /// Findings, sorted by file, line and code.
     pub findings: Vec<Finding>,
+}
+
+impl Default for Report {
+    /// An empty report: no pairs, no findings.
+    fn default() -> Self {
+        Self::new(0, Vec::new(), &Levels::default())
+    }
 }
 
 impl Report {

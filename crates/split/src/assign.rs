@@ -45,13 +45,29 @@ impl Side {
 }
 
 /// How components are stratified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stratify {
     /// By dominant class, with background images as their own stratum.
+    #[default]
     Classes,
     /// One stratum, weighted by pairs.
     None,
+}
+
+impl std::str::FromStr for Stratify {
+    type Err = String;
+
+    /// `classes` or `none`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "classes" => Ok(Stratify::Classes),
+            "none" => Ok(Stratify::None),
+            other => Err(format!(
+                "stratify must be `classes` or `none`, not `{other}`"
+            )),
+        }
+    }
 }
 
 /// One pair to split.

@@ -63,6 +63,19 @@ pub struct SynthOptions {
     pub inject: Vec<Defect>,
 }
 
+/// Parses an image size written `WIDTHxHEIGHT`, such as `1280x1024`.
+pub fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or("expected WIDTHxHEIGHT, such as 1280x1024")?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("`{v}` is not a pixel count"))
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
 impl Default for SynthOptions {
     fn default() -> Self {
         Self {
