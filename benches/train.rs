@@ -130,7 +130,7 @@ fn main() {
         "hyp.yaml",
         "--fusion",
         "rgb",
-        "--model",
+        "--model-scale",
         "n",
         "--weights",
         "yolov8n.safetensors",

@@ -369,7 +369,7 @@ fn split_rejects_bad_shares_and_regexes() {
     let regex = fusekit(&["split", data_arg, "--group", "(unclosed"], dir.path());
     assert_eq!(regex.status.code(), Some(2));
     assert!(
-        stderr(&regex).contains("--group `(unclosed`"),
+        stderr(&regex).contains("group `(unclosed`"),
         "{}",
         stderr(&regex)
     );
@@ -409,7 +409,7 @@ fn cache_build_inspect_verify_show_and_skip_when_current() {
         "build",
         data.to_str().unwrap(),
         "--imgsz",
-        "80",
+        "96",
         "--out",
         out.to_str().unwrap(),
     ];
@@ -433,7 +433,7 @@ fn cache_build_inspect_verify_show_and_skip_when_current() {
         ],
         dir.path(),
     ));
-    assert_eq!(inspect["imgsz"], 80);
+    assert_eq!(inspect["imgsz"], 96);
     assert_eq!(inspect["planes"]["ir"], 1);
     let train = inspect["samples"].as_u64().unwrap();
     let val = json(&fusekit(
@@ -468,7 +468,7 @@ fn cache_build_inspect_verify_show_and_skip_when_current() {
     );
     assert!(show.status.success(), "{}", stderr(&show));
     let picture = image::open(&png).unwrap();
-    assert_eq!((picture.width(), picture.height()), (2 * 80 + 8, 64));
+    assert_eq!((picture.width(), picture.height()), (2 * 96 + 8, 77));
     // A flipped byte: verify names the record and exits 1.
     let path = out.join("train.fkc");
     let mut bytes = std::fs::read(&path).unwrap();
@@ -494,7 +494,7 @@ fn cache_build_refuses_ram_mode_that_does_not_fit() {
             "build",
             data.to_str().unwrap(),
             "--imgsz",
-            "80",
+            "96",
             "--out",
             out.to_str().unwrap(),
         ])

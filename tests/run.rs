@@ -41,8 +41,7 @@ synth:
 split:
   val: 0.25
   group: '^(\d{{2}})'
-cache:
-  imgsz: 64
+imgsz: 64
 train:
   fusion: [mid]
   epochs: {train_epochs}
@@ -140,7 +139,8 @@ fn runs_skips_reruns_what_changed_and_plans() {
     }
     assert_eq!(record(d, "train-mid")["outcome"]["epochs"], 2);
 
-    // A cache parameter: cache and everything after it rerun (train takes the cache's imgsz).
+    // The training size: every stage that uses it reruns (lint measures LBL011 at it, the
+    // cache stores images at it), and the stages after them.
     let edited = pipeline(2).replace("imgsz: 64", "imgsz: 96");
     std::fs::write(d.join("p.yaml"), edited).unwrap();
     let (_, err) = ok(&fusekit(&["run", "p.yaml", "--dry-run"], d));
@@ -149,7 +149,11 @@ fn runs_skips_reruns_what_changed_and_plans() {
         .filter(|l| l.split_whitespace().nth(1) == Some("run"))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(runs, ["cache", "train-mid", "predict-mid"], "{err}");
+    assert_eq!(
+        runs,
+        ["lint", "split", "cache", "train-mid", "predict-mid"],
+        "{err}"
+    );
 
     // --from / --until: only the cache stage, although it is current for the old file.
     std::fs::write(d.join("p.yaml"), pipeline(2)).unwrap();
@@ -183,7 +187,7 @@ fn defective(dir: &Path, lint: &str) {
             dir,
         ));
     }
-    let text = format!("name: tiny\ndata: ds\n{lint}cache:\n  imgsz: 64\n");
+    let text = format!("name: tiny\ndata: ds\nimgsz: 64\n{lint}");
     std::fs::write(dir.join("p.yaml"), text).unwrap();
 }
 
@@ -234,7 +238,7 @@ fn yaml_errors_name_the_file_key_and_line() {
     let cases = [
         (
             pipeline(1).replace("  batch: 4", "  batch: 4\n  lr_0: 0.1"),
-            "p.yaml:16: unknown key `lr_0`; did you mean `lr0`?",
+            "p.yaml:15: unknown key `lr_0`; did you mean `lr0`?",
         ),
         (
             pipeline(1).replace("val: 0.25", "val: 2"),
@@ -246,7 +250,7 @@ fn yaml_errors_name_the_file_key_and_line() {
         ),
         (
             pipeline(1).replace("[mid]", "[mid, mid]"),
-            "p.yaml:13: `train.fusion` lists `mid` twice",
+            "p.yaml:12: `train.fusion` lists `mid` twice",
         ),
     ];
     for (yaml, expected) in cases {
@@ -320,7 +324,7 @@ fn split_keep_uses_the_datasets_own_lists() {
     ok(&fusekit(&["split", "ds", "--val", "0.5"], d));
     std::fs::write(
         d.join("p.yaml"),
-        "name: tiny\ndata: ds/split.yaml\nsplit:\n  keep: true\ncache:\n  imgsz: 64\n",
+        "name: tiny\ndata: ds/split.yaml\nimgsz: 64\nsplit:\n  keep: true\n",
     )
     .unwrap();
     let (_, err) = ok(&fusekit(&["run", "p.yaml"], d));

@@ -2,22 +2,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand, ValueEnum};
-use fusekit_cache::{
-    BuildInput, BuildOptions, BuildOutcome, Cache, IrChannels, MapMode, available_memory, build,
-    estimate_bytes,
-};
-use fusekit_dataset::Dataset;
-use fusekit_lint::{Levels, LintOptions, lint_scan, pairs_to_check};
+use clap::{Args, Subcommand};
+use fusekit_cache::{Cache, IrChannels, MapMode};
+use fusekit_hyp::Imgsz;
+use fusekit_stages::cache::{Params, Settings};
+use fusekit_stages::draw;
 use serde_json::json;
 
-use crate::draw;
-use crate::lint::load_config;
+use crate::lint::config_levels;
 use crate::output::Format;
-use crate::progress;
+use crate::progress::{self, Bars};
 
 /// Arguments of `fusekit cache`.
 #[derive(Args)]
@@ -55,21 +51,6 @@ enum CacheCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ModeArg {
-    Ram,
-    Disk,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum IrArg {
-    Auto,
-    #[value(name = "1")]
-    One,
-    #[value(name = "3")]
-    Three,
-}
-
 /// Arguments of `fusekit cache build`.
 #[derive(Args)]
 #[command(
@@ -86,16 +67,17 @@ pub struct BuildArgs {
     /// Which split to cache: a split name of the data yaml, or `all` for each of them.
     #[arg(long, default_value = "all")]
     split: String,
-    /// Long side of the stored images (aspect kept; letterboxing happens in the loader).
-    #[arg(long, default_value_t = 640)]
-    imgsz: u32,
+    /// Long side of the stored images, a multiple of 32: the size you will train at (aspect
+    /// kept; letterboxing happens in the loader).
+    #[arg(long, default_value_t = Imgsz::DEFAULT)]
+    imgsz: Imgsz,
     /// `ram`: the loader maps the file into memory up front (checked to fit before building);
     /// `disk`: pages are read from disk on demand.
-    #[arg(long, value_enum, default_value_t = ModeArg::Ram)]
-    mode: ModeArg,
-    /// IR planes: 1 when the IR images are grey (detected by `auto`), else 3.
-    #[arg(long, value_enum, default_value_t = IrArg::Auto)]
-    ir_channels: IrArg,
+    #[arg(long, default_value = "ram")]
+    mode: MapMode,
+    /// IR planes: `1` when the IR images are grey (detected by `auto`), else `3`.
+    #[arg(long, default_value = "auto")]
+    ir_channels: IrChannels,
     /// Output folder (default: cache/<dataset folder>-<imgsz>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -121,199 +103,30 @@ pub fn run(args: CacheArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_dataset(data: &Path, names: Option<Vec<String>>) -> anyhow::Result<Dataset> {
-    let split_yaml = data.join(fusekit_split::SPLIT_YAML);
-    let source = if data.is_dir() && split_yaml.is_file() {
-        split_yaml
-    } else {
-        data.to_path_buf()
-    };
-    Dataset::open(&source, names).context("DS001: the dataset description cannot be used")
-}
-
-/// `cache/<dataset folder>-<imgsz>`.
-fn default_out_dir(dataset: &Dataset, imgsz: u32) -> PathBuf {
-    let root = std::path::absolute(&dataset.root).unwrap_or(dataset.root.clone());
-    let name = root
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dataset".into());
-    PathBuf::from("cache").join(format!("{name}-{imgsz}"))
-}
-
-#[cfg(feature = "train")]
-/// Builds (or keeps, when current) the caches of every split of `data` at `imgsz` in the
-/// default folder, as `fusekit cache build DATA --imgsz N` would; returns that folder.
-pub fn build_for_training(data: &Path, imgsz: u32) -> anyhow::Result<PathBuf> {
-    let dataset = open_dataset(data, None)?;
-    let out = default_out_dir(&dataset, imgsz);
-    let args = BuildArgs {
-        data: data.to_path_buf(),
-        split: "all".into(),
-        imgsz,
-        mode: ModeArg::Ram,
-        ir_channels: IrArg::Auto,
-        out: Some(out.clone()),
-        force: false,
-        names: None,
-        config: None,
-    };
-    let code = build_caches(&args)?;
-    if code != ExitCode::SUCCESS {
-        bail!("building the caches of {} failed", data.display());
+impl BuildArgs {
+    /// The stage's parameters; the config file's `[lint]` levels decide which pairs are out.
+    fn params(&self) -> anyhow::Result<Params> {
+        Ok(Params {
+            data: self.data.clone(),
+            names: self.names.clone(),
+            levels: config_levels(&self.data, self.config.as_deref())?,
+            split: (self.split != "all").then(|| self.split.clone()),
+            imgsz: self.imgsz,
+            out: self.out.clone(),
+            force: self.force,
+            settings: Settings {
+                mode: self.mode,
+                ir_channels: self.ir_channels,
+            },
+        })
     }
-    Ok(out)
 }
 
-/// Runs `fusekit cache build`.
-pub fn build_caches(args: &BuildArgs) -> anyhow::Result<ExitCode> {
-    let dataset = open_dataset(&args.data, args.names.clone())?;
-    let (_, section) = load_config(&args.data, args.config.as_deref())?;
-    let mut levels = Levels::default();
-    levels.apply(&section.selectors())?;
-    let options = LintOptions {
-        levels,
-        ..LintOptions::default()
-    };
-    let scan = dataset.scan();
-    let bar = progress::bar("lint", pairs_to_check(&scan, &options) as u64, "pairs");
-    let run = lint_scan(&dataset, &scan, &options, &|| bar.inc(1));
-    bar.finish_and_clear();
-
-    let splits: Vec<usize> = if args.split == "all" {
-        (0..dataset.splits.len()).collect()
-    } else {
-        match dataset.splits.iter().position(|s| s.name == args.split) {
-            Some(i) => vec![i],
-            None => {
-                let names: Vec<&str> = dataset.splits.iter().map(|s| s.name.as_str()).collect();
-                bail!(
-                    "--split {}: the dataset has {} (or use all)",
-                    args.split,
-                    names.join(", ")
-                );
-            }
-        }
-    };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir(&dataset, args.imgsz));
-    let relative = |p: &Path| dataset.relative(p).to_string_lossy().into_owned();
-    for split in splits {
-        let name = &dataset.splits[split].name;
-        let in_split: Vec<_> = run
-            .pairs
-            .iter()
-            .filter(|p| p.splits.contains(&split))
-            .collect();
-        let skipped: Vec<String> = in_split
-            .iter()
-            .filter(|p| !p.usable)
-            .map(|p| relative(&p.rgb))
-            .collect();
-        let inputs: Vec<BuildInput> = in_split
-            .iter()
-            .filter(|p| p.usable)
-            .filter_map(|p| {
-                Some(BuildInput {
-                    name: relative(&p.rgb),
-                    rgb: p.rgb.clone(),
-                    ir: p.ir.clone()?,
-                    label: dataset.label_path(&p.rgb),
-                })
-            })
-            .collect();
-        let target = out.join(format!("{name}.fkc"));
-        let ir_channels = match args.ir_channels {
-            IrArg::Auto => IrChannels::Auto,
-            IrArg::One => IrChannels::Grey,
-            IrArg::Three => IrChannels::Colour,
-        };
-        let mode = match args.mode {
-            ModeArg::Ram => MapMode::Ram,
-            ModeArg::Disk => MapMode::Disk,
-        };
-        let planes = if matches!(ir_channels, IrChannels::Colour) {
-            3
-        } else {
-            1
-        };
-        let estimate = estimate_bytes(&inputs, args.imgsz, planes)
-            .with_context(|| format!("estimating {}", target.display()))?;
-        let memory = available_memory()
-            .map(|m| format!(", {:.2} GiB of memory available", gib(m)))
-            .unwrap_or_default();
-        eprintln!(
-            "{name}: {} pairs ({} left out with lint errors) -> {}, about {:.2} GiB{memory}",
-            inputs.len(),
-            skipped.len(),
-            target.display(),
-            gib(estimate)
-        );
-        let options = BuildOptions {
-            imgsz: args.imgsz,
-            mode,
-            ir_channels,
-            split: name.clone(),
-            names: dataset.names.clone(),
-            skipped: skipped.clone(),
-            force: args.force,
-        };
-        let started = Instant::now();
-        let bar = progress::bar("cache", inputs.len() as u64, "pairs");
-        let outcome = build(&target, &inputs, &options, &|| bar.inc(1));
-        bar.finish_and_clear();
-        match outcome.with_context(|| format!("building {}", target.display()))? {
-            BuildOutcome::UpToDate => println!(
-                "{}: up to date (same inputs and parameters); kept",
-                target.display()
-            ),
-            BuildOutcome::Built {
-                samples,
-                bytes,
-                ir_channels,
-            } => {
-                let seconds = started.elapsed().as_secs_f64();
-                // YOLOFuse's RAM cache holds the same resized pairs as 6-channel arrays.
-                let yolofuse: u64 = Cache::open(&target, Some(MapMode::Disk))
-                    .map(|c| {
-                        (0..c.len())
-                            .map(|i| u64::from(c.row(i).height) * u64::from(c.row(i).width) * 6)
-                            .sum()
-                    })
-                    .unwrap_or(0);
-                println!(
-                    "{}: {samples} pairs, {:.1} MB ({:.2} MB per pair, RGB + {ir_channels} IR plane{}; {:.2}x a 6-channel cache), {:.1} s, {:.1} pairs/s",
-                    target.display(),
-                    bytes as f64 / 1e6,
-                    bytes as f64 / 1e6 / samples as f64,
-                    if ir_channels == 1 { "" } else { "s" },
-                    bytes as f64 / yolofuse.max(1) as f64,
-                    seconds,
-                    samples as f64 / seconds
-                );
-            }
-        }
-        if !skipped.is_empty() {
-            println!(
-                "  left out ({}): {}{}",
-                skipped.len(),
-                skipped
-                    .iter()
-                    .take(5)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if skipped.len() > 5 { ", ..." } else { "" }
-            );
-        }
-    }
+/// Runs `fusekit cache build`: progress and plans on stderr, a line per cache on stdout.
+fn build_caches(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let outcome = fusekit_stages::cache::run(&args.params()?, &Bars::default())?;
+    print!("{}", outcome.human());
     Ok(ExitCode::SUCCESS)
-}
-
-fn gib(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 30) as f64
 }
 
 fn verify(path: &Path) -> anyhow::Result<ExitCode> {

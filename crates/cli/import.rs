@@ -3,18 +3,15 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use fusekit_import::{
-    ImportOptions, ImportReport, Layout, Progress, Side, SplitRule, Stage, TransferMode,
-    VOC_ANNOTATIONS, VOC_IR, VOC_RGB, import,
+    ImportReport, Side, SplitRule, TransferMode, VOC_ANNOTATIONS, VOC_IR, VOC_RGB,
 };
-use indicatif::{ProgressBar, ProgressDrawTarget};
+use fusekit_stages::import::{Params, Source};
 
 use crate::output::Format;
-use crate::progress;
+use crate::progress::Bars;
 
 /// Arguments of `fusekit import`.
 #[derive(Args)]
@@ -104,80 +101,42 @@ struct CommonArgs {
 /// Entries of one problem list printed before `--format json` is needed.
 const SHOWN: usize = 10;
 
+impl ImportArgs {
+    /// The stage's parameters and the output format.
+    fn params(&self) -> (Params, Format) {
+        let (source, common) = match &self.source {
+            SourceCommand::Llvip { src, common } => (Source::Llvip { src: src.clone() }, common),
+            SourceCommand::Voc(voc) => (
+                Source::Voc {
+                    src: voc.src.clone(),
+                    rgb_dir: voc.rgb_dir.clone(),
+                    ir_dir: voc.ir_dir.clone(),
+                    annotations_dir: voc.annotations_dir.clone(),
+                    val_list: voc.val_list.clone(),
+                },
+                &voc.common,
+            ),
+        };
+        let params = Params {
+            source,
+            out: common.out.clone(),
+            names: common.names.clone(),
+            force: common.force,
+            copy: common.copy,
+        };
+        (params, common.format)
+    }
+}
+
 /// Runs the import and prints its report; problems are warnings (exit 0), failures errors.
 pub fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
-    let (layout, common) = match &args.source {
-        SourceCommand::Llvip { src, common } => (Layout::llvip(src), common),
-        SourceCommand::Voc(voc) => {
-            let mut layout = Layout::voc(&voc.src, voc.val_list.clone());
-            layout.rgb.clone_from(&voc.rgb_dir);
-            layout.ir.clone_from(&voc.ir_dir);
-            layout.annotations.clone_from(&voc.annotations_dir);
-            (layout, &voc.common)
-        }
-    };
-    let options = ImportOptions {
-        names: common.names.clone(),
-        force: common.force,
-        transfer: if common.copy {
-            TransferMode::Copy
-        } else {
-            TransferMode::Link
-        },
-    };
-    let bars = Bars::new();
-    let report = import(&layout, &common.out, &options, &|event| bars.event(event));
-    bars.finish();
-    let report = report?;
-    match common.format {
+    let (params, format) = args.params();
+    let report = fusekit_stages::import::run(&params, &Bars::default())?;
+    match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Human => print!("{}", human(&report)),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// One progress bar per stage, drawn only once the import has run for a second.
-struct Bars {
-    started: Instant,
-    /// The current bar, and whether bars are drawn yet.
-    state: Mutex<(ProgressBar, bool)>,
-}
-
-impl Bars {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            state: Mutex::new((ProgressBar::hidden(), false)),
-        }
-    }
-
-    fn event(&self, event: Progress) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (bar, shown) = &mut *state;
-        match event {
-            Progress::Begin { stage, total } => {
-                bar.finish_and_clear();
-                let unit = match stage {
-                    Stage::Read => "annotations",
-                    Stage::Write => "pairs",
-                };
-                *bar = progress::bar(stage.as_str(), total, unit);
-                if !*shown {
-                    bar.set_draw_target(ProgressDrawTarget::hidden());
-                }
-            }
-            Progress::Step => bar.inc(1),
-        }
-        if !*shown && self.started.elapsed() >= Duration::from_secs(1) {
-            bar.set_draw_target(ProgressDrawTarget::stderr());
-            *shown = true;
-        }
-    }
-
-    fn finish(&self) {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.0.finish_and_clear();
-    }
 }
 
 fn human(r: &ImportReport) -> String {

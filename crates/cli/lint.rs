@@ -2,17 +2,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use fusekit_dataset::{Dataset, DecodeLevel};
-use fusekit_lint::{
-    LevelSelectors, Levels, LintOptions, LintSection, Report, apply_fixes, find_config, lint_scan,
-    pairs_to_check, parse_decode, read_config,
-};
+use fusekit_dataset::DecodeLevel;
+use fusekit_hyp::Imgsz;
+use fusekit_lint::{LevelSelectors, LintSection, find_config, parse_decode, read_config};
+use fusekit_stages::lint::{FailOn, Params, Settings};
 
-use crate::progress;
+use crate::progress::Bars;
 
 /// Arguments of `fusekit lint`.
 #[derive(Args)]
@@ -45,6 +43,10 @@ pub struct LintArgs {
     /// Fail (exit 1) on warnings too.
     #[arg(long)]
     strict: bool,
+    /// Findings of these codes (or families) do not fail (exit 0 for them); they are still
+    /// reported, as `accept:` does in a pipeline file.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    accept: Vec<String>,
     /// Apply safe label fixes (LBL007 clip, LBL009 drop duplicate, LBL012 polygon to box).
     /// Every changed file is first copied under --backup-dir; images are never touched.
     #[arg(long, requires = "backup_dir")]
@@ -55,9 +57,10 @@ pub struct LintArgs {
     /// Check only the first N pairs (in path order).
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
-    /// Training image size (long side) used to find boxes too small to learn (LBL011).
+    /// Training image size (long side) used to find boxes too small to learn (LBL011); the
+    /// config's `imgsz`, else 640.
     #[arg(long)]
-    imgsz: Option<u32>,
+    imgsz: Option<Imgsz>,
     /// Class names, comma-separated, for a dataset folder without data.yaml.
     #[arg(long, value_delimiter = ',')]
     names: Option<Vec<String>>,
@@ -99,140 +102,62 @@ pub fn load_config(
     Ok((path, section))
 }
 
-/// A finished lint: the report and what the human header says.
-pub struct Linted {
-    /// The report (levels applied, fixes marked).
-    pub report: Report,
-    /// The first line of the human report.
-    pub header: String,
-    /// Warnings fail too.
-    pub strict: bool,
-    /// The dataset root, when the dataset description could be used.
-    pub root: Option<PathBuf>,
+/// The level selectors of the config file that applies to `data` (split and cache leave out
+/// the pairs with error-level findings at these levels).
+pub fn config_levels(data: &Path, explicit: Option<&Path>) -> anyhow::Result<LevelSelectors> {
+    let (_, section) = load_config(data, explicit)?;
+    Ok(section.selectors())
+}
+
+impl LintArgs {
+    /// The stage's parameters: the config file's `[lint]` section with the flags over it.
+    fn params(&self, section: &LintSection) -> anyhow::Result<Params> {
+        let (mut settings, config_imgsz) = Settings::from_config(section)?;
+        settings.deny.extend(self.deny.iter().cloned());
+        settings.warn.extend(self.warn.iter().cloned());
+        settings.allow.extend(self.allow.iter().cloned());
+        if let Some(decode) = self.decode {
+            settings.decode = decode;
+        }
+        if self.strict {
+            settings.fail_on = FailOn::Warning;
+        }
+        settings.accept.extend(self.accept.iter().cloned());
+        let imgsz = match (self.imgsz, config_imgsz) {
+            (Some(imgsz), _) => imgsz,
+            (None, Some(size)) => Imgsz::new(size).context("imgsz of the [lint] config")?,
+            (None, None) => Imgsz::DEFAULT,
+        };
+        Ok(Params {
+            data: self.data.clone(),
+            names: self.names.clone(),
+            imgsz,
+            settings,
+            limit: self.limit,
+            fix_backup: if self.fix {
+                self.backup_dir.clone()
+            } else {
+                None
+            },
+            report_dir: None,
+        })
+    }
 }
 
 /// Runs the lint and prints the report; the exit code follows the report.
 pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
-    let linted = lint(&args)?;
-    print_report(
-        &linted.report,
-        &args,
-        linted.root.as_deref(),
-        &linted.header,
-    );
-    Ok(ExitCode::from(linted.report.exit_code(linted.strict)))
-}
-
-/// Lints as `fusekit lint` does (fixes included), without printing the report.
-pub fn lint(args: &LintArgs) -> anyhow::Result<Linted> {
-    let started = Instant::now();
-    let (config_path, section) = load_config(&args.data, args.config.as_deref())?;
-    let mut levels = Levels::default();
-    levels.apply(&section.selectors())?;
-    levels.apply(&LevelSelectors {
-        deny: args.deny.clone(),
-        warn: args.warn.clone(),
-        allow: args.allow.clone(),
-    })?;
-    let decode = match (args.decode, &section.decode) {
-        (Some(decode), _) => decode,
-        (None, Some(text)) => parse_decode(text).map_err(anyhow::Error::msg)?,
-        (None, None) => DecodeLevel::Header,
-    };
-    let options = LintOptions {
-        decode,
-        imgsz: args.imgsz.or(section.imgsz).unwrap_or(640),
-        limit: args.limit,
-        levels,
-    };
-    let strict = args.strict || section.strict.unwrap_or(false);
-
-    let dataset = match Dataset::open(&args.data, args.names.clone()) {
-        Ok(dataset) => dataset,
-        Err(err) => {
-            return Ok(Linted {
-                report: Report::invalid_dataset(err.to_string()),
-                header: format!("fusekit lint {}", args.data.display()),
-                strict,
-                root: None,
-            });
-        }
-    };
-    let scan = dataset.scan();
-    let bar = progress::bar("lint", pairs_to_check(&scan, &options) as u64, "pairs");
-    let mut run = lint_scan(&dataset, &scan, &options, &|| bar.inc(1));
-    bar.finish_and_clear();
-
-    if args.fix && !run.fixes.is_empty() {
-        let backup_dir = args
-            .backup_dir
-            .as_deref()
-            .expect("clap requires --backup-dir with --fix");
-        apply_fixes(&run.fixes, &dataset.root, backup_dir).context("writing label fixes")?;
-        let fixed: Vec<(String, Vec<fusekit_lint::Code>)> = run
-            .fixes
-            .iter()
-            .map(|f| {
-                (
-                    dataset.relative(&f.label).display().to_string(),
-                    f.codes.clone(),
-                )
-            })
-            .collect();
-        run.report.mark_fixed(|finding| {
-            fixed.iter().any(|(label, codes)| {
-                finding.label.as_deref() == Some(label) && codes.contains(&finding.code)
-            })
-        });
-        eprintln!(
-            "fixed {} label file{}; originals copied to {}",
-            run.fixes.len(),
-            if run.fixes.len() == 1 { "" } else { "s" },
-            backup_dir.display()
-        );
-    }
-
-    let mut per_split = vec![0usize; dataset.splits.len()];
-    for pair in &scan.pairs {
-        for &split in &pair.splits {
-            per_split[split] += 1;
-        }
-    }
-    let splits: Vec<String> = dataset
-        .splits
-        .iter()
-        .zip(&per_split)
-        .map(|(s, n)| format!("{} {n}", s.name))
-        .collect();
-    let header = format!(
-        "fusekit lint {}: {} pairs checked ({}), decode {}, {:.2} s{}",
-        args.data.display(),
-        run.report.summary.pairs,
-        splits.join(", "),
-        if decode == DecodeLevel::Full {
-            "full"
-        } else {
-            "header"
-        },
-        started.elapsed().as_secs_f64(),
-        config_path
-            .map(|p| format!(", config {}", p.display()))
-            .unwrap_or_default()
-    );
-    Ok(Linted {
-        report: run.report,
-        header,
-        strict,
-        root: Some(dataset.root),
-    })
-}
-
-fn print_report(report: &Report, args: &LintArgs, root: Option<&Path>, header: &str) {
+    let (config, section) = load_config(&args.data, args.config.as_deref())?;
+    let params = args.params(&section)?;
+    let outcome = fusekit_stages::lint::run(&params, &Bars::default())?;
+    let header = outcome.header(&args.data, config.as_deref());
+    let report = &outcome.report;
     match args.format {
-        Format::Human => print!("{}", report.to_human(header, args.max_per_code)),
+        Format::Human => print!("{}", report.to_human(&header, args.max_per_code)),
         Format::Json => println!("{}", report.to_json()),
         Format::Sarif => {
-            let root = root
+            let root = outcome
+                .root
+                .as_deref()
                 .and_then(|r| std::fs::canonicalize(r).ok())
                 .unwrap_or_default();
             println!(
@@ -241,4 +166,5 @@ fn print_report(report: &Report, args: &LintArgs, root: Option<&Path>, header: &
             );
         }
     }
+    Ok(ExitCode::from(outcome.exit_code()))
 }

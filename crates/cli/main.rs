@@ -3,7 +3,6 @@
 mod cache;
 #[cfg(feature = "train")]
 mod device;
-mod draw;
 mod import;
 mod lint;
 #[cfg(feature = "train")]

@@ -19,7 +19,7 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 200)]
     pairs: usize,
     /// Image size, WIDTHxHEIGHT (LLVIP is 1280x1024).
-    #[arg(long, default_value = "640x512", value_parser = parse_size)]
+    #[arg(long, default_value = "640x512", value_parser = fusekit_synth::parse_size)]
     size: (u32, u32),
     /// Random seed; the same options write byte-identical files.
     #[arg(long, default_value_t = 0)]
@@ -39,18 +39,6 @@ pub struct SynthArgs {
     /// Lint codes to inject one defect each for (comma-separated), or `all`.
     #[arg(long, value_delimiter = ',')]
     inject: Vec<String>,
-}
-
-fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let (w, h) = text
-        .split_once(['x', 'X'])
-        .ok_or("expected WIDTHxHEIGHT, such as 1280x1024")?;
-    let parse = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("`{v}` is not a pixel count"))
-    };
-    Ok((parse(w)?, parse(h)?))
 }
 
 /// Generates the dataset and prints where it is.

@@ -1,31 +1,24 @@
 //! `fusekit train`: train the dual-stream detector from a prepared cache.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use fusekit_cache::Cache;
-use std::sync::Arc;
-use std::time::Duration;
-
 use fusekit_detect::NmsOptions;
-use fusekit_dist::{Backend, DistError, ProcessGroup};
-use fusekit_hyp::{
-    Accumulate, BatchPlan, Fusion, Hyp, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
-    Schedule, render_table,
+use fusekit_hyp::{Hyp, HypOverrides, Imgsz};
+use fusekit_stages::Progress;
+use fusekit_stages::train::{
+    DistBackend, Distributed, Observer, Params, Report, Subset, TrainData, device_name,
+    fresh_run_dir, resume_run_dir,
 };
-use fusekit_train::{
-    Event, Faults, RunFiles, SimulatedOom, TrainError, TrainOptions, parse_device, train,
-};
-use serde_json::json;
-use tch::Device;
+use fusekit_train::{Event, RunFiles};
 
-use crate::cache::build_for_training;
 use crate::output::Format;
-use crate::progress;
-use crate::val::{print_table, validate_weights};
+use crate::progress::{self, Bars};
+use crate::val::print_table;
 
 /// Train the dual-stream detector from a fusekit cache.
 ///
@@ -46,67 +39,11 @@ pub struct TrainArgs {
     /// A dataset (data yaml or folder): its caches are built first, or reused when current.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Hyperparameters in a yaml file with Ultralytics' keys.
-    #[arg(long)]
-    hyp: Option<PathBuf>,
-    /// YOLOv8 scale.
-    #[arg(long, value_parser = parse_word::<ModelScale>)]
-    model: Option<ModelScale>,
-    /// rgb, ir (single stream), early (input concat), mid (P3-P5 fusion), late (two detectors).
-    #[arg(long, value_parser = parse_word::<Fusion>)]
-    fusion: Option<Fusion>,
-    /// Training epochs.
-    #[arg(long)]
-    epochs: Option<u32>,
-    /// Images per micro-batch (per device).
-    #[arg(long)]
-    batch: Option<u32>,
-    /// Image size: by default the cache's (it knows the size it was built at) or, with
-    /// --data, 640; a value that differs from the cache's is an error.
-    #[arg(long)]
-    imgsz: Option<u32>,
-    /// Micro-batches per optimizer step: `auto` (round(nbs / batch)) or a number.
-    #[arg(long, value_parser = parse_word::<Accumulate>)]
-    accumulate: Option<Accumulate>,
-    /// Nominal batch size the learning rate and weight decay are given for.
-    #[arg(long)]
-    nbs: Option<u32>,
-    /// Initial learning rate at nbs images per step.
-    #[arg(long)]
-    lr0: Option<f64>,
-    /// Final learning rate as a fraction of lr0.
-    #[arg(long)]
-    lrf: Option<f64>,
-    /// `linear`: scale lr0 and weight decay by effective batch / nbs; `none`: weight decay only.
-    #[arg(long, value_parser = parse_word::<LrScaling>)]
-    lr_scaling: Option<LrScaling>,
-    /// Warmup epochs (0 for none, e.g. when fine-tuning).
-    #[arg(long)]
-    warmup_epochs: Option<f64>,
-    /// Cosine learning-rate decay instead of linear.
-    #[arg(long)]
-    cos_lr: bool,
-    /// SGD (Nesterov, momentum 0.937) or AdamW.
-    #[arg(long, value_parser = parse_word::<Optimizer>)]
-    optimizer: Option<Optimizer>,
-    /// Turn mosaic off for the last N epochs.
-    #[arg(long)]
-    close_mosaic: Option<u32>,
-    /// Epochs without improvement before stopping (0: never).
-    #[arg(long)]
-    patience: Option<u32>,
-    /// Random seed (order and augmentation).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// `stop`, or `rollback` to the epoch's start at half the lr.
-    #[arg(long, value_parser = parse_word::<NanPolicy>)]
-    nan_policy: Option<NanPolicy>,
-    /// Validate and save the raw weights instead of an exponential moving average.
-    #[arg(long)]
-    no_ema: bool,
-    /// Mixed precision on CUDA (fp16 autocast); CPU always trains in f32.
-    #[arg(long)]
-    amp: bool,
+    /// Hyperparameters in a yaml file with Ultralytics' keys (the flags below win).
+    #[arg(long = "hyp", value_name = "FILE")]
+    hyp_file: Option<PathBuf>,
+    #[command(flatten)]
+    hyp: HypOverrides,
     /// Train on this fraction of the training set (its first samples).
     #[arg(long, conflicts_with = "limit")]
     fraction: Option<f64>,
@@ -144,8 +81,8 @@ pub struct TrainArgs {
     dist_timeout: u64,
     /// Backend of the data-parallel collectives: `auto` (NCCL when training on CUDA, Gloo
     /// otherwise), `gloo`, or `nccl` (every rank needs CUDA device LOCAL_RANK).
-    #[arg(long, value_enum, default_value_t = DistBackend::Auto)]
-    dist_backend: DistBackend,
+    #[arg(long, value_enum, default_value_t = DistBackendArg::Auto)]
+    dist_backend: DistBackendArg,
     /// Synchronised BatchNorm (data-parallel): normalise with the statistics of the global
     /// batch, every rank's images, instead of each rank's own. Worth it when the per-device
     /// batch is small (under ~8 images); costs two small collectives per BatchNorm layer.
@@ -159,7 +96,7 @@ pub struct TrainArgs {
 
 /// `--dist-backend`.
 #[derive(Clone, Copy, ValueEnum)]
-enum DistBackend {
+enum DistBackendArg {
     /// NCCL when training on CUDA, Gloo otherwise.
     Auto,
     /// Gloo (CUDA gradients pass through host memory).
@@ -168,78 +105,58 @@ enum DistBackend {
     Nccl,
 }
 
-fn parse_word<T: std::str::FromStr>(text: &str) -> Result<T, String>
-where
-    T::Err: std::fmt::Display,
-{
-    text.parse().map_err(|e: T::Err| e.to_string())
-}
-
 impl TrainArgs {
-    fn overrides(&self) -> HypOverrides {
-        HypOverrides {
-            model_scale: self.model,
-            fusion: self.fusion,
-            epochs: self.epochs,
-            batch: self.batch,
-            imgsz: self.imgsz,
-            accumulate: self.accumulate,
-            nbs: self.nbs,
-            lr0: self.lr0,
-            lrf: self.lrf,
-            lr_scaling: self.lr_scaling,
-            warmup_epochs: self.warmup_epochs,
-            cos_lr: self.cos_lr.then_some(true),
-            optimizer: self.optimizer,
-            close_mosaic: self.close_mosaic,
-            patience: self.patience,
-            seed: self.seed,
-            nan_policy: self.nan_policy,
-            ema: self.no_ema.then_some(false),
-            amp: self.amp.then_some(true),
-            ..HypOverrides::default()
-        }
-    }
-}
-
-/// A finished training run.
-pub struct Trained {
-    /// The run folder.
-    pub run_dir: PathBuf,
-    /// Epochs, best and last metrics, time.
-    pub summary: fusekit_train::TrainSummary,
-    /// This process is rank 0 (or the only one): it wrote the run and reports it.
-    pub main: bool,
-    /// Where it trained.
-    pub device: Device,
-    /// The validation cache, if there was one.
-    pub val_cache: Option<PathBuf>,
-}
-
-impl Trained {
-    /// The run as `fusekit train --format json` prints it.
-    pub fn to_json(&self) -> serde_json::Value {
-        let summary = &self.summary;
-        let files = RunFiles::new(&self.run_dir);
-        let record = |r: &Option<fusekit_train::EpochRecord>| {
-            r.as_ref().map(|r| {
-                json!({"epoch": r.epoch, "precision": r.precision, "recall": r.recall,
-                       "mAP50": r.map50, "mAP50-95": r.map50_95, "train_loss": r.train_loss,
-                       "val_loss": r.val_loss})
-            })
+    /// The stage's parameters: the run folder chosen (or found, with --resume) and the
+    /// hyperparameters resolved (defaults < hyp.yaml or the run's args.yaml < flags).
+    fn params(&self) -> anyhow::Result<Params> {
+        let run_dir = if self.resume {
+            resume_run_dir(&self.project, self.name.as_deref())?
+        } else {
+            fresh_run_dir(&self.project, self.name.as_deref().unwrap_or("train"))
         };
-        json!({
-            "run": self.run_dir,
-            "epochs": summary.epochs,
-            "best_epoch": summary.best_epoch,
-            "best": record(&summary.best),
-            "last": record(&summary.last),
-            "stopped_early": summary.stopped_early,
-            "seconds": summary.seconds,
-            "images_per_second": summary.images_per_second,
-            "data_wait": summary.data_wait,
-            "results": files.results,
-            "weights": {"best": files.best, "last": files.last},
+        let hyp_file = if self.resume {
+            Some(RunFiles::new(&run_dir).args)
+        } else {
+            self.hyp_file.clone()
+        };
+        let loaded = Hyp::resolve(hyp_file.as_deref(), &self.hyp)?;
+        for warning in &loaded.warnings {
+            eprintln!("warning: {warning}");
+        }
+        let imgsz = if loaded.given.iter().any(|key| key == "imgsz") {
+            Some(Imgsz::new(loaded.hyp.imgsz)?)
+        } else {
+            None
+        };
+        let data = match (&self.cache, &self.data) {
+            (Some(cache), _) => TrainData::Cache(cache.clone()),
+            (None, Some(data)) => TrainData::Dataset(data.clone()),
+            (None, None) => bail!("give --cache DIR or --data DATA"),
+        };
+        let subset = match (self.limit, self.fraction) {
+            (Some(n), _) => Subset::First(n),
+            (None, Some(f)) => Subset::Fraction(f),
+            (None, None) => Subset::All,
+        };
+        Ok(Params {
+            data,
+            hyp: loaded.hyp,
+            imgsz,
+            run_dir,
+            resume: self.resume,
+            weights: self.weights.clone(),
+            device: self.device.clone(),
+            subset,
+            distributed: Distributed {
+                timeout: Duration::from_secs(self.dist_timeout),
+                backend: match self.dist_backend {
+                    DistBackendArg::Auto => DistBackend::Auto,
+                    DistBackendArg::Gloo => DistBackend::Gloo,
+                    DistBackendArg::Nccl => DistBackend::Nccl,
+                },
+                sync_bn: self.sync_bn,
+            },
+            simulate_oom_above: self.simulate_oom_above,
         })
     }
 }
@@ -249,165 +166,115 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.nproc.filter(|&n| n > 1) {
         return launch_ranks(n);
     }
-    let Some(trained) = execute(args, &mut std::io::stdout())? else {
+    let params = args.params()?;
+    let bars = Bars::default();
+    if args.print_schedule {
+        print!("{}", fusekit_stages::train::schedule(&params, &bars)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    let human = args.format == Format::Human;
+    let mut view = TrainView {
+        bars,
+        report: reporter(std::io::stdout(), human),
     };
+    let trained = fusekit_stages::train::run(&params, &mut view)?;
     if !trained.main {
         return Ok(ExitCode::SUCCESS);
     }
-    let Trained {
-        run_dir, summary, ..
-    } = &trained;
-    let files = RunFiles::new(run_dir);
-    if args.format == Format::Human {
-        if let Some(best) = &summary.best {
-            println!(
-                "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s, \
-{:.1}% of the time waiting for data)",
-                summary.best_epoch,
-                best.map50,
-                best.map50_95,
-                summary.epochs,
-                summary.seconds,
-                summary.images_per_second,
-                summary.data_wait * 100.0
-            );
-        }
-        if let Some(val) = &trained.val_cache {
-            // Ultralytics' closing table: the best weights, per class.
-            println!("validating {}", files.best.display());
-            let (result, names) = validate_weights(
-                &files.best,
-                val,
-                trained.device,
-                VAL_BATCH,
-                &NmsOptions::default(),
-            )?;
-            print_table(&result, &names);
-        }
-        println!(
-            "results: {}\nweights: {} (best), {} (last)",
-            files.results.display(),
-            files.best.display(),
-            files.last.display()
-        );
-    } else {
-        println!("{}", trained.to_json());
+    if !human {
+        println!("{}", serde_json::to_string(&trained)?);
+        return Ok(ExitCode::SUCCESS);
     }
+    if let Some(best) = &trained.best {
+        println!(
+            "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s, \
+{:.1}% of the time waiting for data)",
+            trained.best_epoch,
+            best.map50,
+            best.map50_95,
+            trained.epochs,
+            trained.seconds,
+            trained.images_per_second,
+            trained.data_wait * 100.0
+        );
+    }
+    if let Some(val) = &trained.val_cache {
+        // Ultralytics' closing table: the best weights, per class.
+        println!("validating {}", trained.weights.best.display());
+        let validated = fusekit_stages::val::run(&fusekit_stages::val::Params {
+            weights: trained.weights.best.clone(),
+            cache: val.clone(),
+            batch: VAL_BATCH,
+            nms: NmsOptions::default(),
+            device: trained.device.clone(),
+        })?;
+        print_table(&validated);
+    }
+    println!(
+        "results: {}\nweights: {} (best), {} (last)",
+        trained.results.display(),
+        trained.weights.best.display(),
+        trained.weights.last.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Trains as `fusekit train` does, writing its progress lines to `out`; `None` after
-/// `--print-schedule`. Joins the data-parallel group when torchrun's environment names one.
-pub fn execute(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<Option<Trained>> {
-    let requested = parse_device(&args.device)?;
-    let backend = match args.dist_backend {
-        DistBackend::Auto => Backend::for_device(requested),
-        DistBackend::Gloo => Backend::Gloo,
-        DistBackend::Nccl => Backend::Nccl,
-    };
-    let group = ProcessGroup::from_env_with(Duration::from_secs(args.dist_timeout), backend)
-        .with_context(|| format!("joining the data-parallel group ({backend})"))?
-        .map(Arc::new);
-    let main = group.as_ref().is_none_or(|g| g.is_main());
-    let run_dir = if args.resume {
-        resume_dir(&args.project, args.name.as_deref())?
-    } else {
-        fresh_dir(&args.project, args.name.as_deref().unwrap_or("train"))
-    };
-    let hyp_file = if args.resume {
-        Some(RunFiles::new(&run_dir).args)
-    } else {
-        args.hyp.clone()
-    };
-    let loaded = Hyp::resolve(hyp_file.as_deref(), &args.overrides())?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
+/// What a training run shows: the stage's progress as bars, its reports through `report`.
+pub struct TrainView<F> {
+    /// Bars and notes.
+    pub bars: Bars,
+    /// Draws the reports.
+    pub report: F,
+}
+
+impl<F: Sync> Progress for TrainView<F> {
+    fn begin(&self, task: &'static str, total: u64, unit: &'static str) {
+        self.bars.begin(task, total, unit);
     }
-    let imgsz_given = loaded.given.iter().any(|key| key == "imgsz");
-    let mut hyp = loaded.hyp;
-    let cache_dir = match (&args.cache, &args.data) {
-        (Some(cache), _) => cache.clone(),
-        (None, Some(data)) => build_for_training(data, hyp.imgsz)?,
-        (None, None) => bail!("give --cache DIR or --data DATA"),
-    };
-    let train_cache = cache_dir.join("train.fkc");
-    if !train_cache.is_file() {
-        bail!(
-            "{}: no train.fkc (build it with `fusekit cache build DATA --out {}`)",
-            cache_dir.display(),
-            cache_dir.display()
-        );
+
+    fn advance(&self) {
+        self.bars.advance();
     }
-    let val_cache = cache_dir.join("val.fkc");
-    let val_cache = if val_cache.is_file() {
-        Some(val_cache)
-    } else {
-        eprintln!(
-            "warning: {} has no val.fkc: training without validation (metrics stay 0; \
-fusekit never validates on the training set)",
-            cache_dir.display()
-        );
-        None
-    };
-    let cache = Cache::open(&train_cache, None)?;
-    if !imgsz_given {
-        // The cache knows the size it was built at.
-        hyp.imgsz = cache.meta().imgsz;
+
+    fn end(&self) {
+        self.bars.end();
     }
-    let samples = cache.len();
-    drop(cache);
-    let limit = match (args.limit, args.fraction) {
-        (Some(n), _) => Some(n),
-        (None, Some(f)) if f > 0.0 && f <= 1.0 => {
-            Some(((samples as f64 * f).round() as usize).max(1))
-        }
-        (None, Some(f)) => bail!("--fraction {f} is not in (0, 1]"),
-        (None, None) => None,
-    };
-    if args.print_schedule {
-        let images = limit.map_or(samples, |n| n.min(samples));
-        let plan = BatchPlan::from_hyp(&hyp, 1)?;
-        let batches = images.div_ceil(hyp.batch as usize) as u64;
-        let schedule = Schedule::new(&hyp, &plan, batches, hyp.epochs)?.with_min_warmup(MIN_WARMUP);
-        writeln!(out, "{plan}")?;
-        write!(out, "{}", render_table(schedule.rows()))?;
-        return Ok(None);
+
+    fn note(&self, line: &str) {
+        self.bars.note(line);
     }
-    let device = match (requested, &group) {
-        // One GPU per local rank.
-        (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
-        (device, _) => device,
-    };
-    if hyp.amp && !device.is_cuda() && args.amp {
-        eprintln!("note: --amp applies on CUDA only; training in f32 on the CPU");
+}
+
+impl<F: FnMut(Report<'_>) + Sync> Observer for TrainView<F> {
+    fn report(&mut self, report: Report<'_>) {
+        (self.report)(report);
     }
-    let world = group.as_ref().map_or(1, |g| g.world_size());
-    let options = TrainOptions {
-        hyp: hyp.clone(),
-        train_cache,
-        val_cache,
-        device,
-        run_dir: run_dir.clone(),
-        weights: args.weights.clone(),
-        resume: args.resume,
-        limit,
-        min_warmup: MIN_WARMUP,
-        faults: Faults {
-            out_of_memory: args.simulate_oom_above.map(|above| SimulatedOom {
-                above,
-                from_batch: 0,
-            }),
-            non_finite: None,
-            out_of_memory_validating: false,
-        },
-        group,
-        sync_bn: args.sync_bn,
-    };
-    let human = args.format == Format::Human && main;
+}
+
+/// Prints a training run for people on `out` (the plan, a bar per epoch, a line per epoch),
+/// or nothing but notes when `human` is false or this is not rank 0.
+pub fn reporter(mut out: impl Write + Sync, human: bool) -> impl FnMut(Report<'_>) + Sync {
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut observer = |event: Event<'_>| match event {
-        Event::Started {
+    let mut shown = human;
+    let mut epochs = 0;
+    let mut world = 1;
+    let mut device = String::new();
+    let mut run = String::new();
+    move |report| match report {
+        Report::Setup {
+            run_dir,
+            device: on,
+            world: ranks,
+            main,
+            hyp,
+        } => {
+            shown = human && main;
+            epochs = hyp.epochs;
+            world = ranks;
+            device = device_name(on);
+            run = run_dir.display().to_string();
+        }
+        Report::Trainer(Event::Started {
             plan,
             config,
             parameters,
@@ -415,18 +282,17 @@ fusekit never validates on the training set)",
             batches,
             warmup,
             start_epoch,
-        } if human => {
+        }) if shown => {
             let _ = writeln!(out, "{plan}");
             let _ = writeln!(
                 out,
-                "model: yolov8{} {} fusion, {} classes, {} IR plane{}, {:.2}M parameters, on {}",
+                "model: yolov8{} {} fusion, {} classes, {} IR plane{}, {:.2}M parameters, on {device}",
                 config.scale,
                 config.fusion,
                 config.names.len(),
                 config.ir_channels,
                 if config.ir_channels == 1 { "" } else { "s" },
                 parameters as f64 / 1e6,
-                device_name(device)
             );
             let _ = writeln!(
                 out,
@@ -438,9 +304,9 @@ fusekit never validates on the training set)",
                     String::new()
                 }
             );
-            let _ = writeln!(out, "run: {}", run_dir.display());
+            let _ = writeln!(out, "run: {run}");
         }
-        Event::Batch {
+        Report::Trainer(Event::Batch {
             epoch,
             batch,
             batches,
@@ -448,13 +314,13 @@ fusekit never validates on the training set)",
             images,
             seconds,
             lr,
-        } if human => {
+        }) if shown => {
             let bar = bar.get_or_insert_with(|| progress::bar("train", batches, "batches"));
             if batch == 0 {
                 bar.reset();
                 bar.set_length(batches);
             }
-            bar.set_prefix(format!("epoch {}/{}", epoch + 1, hyp.epochs));
+            bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
             bar.set_message(format!(
                 "box {:.3} cls {:.3} dfl {:.3}  lr {lr:.5}  {:.1} img/s",
                 loss[0],
@@ -464,15 +330,14 @@ fusekit never validates on the training set)",
             ));
             bar.set_position(batch + 1);
         }
-        Event::Epoch(record) if human => {
+        Report::Trainer(Event::Epoch(record)) if shown => {
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
             let _ = writeln!(
                 out,
-                "epoch {:>3}/{}  box {:.3} cls {:.3} dfl {:.3}  P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3}  lr {:.5}  {:.1}s",
+                "epoch {:>3}/{epochs}  box {:.3} cls {:.3} dfl {:.3}  P {:.3} R {:.3} mAP50 {:.3} mAP50-95 {:.3}  lr {:.5}  {:.1}s",
                 record.epoch,
-                hyp.epochs,
                 record.train_loss[0],
                 record.train_loss[1],
                 record.train_loss[2],
@@ -484,33 +349,9 @@ fusekit never validates on the training set)",
                 record.time
             );
         }
-        Event::Note(note) => eprintln!("note: {note}"),
+        Report::Trainer(Event::Note(note)) => eprintln!("note: {note}"),
         _ => {}
-    };
-    let summary = train(&options, &mut observer).map_err(|err| {
-        let lost_peer = matches!(err, TrainError::Dist(DistError::Collective { .. }));
-        let err = anyhow::Error::new(err);
-        let err = if lost_peer {
-            // Gloo says "Connection closed by peer" or just "Operation timed out!": say what
-            // that means for a training run and how to continue it.
-            err.context(format!(
-                "lost contact with the other ranks: another rank probably failed, was killed or \
-stopped responding for --dist-timeout {} s (its own output says why); `--resume` continues \
-from the last finished epoch",
-                args.dist_timeout
-            ))
-        } else {
-            err
-        };
-        err.context(format!("training run {}", run_dir.display()))
-    })?;
-    Ok(Some(Trained {
-        run_dir,
-        summary,
-        main,
-        device,
-        val_cache: options.val_cache,
-    }))
+    }
 }
 
 /// Runs this command line again as `n` local ranks (RANK, LOCAL_RANK, WORLD_SIZE and a free
@@ -679,62 +520,6 @@ fn data_summary(images: (usize, usize), batches: u64, world: usize) -> String {
 
 /// Images per batch of the closing validation.
 const VAL_BATCH: usize = 32;
-
-/// Warmup lasts at least this many batches when warmup_epochs > 0.
-const MIN_WARMUP: u64 = 100;
-
-/// `project/name`, or `name2`, `name3`, ... when taken.
-fn fresh_dir(project: &Path, name: &str) -> PathBuf {
-    let first = project.join(name);
-    if !first.exists() {
-        return first;
-    }
-    (2..)
-        .map(|i| project.join(format!("{name}{i}")))
-        .find(|p| !p.exists())
-        .unwrap_or(first)
-}
-
-/// The run to resume: `project/name`, or without a name the most recent run in `project`
-/// that has a checkpoint.
-fn resume_dir(project: &Path, name: Option<&str>) -> anyhow::Result<PathBuf> {
-    if let Some(name) = name {
-        let named = project.join(name);
-        if !RunFiles::new(&named).checkpoint.is_file() {
-            bail!(
-                "--resume: {} has no weights/last.ckpt (it never finished an epoch)",
-                named.display()
-            );
-        }
-        return Ok(named);
-    }
-    let latest = std::fs::read_dir(project)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter_map(|dir| {
-            let checkpoint = RunFiles::new(&dir).checkpoint;
-            let modified = checkpoint.metadata().ok()?.modified().ok()?;
-            Some((modified, dir))
-        })
-        .max();
-    match latest {
-        Some((_, dir)) => Ok(dir),
-        None => bail!(
-            "--resume: no run with weights/last.ckpt in {} (nothing to resume)",
-            project.display()
-        ),
-    }
-}
-
-fn device_name(device: tch::Device) -> String {
-    match device {
-        tch::Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    }
-}
 
 #[cfg(all(test, unix))]
 mod tests {

@@ -1,16 +1,12 @@
 //! `fusekit val`: validate weights on a cache.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use clap::Args;
-use fusekit_cache::{Cache, Loader, LoaderOptions};
-use fusekit_detect::{DetectionLoss, NmsOptions, weights};
-use fusekit_train::{Validation, parse_device, validate};
+use fusekit_detect::NmsOptions;
+use fusekit_stages::val::{Outcome, Params};
 use serde_json::json;
-use tch::Device;
 
 use crate::output::Format;
 
@@ -46,69 +42,34 @@ pub struct ValArgs {
 
 /// Runs `fusekit val`.
 pub fn run(args: &ValArgs) -> anyhow::Result<ExitCode> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let device = parse_device(&args.device)?;
-    let options = NmsOptions {
-        conf: args.conf,
-        iou: args.iou,
-        max_det: args.max_det,
-        ..NmsOptions::default()
+    let params = Params {
+        weights: args.weights.clone(),
+        cache: args.cache.clone(),
+        batch: args.batch,
+        nms: NmsOptions {
+            conf: args.conf,
+            iou: args.iou,
+            max_det: args.max_det,
+            ..NmsOptions::default()
+        },
+        device: args.device.clone(),
     };
-    let (result, names) =
-        validate_weights(&args.weights, &args.cache, device, args.batch, &options)?;
+    let outcome = fusekit_stages::val::run(&params)?;
     match args.format {
         Format::Json => println!(
             "{}",
-            json!({"images": result.images, "metrics": result.metrics, "val_loss": result.loss})
+            json!({"images": outcome.images, "metrics": outcome.metrics, "val_loss": outcome.val_loss})
         ),
-        Format::Human => print_table(&result, &names),
+        Format::Human => print_table(&outcome),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Validates the weights file `weights` on the cache `cache` (no augmentation, fixed order);
-/// returns the result and the model's class names.
-pub fn validate_weights(
-    weights: &Path,
-    cache: &Path,
-    device: Device,
-    batch: usize,
-    nms: &NmsOptions,
-) -> anyhow::Result<(Validation, Vec<String>)> {
-    let (_vs, model) = weights::load(weights, device)?;
-    let cache_file = Arc::new(Cache::open(cache, None)?);
-    let config = model.config();
-    if cache_file.meta().names.len() != config.names.len()
-        || i64::from(cache_file.meta().ir_channels) != config.ir_channels
-    {
-        bail!(
-            "{} has {} classes and {} IR planes, the weights {} and {}",
-            cache.display(),
-            cache_file.meta().names.len(),
-            cache_file.meta().ir_channels,
-            config.names.len(),
-            config.ir_channels
-        );
-    }
-    let loader = Loader::new(
-        cache_file,
-        LoaderOptions {
-            batch,
-            shuffle: false,
-            ..LoaderOptions::default()
-        },
-    );
-    let result = validate(&model, &loader, device, &DetectionLoss::default(), nms)
-        .with_context(|| format!("validating {}", weights.display()))?;
-    Ok((result, config.names.clone()))
-}
-
 /// Prints Ultralytics' validation table: all classes, then one row per class, then COCO's
 /// numbers and the validation losses.
-pub fn print_table(result: &Validation, names: &[String]) {
+pub fn print_table(result: &Outcome) {
     let m = &result.metrics;
+    let names = &result.names;
     println!(
         "{:<12} {:>7} {:>9} {:>7} {:>7} {:>7} {:>9}",
         "class", "images", "instances", "P", "R", "mAP50", "mAP50-95"
@@ -127,6 +88,11 @@ pub fn print_table(result: &Validation, names: &[String]) {
     }
     println!(
         "COCO: mAP50-95 {:.3} mAP50 {:.3} mAP75 {:.3}; val loss box {:.3} cls {:.3} dfl {:.3}",
-        m.coco.map50_95, m.coco.map50, m.coco.map75, result.loss[0], result.loss[1], result.loss[2]
+        m.coco.map50_95,
+        m.coco.map50,
+        m.coco.map75,
+        result.val_loss[0],
+        result.val_loss[1],
+        result.val_loss[2]
     );
 }

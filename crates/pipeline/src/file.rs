@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use fusekit_hyp::{Fusion, Hyp, HypWarning};
+use fusekit_hyp::{Fusion, Hyp, HypWarning, Imgsz};
 use fusekit_lint::{LevelSelectors, Levels};
+use fusekit_stages::{cache, lint, split};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
@@ -28,12 +29,15 @@ pub struct Pipeline {
     pub runs: PathBuf,
     /// How to generate the dataset when it is missing.
     pub synth: Option<SynthSection>,
+    /// The training size, stated once (`imgsz:`, default 640): lint measures LBL011 at it,
+    /// the cache stores images at it, training and predict use it.
+    pub imgsz: Imgsz,
     /// The lint stage.
-    pub lint: LintSection,
+    pub lint: lint::Settings,
     /// The split stage.
-    pub split: SplitSection,
+    pub split: split::Settings,
     /// The cache stage.
-    pub cache: CacheSection,
+    pub cache: cache::Settings,
     /// The train stages (one per fusion mode), when the file has a `train` section.
     pub train: Option<TrainSection>,
     /// The predict stages (one per trained fusion mode), when the file has a `predict` section.
@@ -67,6 +71,22 @@ pub struct SynthSection {
     pub seed: u64,
 }
 
+impl SynthSection {
+    /// The generator's options (`size` as WIDTHxHEIGHT).
+    pub fn options(&self) -> Result<fusekit_synth::SynthOptions, String> {
+        let (width, height) =
+            fusekit_synth::parse_size(&self.size).map_err(|e| format!("synth.size: {e}"))?;
+        Ok(fusekit_synth::SynthOptions {
+            pairs: self.pairs,
+            width,
+            height,
+            seed: self.seed,
+            scenes: self.scenes,
+            ..fusekit_synth::SynthOptions::default()
+        })
+    }
+}
+
 fn default_pairs() -> usize {
     200
 }
@@ -77,159 +97,10 @@ fn default_scenes() -> usize {
     10
 }
 
-/// When the lint stage stops the pipeline.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailOn {
-    /// On error-level findings (the default).
-    #[default]
-    Error,
-    /// On error- and warning-level findings.
-    Warning,
-    /// Never: findings are reported only.
-    Never,
-}
-
-/// `lint:`: rule levels (as in fusekit.toml's `[lint]`), and when findings stop the pipeline.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LintSection {
-    /// Codes or families reported as errors.
-    #[serde(default)]
-    pub deny: Vec<String>,
-    /// Codes or families reported as warnings.
-    #[serde(default)]
-    pub warn: Vec<String>,
-    /// Codes or families not reported.
-    #[serde(default)]
-    pub allow: Vec<String>,
-    /// `header` or `full`.
-    pub decode: Option<String>,
-    /// Training size LBL011 measures boxes at.
-    pub imgsz: Option<u32>,
-    /// Which findings stop the pipeline.
-    #[serde(default)]
-    pub fail_on: FailOn,
-    /// Codes or families whose findings do not stop the pipeline (they are still reported, and
-    /// pairs with error-level findings are still left out of the split and the caches).
-    #[serde(default)]
-    pub accept: Vec<String>,
-}
-
-impl LintSection {
-    /// The level selectors of the section.
-    pub fn selectors(&self) -> LevelSelectors {
-        LevelSelectors {
-            deny: self.deny.clone(),
-            warn: self.warn.clone(),
-            allow: self.allow.clone(),
-        }
-    }
-
-    /// Whether a finding of `code` (e.g. `PAIR001`, in family `PAIR`) is in `accept`.
-    pub fn accepts(&self, code: &str, family: &str) -> bool {
-        self.accept
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case("ALL") || a.eq_ignore_ascii_case(code) || a == family)
-    }
-}
-
-/// How `split:` balances the sides.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stratify {
-    /// Per-class box counts and background share.
-    #[default]
-    Classes,
-    /// Pair counts only.
-    None,
-}
-
-/// `split:`: options of `fusekit split`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SplitSection {
-    /// Validation share.
-    #[serde(default = "default_val")]
-    pub val: f64,
-    /// Test share.
-    #[serde(default)]
-    pub test: f64,
-    /// Seed.
-    #[serde(default)]
-    pub seed: u64,
-    /// Group regex on the file stem.
-    pub group: Option<String>,
-    /// Group by the RGB image's folder.
-    #[serde(default)]
-    pub group_by_folder: bool,
-    /// How sides are balanced.
-    #[serde(default)]
-    pub stratify: Stratify,
-    /// Keep the dataset's own train / val lists (its data yaml, e.g. LLVIP's official split
-    /// after `fusekit import llvip`) instead of writing new ones; the other keys are unused.
-    #[serde(default)]
-    pub keep: bool,
-}
-
-fn default_val() -> f64 {
-    0.2
-}
-
-impl Default for SplitSection {
-    fn default() -> Self {
-        SplitSection {
-            val: default_val(),
-            test: 0.0,
-            seed: 0,
-            group: None,
-            group_by_folder: false,
-            stratify: Stratify::Classes,
-            keep: false,
-        }
-    }
-}
-
-/// How the cache is mapped when training.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheMode {
-    /// Mapped into memory up front.
-    #[default]
-    Ram,
-    /// Pages read on demand.
-    Disk,
-}
-
-/// `cache:`: options of `fusekit cache build`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheSection {
-    /// Long side of the stored images.
-    #[serde(default = "default_imgsz")]
-    pub imgsz: u32,
-    /// `ram` or `disk`.
-    #[serde(default)]
-    pub mode: CacheMode,
-}
-
-fn default_imgsz() -> u32 {
-    640
-}
-
-impl Default for CacheSection {
-    fn default() -> Self {
-        CacheSection {
-            imgsz: default_imgsz(),
-            mode: CacheMode::Ram,
-        }
-    }
-}
-
 /// `train:`: hyp.yaml keys, plus the fusion modes to train and run options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSection {
-    /// Hyperparameters (fusion set per stage); `imgsz` defaults to the cache's.
+    /// Hyperparameters (fusion set per stage; `imgsz` is the pipeline's).
     pub hyp: Hyp,
     /// Fusion modes, one train stage each, in file order.
     pub fusions: Vec<Fusion>,
@@ -252,6 +123,13 @@ pub struct PredictSection {
     /// Write a picture per pair.
     #[serde(default = "default_true")]
     pub images: bool,
+    /// Detections kept per pair.
+    #[serde(default = "default_max_det")]
+    pub max_det: usize,
+}
+
+fn default_max_det() -> usize {
+    300
 }
 
 fn default_conf() -> f32 {
@@ -273,11 +151,13 @@ struct RawPipeline {
     runs: Option<PathBuf>,
     synth: Option<SynthSection>,
     #[serde(default)]
-    lint: LintSection,
+    imgsz: Imgsz,
     #[serde(default)]
-    split: SplitSection,
+    lint: lint::Settings,
     #[serde(default)]
-    cache: CacheSection,
+    split: split::Settings,
+    #[serde(default)]
+    cache: cache::Settings,
     train: Option<IgnoredAny>,
     predict: Option<PredictSection>,
 }
@@ -313,13 +193,24 @@ impl Pipeline {
 
     /// Parses and validates pipeline text; `path` names it in messages and anchors `data`.
     pub fn parse(text: &str, path: &Path) -> Result<Pipeline, PipelineError> {
-        let raw: RawPipeline = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
         let invalid = |keys: &[&str], message: String| PipelineError::Invalid {
             path: path.to_path_buf(),
             line: key_line(text, keys),
             key: keys.join("."),
             message,
         };
+        for section in ["lint", "cache", "train", "predict"] {
+            let nested = key_line(text, &[section, "imgsz"]);
+            if nested.is_some() && nested != key_line(text, &[section]) {
+                return Err(invalid(
+                    &[section, "imgsz"],
+                    "imgsz is stated once, at the top level of the pipeline file (`imgsz: 640`); \
+                     every stage takes it from there"
+                        .into(),
+                ));
+            }
+        }
+        let raw: RawPipeline = serde_saphyr::from_str(text).map_err(|e| yaml_error(path, &e))?;
         let name = match raw.name {
             Some(name) => name,
             None => path
@@ -338,12 +229,6 @@ impl Pipeline {
 
         check_lint(&raw.lint, &invalid)?;
         check_split(&raw.split, &invalid)?;
-        if raw.cache.imgsz < 32 {
-            return Err(invalid(
-                &["cache", "imgsz"],
-                format!("must be at least 32, not {}", raw.cache.imgsz),
-            ));
-        }
         if let Some(synth) = &raw.synth
             && (synth.pairs == 0 || synth.scenes == 0)
         {
@@ -362,7 +247,7 @@ impl Pipeline {
         }
         let (train, warnings) = match raw.train {
             Some(_) => {
-                let (train, warnings) = parse_train(text, path, raw.cache.imgsz)?;
+                let (train, warnings) = parse_train(text, path, raw.imgsz)?;
                 (Some(train), warnings)
             }
             None => (None, Vec::new()),
@@ -379,6 +264,7 @@ impl Pipeline {
             data,
             runs: raw.runs.unwrap_or_else(|| PathBuf::from("runs/pipeline")),
             synth: raw.synth,
+            imgsz: raw.imgsz,
             lint: raw.lint,
             split: raw.split,
             cache: raw.cache,
@@ -391,7 +277,7 @@ impl Pipeline {
 
 type Invalid<'a> = dyn Fn(&[&str], String) -> PipelineError + 'a;
 
-fn check_lint(lint: &LintSection, invalid: &Invalid<'_>) -> Result<(), PipelineError> {
+fn check_lint(lint: &lint::Settings, invalid: &Invalid<'_>) -> Result<(), PipelineError> {
     for (key, list) in [
         ("deny", &lint.deny),
         ("warn", &lint.warn),
@@ -406,13 +292,10 @@ fn check_lint(lint: &LintSection, invalid: &Invalid<'_>) -> Result<(), PipelineE
             .apply(&selectors)
             .map_err(|e| invalid(&["lint", key], e.to_string()))?;
     }
-    if let Some(decode) = &lint.decode {
-        fusekit_lint::parse_decode(decode).map_err(|e| invalid(&["lint", "decode"], e))?;
-    }
     Ok(())
 }
 
-fn check_split(split: &SplitSection, invalid: &Invalid<'_>) -> Result<(), PipelineError> {
+fn check_split(split: &split::Settings, invalid: &Invalid<'_>) -> Result<(), PipelineError> {
     for (key, share) in [("val", split.val), ("test", split.test)] {
         if !(0.0..1.0).contains(&share) {
             return Err(invalid(
@@ -447,7 +330,7 @@ fn check_split(split: &SplitSection, invalid: &Invalid<'_>) -> Result<(), Pipeli
 fn parse_train(
     text: &str,
     path: &Path,
-    cache_imgsz: u32,
+    imgsz: Imgsz,
 ) -> Result<(TrainSection, Vec<HypWarning>), PipelineError> {
     let lines: Vec<&str> = text.lines().collect();
     let Some(start) = lines.iter().position(|l| top_key(l) == Some("train")) else {
@@ -508,25 +391,7 @@ fn parse_train(
         key: format!("train.{key}"),
         message,
     };
-    let imgsz_given = key_line(text, &["train", "imgsz"]).is_some_and(|l| l > start as u64 + 1);
-    if !imgsz_given {
-        hyp.imgsz = cache_imgsz;
-        hyp.validate().map_err(|e| {
-            invalid(
-                "imgsz",
-                format!("(from cache.imgsz {cache_imgsz}) is not usable for training: {e}"),
-            )
-        })?;
-    } else if hyp.imgsz != cache_imgsz {
-        return Err(invalid(
-            "imgsz",
-            format!(
-                "{} differs from cache.imgsz {cache_imgsz} (the trainer reads the cache; leave \
-                 train.imgsz out to use the cache's)",
-                hyp.imgsz
-            ),
-        ));
-    }
+    hyp.imgsz = imgsz.get();
     let words = match extras.fusion {
         None => vec![hyp.fusion.to_string()],
         Some(OneOrMany::One(word)) => vec![word],
@@ -641,8 +506,9 @@ lint:
 split:
   val: 0.25
   group: '^(\\d{2})'
+imgsz: 64
 cache:
-  imgsz: 64
+  mode: ram
 train:
   fusion: [mid, rgb]
   epochs: 2
@@ -669,7 +535,8 @@ predict:
         assert_eq!(train.fusions, vec![Fusion::Mid, Fusion::Rgb]);
         assert_eq!(train.hyp.epochs, 2);
         assert_eq!(train.hyp.lr0, 0.02);
-        assert_eq!(train.hyp.imgsz, 64, "imgsz comes from the cache section");
+        assert_eq!(p.imgsz.get(), 64);
+        assert_eq!(train.hyp.imgsz, 64, "imgsz is the pipeline's");
         assert_eq!(train.limit, Some(8));
         assert_eq!(p.predict.unwrap().conf, 0.1);
     }
@@ -681,25 +548,30 @@ predict:
             (
                 "lr0: 0.02",
                 "lr_0: 0.02",
-                "p.yaml:13: unknown key `lr_0`; did you mean `lr0`?",
+                "p.yaml:14: unknown key `lr_0`; did you mean `lr0`?",
             ),
-            ("epochs: 2", "epochs: two", "p.yaml:12: `epochs` must be"),
+            ("epochs: 2", "epochs: two", "p.yaml:13: `epochs` must be"),
             (
                 "val: 0.25",
                 "val: 1.5",
                 "p.yaml:6: `split.val` must be in [0, 1)",
             ),
             ("[PAIR001]", "[PAIR999]", "p.yaml:4: `lint.accept`"),
-            ("imgsz: 64", "imgzs: 64", "p.yaml:9: unknown field `imgzs`"),
+            ("imgsz: 64", "imgzs: 64", "p.yaml:8: unknown field `imgzs`"),
             (
                 "[mid, rgb]",
                 "[mid, fused]",
-                "p.yaml:11: `train.fusion` `fused` is not a",
+                "p.yaml:12: `train.fusion` `fused` is not a",
             ),
             (
                 "limit: 8",
                 "limit: 8\n  imgsz: 128",
-                "p.yaml:15: `train.imgsz` 128 differs",
+                "p.yaml:16: `train.imgsz` imgsz is stated once, at the top level",
+            ),
+            (
+                "imgsz: 64",
+                "imgsz: 100",
+                "p.yaml:8: imgsz must be a positive multiple of 32",
             ),
         ];
         for (from, to, expected) in cases {
@@ -715,7 +587,7 @@ predict:
     fn key_lines_follow_nesting() {
         assert_eq!(key_line(SAMPLE, &["split", "group"]), Some(7));
         assert_eq!(key_line(SAMPLE, &["split", "test"]), Some(5));
-        assert_eq!(key_line(SAMPLE, &["predict"]), Some(15));
+        assert_eq!(key_line(SAMPLE, &["predict"]), Some(16));
         assert_eq!(key_line(SAMPLE, &["nothing"]), None);
     }
 }

@@ -10,17 +10,24 @@
 //! - [`StageRecord`]: the `stage.json` a stage writes (atomically) into its folder after it
 //!   succeeded; [`plan`] compares records with fingerprints and decides what runs.
 //!
-//! The executor, which runs each stage through the subcommands' code, is the CLI's `run.rs`.
+//! - [`execute()`]: runs the planned steps, each stage through its typed entry point in
+//!   `fusekit-stages` with `Params` built from the sections ([`lint_params`],
+//!   [`split_params`], [`cache_params`], ...), storing each `Outcome` in `stage.json`.
 
+pub mod execute;
 mod file;
 mod stage;
 
+pub use execute::{
+    Observer, RunError, RunOutcome, StageOutcome, StageRun, cache_params, execute, lint_params,
+    lock_run_dir, plan_run, prepare_dataset, render_plan, split_params,
+};
+#[cfg(feature = "train")]
+pub use execute::{predict_params, train_params};
+
 use std::path::PathBuf;
 
-pub use file::{
-    CacheMode, CacheSection, FailOn, LintSection, Pipeline, PredictSection, SplitSection, Stratify,
-    SynthSection, TrainSection, key_line,
-};
+pub use file::{Pipeline, PredictSection, SynthSection, TrainSection, key_line};
 pub use stage::{
     Action, RECORD_FILE, RECORD_VERSION, STARTED_FILE, Selection, Stage, StageKind, StageRecord,
     Status, Step, files_fingerprint, hash_json, mark_started, plan, started_fingerprint,

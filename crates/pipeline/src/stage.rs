@@ -141,9 +141,19 @@ impl Pipeline {
             });
             stages.len() - 1
         };
-        let lint = push(StageKind::Lint, to_json(&self.lint), None);
+        // imgsz is a parameter of lint (LBL011 is measured at it), cache and train.
+        let imgsz = self.imgsz.get();
+        let lint = push(
+            StageKind::Lint,
+            json!({"lint": to_json(&self.lint), "imgsz": imgsz}),
+            None,
+        );
         let split = push(StageKind::Split, to_json(&self.split), Some(lint));
-        let cache = push(StageKind::Cache, to_json(&self.cache), Some(split));
+        let cache = push(
+            StageKind::Cache,
+            json!({"cache": to_json(&self.cache), "imgsz": imgsz}),
+            Some(split),
+        );
         if let Some(train) = &self.train {
             let mut trained = Vec::new();
             for &fusion in &train.fusions {
@@ -433,7 +443,7 @@ mod tests {
 
     fn pipeline(extra: &str, runs: &Path) -> Pipeline {
         let text = format!(
-            "data: d\nruns: {}\ncache:\n  imgsz: 64\ntrain:\n  fusion: [mid, rgb]\n  epochs: 1\n{extra}",
+            "data: d\nruns: {}\nimgsz: 64\ntrain:\n  fusion: [mid, rgb]\n  epochs: 1\n{extra}",
             runs.display()
         );
         Pipeline::parse(&text, Path::new("p.yaml")).unwrap()
