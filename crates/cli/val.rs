@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fusekit_cache::{Cache, Loader, LoaderOptions};
+use fusekit_cache::Cache;
 use fusekit_detect::{DetectionLoss, NmsOptions, weights};
+use fusekit_loader::{Loader, LoaderOptions};
 use fusekit_train::{Validation, parse_device, validate};
 use serde_json::json;
 use tch::Device;
