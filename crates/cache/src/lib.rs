@@ -2,7 +2,7 @@
 //! `imgsz` (long side, aspect kept) as R, G, B and IR planes with its boxes, shared by every
 //! reader through the OS page cache. Turning it into training batches is `fusekit-loader`'s job.
 //!
-//! - [`format`]: the byte layout (the contract between the pipeline and the trainer).
+//! - [`format`](mod@format): the byte layout (the contract between the pipeline and the trainer).
 //! - [`build`]: decode, resize, write atomically, skip when current ([`fingerprint`]).
 //! - [`Cache`]: open and validate, read samples with checksums, [`Cache::verify_all`].
 
