@@ -178,9 +178,8 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
 /// reports the object in source pixels, not network pixels.
 #[test]
 fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
-    use fusekit_cache::{
-        BuildInput, BuildOptions, Cache, IrChannels, Loader, LoaderOptions, MapMode, build,
-    };
+    use fusekit_cache::{BuildInput, BuildOptions, Cache, IrChannels, MapMode, build};
+    use fusekit_loader::{Loader, LoaderOptions};
     tch::set_num_threads(1);
     tch::manual_seed(0);
     let dir = tempfile::tempdir().unwrap();

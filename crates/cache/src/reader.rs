@@ -76,7 +76,6 @@ pub struct Cache {
     meta: Metadata,
     rows: Vec<IndexRow>,
     verified: Vec<AtomicU64>,
-    verify_on_read: bool,
 }
 
 /// One sample's planes and boxes, borrowed from the map.
@@ -211,13 +210,7 @@ impl Cache {
             meta,
             rows,
             verified,
-            verify_on_read: true,
         })
-    }
-
-    /// Whether each record's checksum is checked the first time it is read (default: yes).
-    pub fn set_verify_on_read(&mut self, verify: bool) {
-        self.verify_on_read = verify;
     }
 
     /// The cache file.
@@ -255,7 +248,7 @@ impl Cache {
         let row = &self.rows[i];
         let record = &self.map[row.offset as usize..(row.offset + row.len) as usize];
         let (word, bit) = (i / 64, 1u64 << (i % 64));
-        if self.verify_on_read && self.verified[word].load(Ordering::Relaxed) & bit == 0 {
+        if self.verified[word].load(Ordering::Relaxed) & bit == 0 {
             self.check(i, record)?;
             self.verified[word].fetch_or(bit, Ordering::Relaxed);
         }

@@ -22,7 +22,7 @@ pub use loss::{
     Assigner, Assignment, DetectionLoss, Loss, LossError, LossGains, ciou, distribution_focal_loss,
 };
 pub use model::{Detector, HeadOutputs, ModelConfig};
-pub use postprocess::{Detection, Letterbox, NmsOptions, non_max_suppression};
+pub use postprocess::{Detection, NmsOptions, non_max_suppression};
 pub use yolo::{
     Backbone, Head, Neck, REG_MAX, STRIDES, decode, distances_to_boxes, distribution_to_distances,
     level_channels, make_anchors, scaled_channels, scaled_repeats,

@@ -4,10 +4,11 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use fusekit_cache::{BuildInput, Record, Sample, letterbox, prepare_pair};
+use fusekit_cache::{BuildInput, Record, Sample, prepare_pair};
 use fusekit_dataset::Dataset;
-use fusekit_detect::{Detection, Letterbox, NmsOptions, non_max_suppression, weights};
+use fusekit_detect::{Detection, NmsOptions, non_max_suppression, weights};
 use fusekit_hyp::Imgsz;
+use fusekit_loader::Letterbox;
 use fusekit_train::parse_device;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -123,17 +124,17 @@ pub fn run(params: &Params, each: &mut dyn FnMut(&PairPrediction)) -> Result<Out
             }
         })?;
         let sample = sample_of(&record);
-        letterbox(&sample, size, &mut input);
-        let images = Tensor::from_slice(&input)
-            .view([1, planes as i64, size as i64, size as i64])
-            .to_device(device);
-        let predictions = model.predict(&images);
-        let detections = non_max_suppression(&predictions, nms).swap_remove(0);
         let fit = Letterbox::new(
             [record.source_width, record.source_height],
             [record.width, record.height],
             imgsz,
         );
+        fit.place(&sample, &mut input);
+        let images = Tensor::from_slice(&input)
+            .view([1, planes as i64, size as i64, size as i64])
+            .to_device(device);
+        let predictions = model.predict(&images);
+        let detections = non_max_suppression(&predictions, nms).swap_remove(0);
         total += detections.len();
         let predicted = PairPrediction {
             rgb: pair.rgb.clone(),
@@ -240,14 +241,11 @@ fn picture(
 ) -> image::RgbImage {
     let mut picture = draw::side_by_side(sample, ir_planes);
     for d in detections {
-        let [x0, y0, x1, y1] = d.bbox;
-        let stored = [
-            x0 - fit.pad[0],
-            y0 - fit.pad[1],
-            x1 - fit.pad[0],
-            y1 - fit.pad[1],
-        ];
-        draw::draw_box(&mut picture, stored, draw::class_colour(d.class));
+        draw::draw_box(
+            &mut picture,
+            fit.to_stored(d.bbox),
+            draw::class_colour(d.class),
+        );
     }
     picture
 }

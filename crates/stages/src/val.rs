@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fusekit_cache::{Cache, Loader, LoaderOptions};
+use fusekit_cache::Cache;
 use fusekit_detect::{DetectionLoss, NmsOptions, weights};
 use fusekit_eval::Metrics;
+use fusekit_loader::{Loader, LoaderOptions};
 use fusekit_train::{parse_device, validate};
 use serde::Serialize;
 

@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 
-use fusekit_cache::Batch;
+use fusekit_loader::Batch;
 use tch::{Device, Kind, Tensor};
 
 /// A batch's tensors. On the CPU `images` views the batch's own buffer (no copy), so it must

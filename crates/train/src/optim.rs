@@ -73,15 +73,6 @@ impl Optimizer {
         }
     }
 
-    /// Number of variables in each group, in [`ParamGroup::index`] order.
-    pub fn group_sizes(&self) -> [usize; 3] {
-        let mut sizes = [0; 3];
-        for p in &self.params {
-            sizes[p.group.index()] += 1;
-        }
-        sizes
-    }
-
     /// Optimizer steps taken.
     pub fn steps(&self) -> u64 {
         self.steps

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fusekit_cache::{Augment, Batch, Cache, Loader, LoaderOptions};
+use fusekit_cache::Cache;
 use fusekit_detect::{
     DetectionLoss, Detector, Fusion, LossGains, ModelConfig, NmsOptions, parameter_count, weights,
 };
 use fusekit_dist::ProcessGroup;
 use fusekit_hyp::{BatchPlan, EMA_DECAY, EMA_TAU, Hyp, NanPolicy, Schedule};
+use fusekit_loader::{Augment, Batch, Loader, LoaderOptions};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 

@@ -1,8 +1,8 @@
 //! Validation: losses, NMS and mAP of a model over a cache.
 
-use fusekit_cache::Loader;
 use fusekit_detect::{DetectionLoss, Detector, NmsOptions, non_max_suppression};
 use fusekit_eval::{Metrics, Prediction, Truth, evaluate};
+use fusekit_loader::Loader;
 use tch::{Device, Kind};
 
 use crate::TrainError;

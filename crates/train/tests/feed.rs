@@ -4,7 +4,8 @@ mod common;
 
 use std::sync::Arc;
 
-use fusekit_cache::{Cache, Loader, LoaderOptions};
+use fusekit_cache::Cache;
+use fusekit_loader::{Loader, LoaderOptions};
 use fusekit_synth::SynthOptions;
 use fusekit_train::batch_tensors;
 use tch::{Device, Kind};

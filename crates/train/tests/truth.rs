@@ -23,10 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use fusekit_cache::{Augment, Cache, Loader, LoaderOptions};
+use fusekit_cache::Cache;
 use fusekit_detect::{DetectionLoss, Detector, LossGains, ModelConfig};
 use fusekit_dist::ProcessGroup;
 use fusekit_hyp::{Accumulate, BatchPlan, Fusion, Hyp, NanPolicy, Schedule};
+use fusekit_loader::{Augment, Loader, LoaderOptions};
 use fusekit_train::{
     Faults, MAX_GRAD_NORM, Optimizer, PoisonedBatch, SimulatedOom, StepSettings, TrainError,
     TrainOptions, TrainSummary, batch_tensors, train,

@@ -256,7 +256,7 @@ fn bench(root: &Path) -> anyhow::Result<()> {
             "--package",
             "fusekit-split",
             "--package",
-            "fusekit-cache",
+            "fusekit-loader",
             "--package",
             "fusekit-detect",
             "--package",

@@ -1,4 +1,4 @@
-//! `cargo bench -p fusekit-cache --bench cache` (or `cargo xtask bench`): the cache stage on 300
+//! `cargo bench -p fusekit-loader --bench cache` (or `cargo xtask bench`): the cache stage on 300
 //! generated 1280x1024 JPEG pairs at imgsz 640, each number beside its reference from the same
 //! run:
 //! - build rate vs the decode floor (both images of every pair decoded once, all cores) and vs
@@ -6,15 +6,20 @@
 //! - bytes per pair vs YOLOFuse's 6-channel RAM layout at the same size;
 //! - an epoch of letterboxed batches from a warm cache vs single-thread memcpy bandwidth;
 //! - an epoch with augmentation, in pairs/s per core.
+//!
+//! It lives here rather than in `fusekit-cache` because it measures the whole stage, the
+//! loader's reads included.
+
+#[path = "../../cache/tests/common/mod.rs"]
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fusekit_cache::{
-    Augment, BuildInput, BuildOptions, Cache, IrChannels, Loader, LoaderOptions, MapMode, build,
-};
+use fusekit_cache::{BuildOptions, Cache, IrChannels, MapMode, build};
+use fusekit_loader::{Augment, Loader, LoaderOptions};
 use fusekit_synth::{SynthOptions, generate};
 use rayon::prelude::*;
 
@@ -38,17 +43,7 @@ fn main() {
         eprintln!("generating {pairs} 1280x1024 pairs in {}", data.display());
         generate(&data, &options, &|| {}).expect("generating the benchmark dataset");
     }
-    let inputs: Vec<BuildInput> = (0..pairs)
-        .map(|i| {
-            let stem = fusekit_synth::pair_stem(&options, i);
-            BuildInput {
-                name: format!("images/{stem}.jpg"),
-                rgb: data.join(format!("images/{stem}.jpg")),
-                ir: data.join(format!("imagesIR/{stem}.jpg")),
-                label: Some(data.join(format!("labels/{stem}.txt"))),
-            }
-        })
-        .collect();
+    let inputs = common::synth_inputs(&data, &options);
     inputs.par_iter().for_each(|i| {
         drop(std::fs::read(&i.rgb));
         drop(std::fs::read(&i.ir));

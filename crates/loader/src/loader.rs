@@ -11,9 +11,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use fusekit_cache::{Cache, CacheError};
+
 use crate::augment::{Augment, augment_sample};
-use crate::format::PAD_VALUE;
-use crate::reader::{Cache, CacheError, Sample};
+use crate::letterbox::Letterbox;
 
 /// How batches are formed.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,25 +208,6 @@ fn shard(order: Vec<usize>, rank: usize, world: usize) -> Vec<usize> {
     order.into_iter().skip(rank).step_by(world.max(1)).collect()
 }
 
-/// Letterboxes a sample into `out` (`planes x size x size`): centred, padded with 114, no
-/// scaling (the cache stores the long side at `size`). Returns the left and top padding.
-pub fn letterbox(sample: &Sample<'_>, size: usize, out: &mut [u8]) -> (usize, usize) {
-    let (h, w) = (sample.height.min(size), sample.width.min(size));
-    let (left, top) = ((size - w) / 2, (size - h) / 2);
-    for (k, plane_out) in out.chunks_exact_mut(size * size).enumerate() {
-        let plane = sample.plane(k);
-        plane_out[..top * size].fill(PAD_VALUE);
-        for y in 0..h {
-            let row = &mut plane_out[(top + y) * size..(top + y + 1) * size];
-            row[..left].fill(PAD_VALUE);
-            row[left..left + w].copy_from_slice(&plane[y * sample.width..y * sample.width + w]);
-            row[left + w..].fill(PAD_VALUE);
-        }
-        plane_out[(top + h) * size..].fill(PAD_VALUE);
-    }
-    (left, top)
-}
-
 /// Batches over a cache.
 #[derive(Debug, Clone)]
 pub struct Loader {
@@ -296,7 +278,9 @@ impl Loader {
                 }
                 None => {
                     let sample = self.cache.sample(index)?;
-                    let (left, top) = letterbox(&sample, size, out);
+                    let fit = Letterbox::of_sample(&self.cache, index);
+                    fit.place(&sample, out);
+                    let [left, top] = fit.offsets();
                     let (sx, sy) = (
                         sample.width as f32 / size as f32,
                         sample.height as f32 / size as f32,

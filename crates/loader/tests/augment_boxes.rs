@@ -7,10 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fusekit_cache::format::PAD_VALUE;
-use fusekit_cache::{
-    Augment, Batch, BuildInput, BuildOptions, Cache, IrChannels, Loader, LoaderOptions, MapMode,
-    build,
-};
+use fusekit_cache::{BuildInput, BuildOptions, Cache, IrChannels, MapMode, build};
+use fusekit_loader::{Augment, Batch, Loader, LoaderOptions};
 
 const IMGSZ: usize = 128;
 /// Background and object values of the R, G, B and IR planes.

@@ -9,9 +9,10 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::format::PAD_VALUE;
-use crate::loader::letterbox;
-use crate::reader::{Cache, CacheError};
+use fusekit_cache::format::PAD_VALUE;
+use fusekit_cache::{Cache, CacheError};
+
+use crate::letterbox::Letterbox;
 
 /// Augmentation strengths (Ultralytics' names and defaults).
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +79,9 @@ pub(crate) fn augment_sample(
     } else {
         let sample = cache.sample(index)?;
         let mut planes_buf = vec![0u8; planes * size * size];
-        let (left, top) = letterbox(&sample, size, &mut planes_buf);
+        let fit = Letterbox::of_sample(cache, index);
+        fit.place(&sample, &mut planes_buf);
+        let [left, top] = fit.offsets();
         let boxes = sample
             .boxes
             .iter()
