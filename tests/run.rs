@@ -350,3 +350,46 @@ fn split_keep_uses_the_datasets_own_lists() {
         "{files}"
     );
 }
+
+/// Two `fusekit run` of one pipeline at once: the second waits for the first, then finds
+/// every stage current; neither corrupts the other's files.
+#[test]
+fn two_runs_at_once_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = "name: tiny\ndata: ds\nimgsz: 64\nsynth:\n  pairs: 24\n  size: 96x80\n  scenes: 4\n\
+                split:\n  val: 0.25\n";
+    std::fs::write(d.join("p.yaml"), text).unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_fusekit"))
+            .args(["run", "p.yaml", "--format", "json"])
+            .current_dir(d)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (start(), start());
+    let outcomes: Vec<serde_json::Value> = [first, second]
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().unwrap();
+            let (out, err) = ok(&output);
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"))
+        })
+        .collect();
+    let mut counts: Vec<(u64, u64)> = outcomes
+        .iter()
+        .map(|o| (o["ran"].as_u64().unwrap(), o["skipped"].as_u64().unwrap()))
+        .collect();
+    counts.sort();
+    assert_eq!(counts, [(0, 3), (3, 0)], "{outcomes:?}");
+    for stage in ["lint", "split", "cache"] {
+        assert_eq!(record(d, stage)["stage"], stage);
+    }
+    let verify = fusekit(
+        &["cache", "verify", "runs/pipeline/tiny/cache/train.fkc"],
+        d,
+    );
+    ok(&verify);
+}

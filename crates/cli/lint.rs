@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use fusekit_dataset::DecodeLevel;
 use fusekit_hyp::Imgsz;
 use fusekit_lint::{LevelSelectors, LintSection, find_config, parse_decode, read_config};
 use fusekit_stages::lint::{FailOn, Params, Settings};
 
+use crate::output::ReportFormat;
 use crate::progress::Bars;
 
 /// Arguments of `fusekit lint`.
@@ -25,8 +26,8 @@ pub struct LintArgs {
     /// A data yaml, or a dataset folder (with data.yaml, or images/ imagesIR/ labels/).
     data: PathBuf,
     /// Output format: human text, JSON (stable, versioned) or SARIF 2.1.0 for CI annotations.
-    #[arg(long, value_enum, default_value_t = Format::Human)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
+    format: ReportFormat,
     /// `header` reads headers, end markers and a content hash (fast); `full` decodes every
     /// pixel of both images (finds corrupt data and constant images).
     #[arg(long, value_parser = parse_decode)]
@@ -71,13 +72,6 @@ pub struct LintArgs {
     /// Human output: findings shown per code (0: all).
     #[arg(long, default_value_t = 20, value_name = "N")]
     max_per_code: usize,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Human,
-    Json,
-    Sarif,
 }
 
 /// The `[lint]` section of the config file that applies to `data`: `explicit`, else
@@ -152,9 +146,9 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
     let header = outcome.header(&args.data, config.as_deref());
     let report = &outcome.report;
     match args.format {
-        Format::Human => print!("{}", report.to_human(&header, args.max_per_code)),
-        Format::Json => println!("{}", report.to_json()),
-        Format::Sarif => {
+        ReportFormat::Human => print!("{}", report.to_human(&header, args.max_per_code)),
+        ReportFormat::Json => println!("{}", report.to_json()),
+        ReportFormat::Sarif => {
             let root = outcome
                 .root
                 .as_deref()

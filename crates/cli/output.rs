@@ -10,3 +10,14 @@ pub enum Format {
     /// JSON for machines.
     Json,
 }
+
+/// `--format` of `fusekit lint`, whose report also comes as SARIF.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Text for people.
+    Human,
+    /// JSON for machines (the versioned report).
+    Json,
+    /// SARIF 2.1.0, for CI code annotations.
+    Sarif,
+}
