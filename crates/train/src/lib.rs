@@ -82,7 +82,7 @@ pair, or a degenerate box (run `fusekit lint`)",
     /// The device ran out of memory even with one image per micro-batch.
     #[error(
         "out of memory with a micro-batch of 1 image ({message}); train at a smaller --imgsz \
-or --model scale, or free the device; if host memory is what is short, build the cache with \
+or --model-scale, or free the device; if host memory is what is short, build the cache with \
 `--mode disk`"
     )]
     OutOfMemory {
@@ -93,7 +93,7 @@ or --model scale, or free the device; if host memory is what is short, build the
     /// cannot help.
     #[error(
         "out of memory while {during} ({message}); lower --batch or --imgsz, train a smaller \
---model scale, or free the device"
+--model-scale, or free the device"
     )]
     DeviceOutOfMemory {
         /// What the trainer was doing.
