@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod human;
 mod layout;
 mod plan;
 mod report;
