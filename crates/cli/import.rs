@@ -1,13 +1,10 @@
 //! `fusekit import`: LLVIP and other Pascal VOC style RGB + IR datasets into fusekit's layout.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use fusekit_import::{
-    ImportReport, Side, SplitRule, TransferMode, VOC_ANNOTATIONS, VOC_IR, VOC_RGB,
-};
+use fusekit_import::{VOC_ANNOTATIONS, VOC_IR, VOC_RGB};
 use fusekit_stages::import::{Params, Source};
 
 use crate::output::Format;
@@ -98,9 +95,6 @@ struct CommonArgs {
     format: Format,
 }
 
-/// Entries of one problem list printed before `--format json` is needed.
-const SHOWN: usize = 10;
-
 impl ImportArgs {
     /// The stage's parameters and the output format.
     fn params(&self) -> (Params, Format) {
@@ -134,161 +128,7 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     let report = fusekit_stages::import::run(&params, &Bars::default())?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Human => print!("{}", human(&report)),
+        Format::Human => print!("{}", report.to_human()),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn human(r: &ImportReport) -> String {
-    let mut s = String::new();
-    let names = if r.names.is_empty() {
-        "no classes".to_owned()
-    } else {
-        format!(
-            "{} class{} ({}{})",
-            r.names.len(),
-            if r.names.len() == 1 { "" } else { "es" },
-            r.names.join(", "),
-            if r.names_given { ", as given" } else { "" }
-        )
-    };
-    let _ = writeln!(
-        s,
-        "fusekit import {} {} -> {}: {} pairs, {names}",
-        r.preset,
-        r.source.display(),
-        r.out.display(),
-        r.pairs()
-    );
-    let _ = writeln!(
-        s,
-        "\n  side     pairs  labelled  background     boxes  clipped  size from image"
-    );
-    for side in Side::ALL {
-        let c = r.side(side);
-        let _ = writeln!(
-            s,
-            "  {:<6}{:>8}{:>10}{:>12}{:>10}{:>9}{:>17}",
-            side.as_str(),
-            c.pairs,
-            c.labelled,
-            c.background,
-            c.boxes,
-            c.clipped_boxes,
-            c.size_from_image
-        );
-    }
-    let _ = writeln!(s, "\n  split: {}", split_text(&r.split));
-    let t = &r.transfer;
-    let _ = match (&t.link_error, t.mode) {
-        (Some(why), _) => writeln!(
-            s,
-            "  images: {} hard-linked, {} copied (hard links failed: {why})",
-            t.linked, t.copied
-        ),
-        (None, TransferMode::Copy) => writeln!(s, "  images: {} copied (--copy)", t.copied),
-        (None, TransferMode::Link) => writeln!(s, "  images: {} hard-linked", t.linked),
-    };
-
-    let problems = r.problem_count();
-    if problems > 0 {
-        let _ = writeln!(s, "\nwarnings ({problems}):");
-    }
-    let mut section = |title: &str, lines: Vec<String>| {
-        if lines.is_empty() {
-            return;
-        }
-        let _ = writeln!(s, "  {title} ({}):", lines.len());
-        for line in lines.iter().take(SHOWN) {
-            let _ = writeln!(s, "    {line}");
-        }
-        if lines.len() > SHOWN {
-            let _ = writeln!(
-                s,
-                "    ... and {} more (--format json lists all)",
-                lines.len() - SHOWN
-            );
-        }
-    };
-    section(
-        "malformed objects, left out of the labels",
-        r.malformed
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}:{} object {}: {}",
-                    m.file.display(),
-                    m.line,
-                    m.object,
-                    m.reason
-                )
-            })
-            .collect(),
-    );
-    section(
-        "unusable annotation files, pairs skipped",
-        r.unusable
-            .iter()
-            .map(|u| match u.line {
-                Some(line) => format!("{}:{line}: {}", u.file.display(), u.reason),
-                None => format!("{}: {}", u.file.display(), u.reason),
-            })
-            .collect(),
-    );
-    let paths = |list: &[PathBuf]| list.iter().map(|p| p.display().to_string()).collect();
-    section(
-        "RGB images without IR partner, skipped",
-        paths(&r.missing_ir),
-    );
-    section("annotations without image", paths(&r.orphan_annotations));
-    section(
-        "RGB images sharing a stem (one annotation), skipped",
-        r.stem_clashes
-            .iter()
-            .map(|files| {
-                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-                files.join(", ")
-            })
-            .collect(),
-    );
-    section(
-        "listed stems without image",
-        r.listed_missing
-            .iter()
-            .map(|m| format!("{}:{}: {}", m.list.display(), m.line, m.stem))
-            .collect(),
-    );
-    section(
-        "stems listed for both train and val, skipped",
-        r.listed_twice.clone(),
-    );
-    section("images in no split list, skipped", paths(&r.unlisted));
-    section(
-        "files in --out not written by this import, left in place",
-        paths(&r.stale),
-    );
-    let _ = writeln!(s, "\nwrote {}", r.data_yaml.display());
-    s
-}
-
-fn split_text(split: &SplitRule) -> String {
-    match split {
-        SplitRule::Folders { train, val } => format!(
-            "folders {} -> train, {} -> val",
-            train.join(", "),
-            val.join(", ")
-        ),
-        SplitRule::Lists {
-            train: None,
-            val: None,
-        } => "no split lists: everything is in train (make a val side with `fusekit split`)"
-            .to_owned(),
-        SplitRule::Lists { train, val } => {
-            let list = |l: &Option<PathBuf>| {
-                l.as_ref()
-                    .map_or("(none)".to_owned(), |p| p.display().to_string())
-            };
-            format!("lists train {}, val {}", list(train), list(val))
-        }
-    }
 }

@@ -1,6 +1,6 @@
 //! Walking a dataset and pairing RGB images with their IR partners and label files.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -156,6 +156,32 @@ impl FolderIndex {
             .entry(dir.to_path_buf())
             .or_insert_with(|| images_by_stem(dir))
     }
+
+    /// Same-stem files in the folders read so far.
+    fn clashes(&self) -> impl Iterator<Item = StemClash> + '_ {
+        clashes(self.folders.values().flat_map(BTreeMap::values))
+    }
+}
+
+/// `files` grouped by folder and stem, each group in the given order.
+fn by_stem_key<'a>(files: impl Iterator<Item = &'a PathBuf>) -> HashMap<StemKey, Vec<PathBuf>> {
+    let mut by_stem: HashMap<StemKey, Vec<PathBuf>> = HashMap::new();
+    for file in files {
+        by_stem
+            .entry(stem_key(file))
+            .or_default()
+            .push(file.clone());
+    }
+    by_stem
+}
+
+/// A clash for each group of more than one file.
+fn clashes<'a>(groups: impl Iterator<Item = &'a Vec<PathBuf>>) -> impl Iterator<Item = StemClash> {
+    groups
+        .filter(|files| files.len() > 1)
+        .map(|files| StemClash {
+            files: files.clone(),
+        })
 }
 
 impl Dataset {
@@ -163,17 +189,47 @@ impl Dataset {
     /// label path, and collecting orphans and same-stem clashes. Missing folders yield empty
     /// results (and so missing partners), never errors.
     pub fn scan(&self) -> Scan {
-        let folders: BTreeSet<&Path> = self
-            .splits
+        let folders = self.source_folders();
+        let walked = self.walk_folders(&folders);
+        let mut scan = Scan::default();
+        let members = self.members(&walked, &mut scan.missing);
+
+        let rgb_stems = by_stem_key(members.keys());
+        let mut found_clashes: BTreeSet<StemClash> = clashes(rgb_stems.values()).collect();
+
+        let mut ir_folders = FolderIndex::default();
+        scan.pairs = members
+            .into_iter()
+            .map(|(rgb, splits)| PairRecord {
+                ir: self.ir_partner(&rgb, &mut ir_folders),
+                label: self.label_path(&rgb),
+                rgb,
+                splits,
+            })
+            .collect();
+        found_clashes.extend(ir_folders.clashes());
+        scan.clashes = found_clashes.into_iter().collect();
+        scan.orphans = self.orphans(&folders, &walked, &rgb_stems);
+        scan
+    }
+
+    /// The folders named as sources by any split, once each, sorted.
+    fn source_folders(&self) -> BTreeSet<&Path> {
+        self.splits
             .iter()
             .flat_map(|s| &s.sources)
             .filter_map(|s| match s {
                 Source::Folder(dir) => Some(dir.as_path()),
                 Source::List { .. } => None,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Walks each RGB folder and its IR and label counterparts once, in parallel: the image
+    /// (or, below label roots, label) files below each root.
+    fn walk_folders(&self, folders: &BTreeSet<&Path>) -> HashMap<PathBuf, Vec<PathBuf>> {
         let mut jobs: Vec<(PathBuf, FileFilter)> = Vec::new();
-        for dir in &folders {
+        for dir in folders {
             jobs.push((dir.to_path_buf(), is_image_path));
             if let Some(ir_root) = self.ir.apply(dir, &self.root) {
                 jobs.push((ir_root, is_image_path));
@@ -184,15 +240,21 @@ impl Dataset {
         }
         jobs.sort();
         jobs.dedup();
-        let walked: HashMap<PathBuf, Vec<PathBuf>> = jobs
-            .into_par_iter()
+        jobs.into_par_iter()
             .map(|(root, keep)| {
                 let files = walk(&root, keep);
                 (root, files)
             })
-            .collect();
+            .collect()
+    }
 
-        let mut scan = Scan::default();
+    /// Every RGB image of the splits, with the indices of the splits that hold it, sorted by
+    /// path. Listed images that do not exist are added to `missing` instead.
+    fn members(
+        &self,
+        walked: &HashMap<PathBuf, Vec<PathBuf>>,
+        missing: &mut Vec<MissingListed>,
+    ) -> BTreeMap<PathBuf, Vec<usize>> {
         let mut members: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
         for (index, split) in self.splits.iter().enumerate() {
             for source in &split.sources {
@@ -207,7 +269,7 @@ impl Dataset {
                             if image.is_file() {
                                 add_member(&mut members, image, index);
                             } else {
-                                scan.missing.push(MissingListed {
+                                missing.push(MissingListed {
                                     list: file.clone(),
                                     line: *line,
                                     image: image.clone(),
@@ -218,62 +280,35 @@ impl Dataset {
                 }
             }
         }
+        members
+    }
 
-        let mut rgb_stems: HashMap<StemKey, Vec<PathBuf>> = HashMap::new();
-        for rgb in members.keys() {
-            rgb_stems
-                .entry(stem_key(rgb))
-                .or_default()
-                .push(rgb.clone());
+    /// `rgb`'s IR partner: the file the IR swap names, else one with its stem and another
+    /// extension in that folder (the first by path), else missing.
+    fn ir_partner(&self, rgb: &Path, ir_folders: &mut FolderIndex) -> IrPartner {
+        let Some(expected) = self.ir_path(rgb) else {
+            return IrPartner::Missing { expected: None };
+        };
+        let (dir, stem) = stem_key(&expected);
+        match ir_folders.folder(&dir).get(&stem) {
+            Some(files) if files.contains(&expected) => IrPartner::Exact(expected),
+            Some(files) => IrPartner::OtherExtension(files[0].clone()),
+            None => IrPartner::Missing {
+                expected: Some(expected),
+            },
         }
-        let mut clashes: BTreeSet<StemClash> = rgb_stems
-            .values()
-            .filter(|files| files.len() > 1)
-            .map(|files| StemClash {
-                files: files.clone(),
-            })
-            .collect();
+    }
 
-        let mut ir_folders = FolderIndex::default();
-        for (rgb, splits) in members {
-            let expected = self.ir_path(&rgb);
-            let ir = match &expected {
-                None => IrPartner::Missing { expected: None },
-                Some(expected) => {
-                    let (dir, stem) = stem_key(expected);
-                    let candidates = ir_folders.folder(&dir).get(&stem);
-                    match candidates {
-                        Some(files) if files.contains(expected) => {
-                            IrPartner::Exact(expected.clone())
-                        }
-                        Some(files) => IrPartner::OtherExtension(files[0].clone()),
-                        None => IrPartner::Missing {
-                            expected: Some(expected.clone()),
-                        },
-                    }
-                }
-            };
-            let label = self.label_path(&rgb);
-            scan.pairs.push(PairRecord {
-                rgb,
-                ir,
-                label,
-                splits,
-            });
-        }
-        for by_stem in ir_folders.folders.values() {
-            clashes.extend(
-                by_stem
-                    .values()
-                    .filter(|f| f.len() > 1)
-                    .map(|f| StemClash { files: f.clone() }),
-            );
-        }
-        scan.clashes = clashes.into_iter().collect();
-
-        let rgb_stem_set: HashSet<&StemKey> = rgb_stems.keys().collect();
+    /// IR images and label files below the folders' IR and label roots whose RGB image (same
+    /// folder after the reverse swap, same stem) is not among `rgb_stems`, sorted.
+    fn orphans(
+        &self,
+        folders: &BTreeSet<&Path>,
+        walked: &HashMap<PathBuf, Vec<PathBuf>>,
+        rgb_stems: &HashMap<StemKey, Vec<PathBuf>>,
+    ) -> Vec<Orphan> {
         let mut orphans = BTreeSet::new();
-        for dir in &folders {
+        for dir in folders {
             for (kind, swap) in [
                 (OrphanKind::Ir, &self.ir),
                 (OrphanKind::Label, &self.labels),
@@ -287,7 +322,7 @@ impl Dataset {
                     let Some(rgb_dir) = back.apply(&partner_dir, &self.root) else {
                         continue;
                     };
-                    if !rgb_stem_set.contains(&(rgb_dir.clone(), stem)) {
+                    if !rgb_stems.contains_key(&(rgb_dir.clone(), stem)) {
                         orphans.insert(Orphan {
                             kind,
                             path: file.clone(),
@@ -297,8 +332,7 @@ impl Dataset {
                 }
             }
         }
-        scan.orphans = orphans.into_iter().collect();
-        scan
+        orphans.into_iter().collect()
     }
 }
 

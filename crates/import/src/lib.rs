@@ -23,14 +23,15 @@
 #![warn(missing_docs)]
 
 mod error;
+mod human;
+mod labels;
 mod layout;
 mod plan;
 mod report;
 mod voc;
 mod write;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt::Write as _;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -42,9 +43,9 @@ pub use report::{
     TransferMode, UnusableAnnotation,
 };
 
-use plan::{Pair, relative};
-use voc::{AnnotationError, YoloBox};
-use write::{IR_DIR, LABEL_DIR, Placed, Placer, RGB_DIR};
+use labels::Job;
+use plan::Plan;
+use write::{Placed, Placer};
 
 /// Choices for an import.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,20 +103,6 @@ pub enum Progress {
     Step,
 }
 
-/// One object of an annotation file: its 1-based index and line, and its class name and box
-/// (and whether it was clipped), or why it is malformed.
-struct Converted {
-    index: usize,
-    line: u32,
-    result: Result<(String, YoloBox, bool), voc::Problem>,
-}
-
-/// An annotation file read and checked against its image's size.
-struct Annotated {
-    size_from_image: bool,
-    objects: Vec<Converted>,
-}
-
 /// Imports `layout` into `out` (see the crate documentation). Returns what was done and
 /// found; the error cases write nothing, except I/O failures while writing.
 pub fn import(
@@ -127,51 +114,45 @@ pub fn import(
     let given = options.names.as_deref().map(check_names).transpose()?;
     let sources = plan::source_dirs(layout)?;
     write::check_out(out, &sources, options.force)?;
-    let plan = plan::plan(layout, &sources)?;
-    let root = &layout.root;
+    let mut plan = plan::plan(layout, &sources)?;
+    let pairs = std::mem::take(&mut plan.pairs);
+    let images = plan.images;
 
-    progress(Progress::Begin {
-        stage: Stage::Read,
-        total: plan.pairs.iter().filter(|p| p.xml.is_some()).count() as u64,
-    });
-    let read: Vec<Option<Result<Annotated, AnnotationError>>> = plan
-        .pairs
-        .par_iter()
-        .map(|pair| {
-            pair.xml.as_deref().map(|xml| {
-                let annotated = read_annotation(xml, &pair.rgb);
-                progress(Progress::Step);
-                annotated
-            })
-        })
-        .collect();
+    let read = labels::read_all(&pairs, progress);
+    let names_given = given.is_some();
+    let names = given.unwrap_or_else(|| labels::names_found(&read));
+    let mut report = empty_report(layout, out, options, &names, names_given, plan);
+    let jobs = labels::label_jobs(&pairs, read, &names, &layout.root, &mut report);
+    if jobs.is_empty() {
+        return Err(ImportError::Nothing {
+            source_dir: layout.root.clone(),
+            details: nothing_details(&report, images),
+        });
+    }
 
-    let names: Vec<String> = match &given {
-        Some(names) => names.clone(),
-        None => read
-            .iter()
-            .flatten()
-            .flatten()
-            .flat_map(|a| &a.objects)
-            .filter_map(|o| o.result.as_ref().ok().map(|(name, _, _)| name.clone()))
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect(),
-    };
-    let class_ids: HashMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
+    write_pairs(out, &jobs, options.transfer, progress, &mut report)?;
+    write::write_data_yaml(out, &names, &data_yaml_header(layout))?;
+    Ok(report)
+}
 
-    let mut report = ImportReport {
+/// The report before anything is counted: where from and to, the split rule and class names,
+/// and the problems `plan` found while pairing files.
+fn empty_report(
+    layout: &Layout,
+    out: &Path,
+    options: &ImportOptions,
+    names: &[String],
+    names_given: bool,
+    plan: Plan,
+) -> ImportReport {
+    ImportReport {
         preset: layout.preset.clone(),
-        source: root.clone(),
+        source: layout.root.clone(),
         out: out.to_path_buf(),
         data_yaml: out.join(fusekit_dataset::DATA_YAML),
         split: layout.split.clone(),
-        names: names.clone(),
-        names_given: given.is_some(),
+        names: names.to_vec(),
+        names_given,
         train: SideCounts::default(),
         val: SideCounts::default(),
         transfer: Transfer {
@@ -189,108 +170,30 @@ pub fn import(
         listed_twice: plan.listed_twice,
         unlisted: plan.unlisted,
         stale: Vec::new(),
-    };
-    // Each kept pair with its label text (`None`: background, no label file).
-    let mut jobs: Vec<(&Pair, Option<String>)> = Vec::new();
-    for (pair, annotated) in plan.pairs.iter().zip(read) {
-        let counts = match pair.side {
-            Side::Train => &mut report.train,
-            Side::Val => &mut report.val,
-        };
-        let Some(annotated) = annotated else {
-            counts.pairs += 1;
-            counts.background += 1;
-            jobs.push((pair, None));
-            continue;
-        };
-        let xml = relative(pair.xml.as_deref().unwrap_or(Path::new("")), root);
-        let annotated = match annotated {
-            Ok(annotated) => annotated,
-            Err(e) => {
-                report.unusable.push(UnusableAnnotation {
-                    file: xml,
-                    line: e.line(),
-                    reason: e.to_string(),
-                });
-                continue;
-            }
-        };
-        counts.pairs += 1;
-        counts.labelled += 1;
-        counts.size_from_image += usize::from(annotated.size_from_image);
-        let mut text = String::new();
-        for Converted {
-            index,
-            line,
-            result,
-        } in annotated.objects
-        {
-            let checked =
-                result.and_then(|(name, b, clipped)| match class_ids.get(name.as_str()) {
-                    Some(&id) => Ok((id, b, clipped)),
-                    None => Err((
-                        MalformedKind::UnknownClass,
-                        format!("class `{name}` is not in the given names"),
-                    )),
-                });
-            match checked {
-                Ok((id, b, clipped)) => {
-                    let _ = writeln!(text, "{id} {:.6} {:.6} {:.6} {:.6}", b.cx, b.cy, b.w, b.h);
-                    counts.boxes += 1;
-                    counts.clipped_boxes += usize::from(clipped);
-                }
-                Err((kind, reason)) => report.malformed.push(MalformedObject {
-                    file: xml.clone(),
-                    object: index,
-                    line,
-                    kind,
-                    reason,
-                }),
-            }
-        }
-        jobs.push((pair, Some(text)));
     }
-    report
-        .malformed
-        .sort_by(|a, b| (&a.file, a.object).cmp(&(&b.file, b.object)));
-    report.unusable.sort_by(|a, b| a.file.cmp(&b.file));
+}
 
-    if jobs.is_empty() {
-        return Err(ImportError::Nothing {
-            source_dir: root.clone(),
-            details: nothing_details(&report, plan.images),
-        });
-    }
-
+/// Creates `out` and removes the data yaml of an earlier import (so an interrupted run looks
+/// incomplete), then places every pair's images and writes its label file, in parallel.
+/// Records in `report` how images were placed and which files below `out` were not written.
+fn write_pairs(
+    out: &Path,
+    jobs: &[Job],
+    transfer: TransferMode,
+    progress: &(dyn Fn(Progress) + Sync),
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
     std::fs::create_dir_all(out).map_err(error::io_error(out))?;
     write::remove_data_yaml(out)?;
     progress(Progress::Begin {
         stage: Stage::Write,
         total: jobs.len() as u64,
     });
-    let placer = Placer::new(options.transfer);
+    let placer = Placer::new(transfer);
     let written: Vec<Vec<(PathBuf, Option<Placed>)>> = jobs
         .par_iter()
         .map(|(pair, label)| {
-            let side = pair.side.as_str();
-            let rgb = out.join(RGB_DIR).join(side).join(&pair.rel);
-            let ir_name = pair.ir.file_name().unwrap_or_default();
-            let ir = out
-                .join(IR_DIR)
-                .join(side)
-                .join(pair.rel.with_file_name(ir_name));
-            let mut files = vec![
-                (rgb.clone(), Some(placer.place(&pair.rgb, &rgb)?)),
-                (ir.clone(), Some(placer.place(&pair.ir, &ir)?)),
-            ];
-            if let Some(text) = label {
-                let path = out
-                    .join(LABEL_DIR)
-                    .join(side)
-                    .join(pair.rel.with_extension("txt"));
-                write::write_atomically(&path, text.as_bytes())?;
-                files.push((path, None));
-            }
+            let files = write::write_pair(out, pair, label.as_deref(), &placer)?;
             progress(Progress::Step);
             Ok(files)
         })
@@ -306,14 +209,16 @@ pub fn import(
     }
     report.transfer.link_error = placer.into_link_error();
     report.stale = write::stale_files(out, &produced);
+    Ok(())
+}
 
-    let header = format!(
+/// The comment lines at the top of the data yaml: which import wrote it and how to read it.
+fn data_yaml_header(layout: &Layout) -> String {
+    format!(
         "# Written by `fusekit import {}` from {}.\n# Labels: YOLO rows normalised by each image's own size; an image without label file is background.\n",
         layout.preset,
-        root.display()
-    );
-    write::write_data_yaml(out, &names, &header)?;
-    Ok(report)
+        layout.root.display()
+    )
 }
 
 /// Trims and checks given class names: at least one, none empty, no duplicates.
@@ -329,40 +234,6 @@ fn check_names(names: &[String]) -> Result<Vec<String>, ImportError> {
         return Err(ImportError::Names(format!("`{dup}` is given twice")));
     }
     Ok(names)
-}
-
-/// Reads an annotation and converts its boxes, with the size from the XML or the image.
-fn read_annotation(xml: &Path, rgb: &Path) -> Result<Annotated, AnnotationError> {
-    let file = voc::read_voc(xml)?;
-    let (size, size_from_image) = match file.size {
-        Some(size) => (size, false),
-        None => {
-            let size = image::image_dimensions(rgb).map_err(|e| AnnotationError::NoSize {
-                image: rgb.to_path_buf(),
-                cause: e.to_string(),
-            })?;
-            (size, true)
-        }
-    };
-    let objects = file
-        .objects
-        .into_iter()
-        .map(|o| {
-            let converted = o.parsed.and_then(|b| {
-                let (yolo, clipped) = voc::to_yolo(&b, size.0, size.1)?;
-                Ok((b.name, yolo, clipped))
-            });
-            Converted {
-                index: o.index,
-                line: o.line,
-                result: converted,
-            }
-        })
-        .collect();
-    Ok(Annotated {
-        size_from_image,
-        objects,
-    })
 }
 
 /// Why no pair was left, for [`ImportError::Nothing`].

@@ -13,6 +13,7 @@ use fusekit_dataset::DATA_YAML;
 use serde::Serialize;
 
 use crate::error::{ImportError, io_error};
+use crate::plan::Pair;
 use crate::report::{Side, TransferMode};
 
 /// The output folders, below the output root.
@@ -79,6 +80,37 @@ impl Placer {
         finish(&temp, dst)?;
         Ok(placed)
     }
+}
+
+/// Places `pair`'s RGB and IR images below `out` (`images/<side>/…`, `imagesIR/<side>/…`) and
+/// writes its label file when it has `label` text. Returns the files written, each image with
+/// how it was placed (`None` for the label file).
+pub(crate) fn write_pair(
+    out: &Path,
+    pair: &Pair,
+    label: Option<&str>,
+    placer: &Placer,
+) -> Result<Vec<(PathBuf, Option<Placed>)>, ImportError> {
+    let side = pair.side.as_str();
+    let rgb = out.join(RGB_DIR).join(side).join(&pair.rel);
+    let ir_name = pair.ir.file_name().unwrap_or_default();
+    let ir = out
+        .join(IR_DIR)
+        .join(side)
+        .join(pair.rel.with_file_name(ir_name));
+    let mut files = vec![
+        (rgb.clone(), Some(placer.place(&pair.rgb, &rgb)?)),
+        (ir.clone(), Some(placer.place(&pair.ir, &ir)?)),
+    ];
+    if let Some(text) = label {
+        let path = out
+            .join(LABEL_DIR)
+            .join(side)
+            .join(pair.rel.with_extension("txt"));
+        write_atomically(&path, text.as_bytes())?;
+        files.push((path, None));
+    }
+    Ok(files)
 }
 
 /// Writes `bytes` to `dst` atomically and durably (a uniquely named temporary file, fsync,
