@@ -31,6 +31,14 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Writes two big files `a` and `b` of noise from `seed` that differ in one middle byte only.
+fn middle_differs(dir: &Path, seed: u64) -> (PathBuf, PathBuf) {
+    let base = noise(BIG, seed);
+    let mut other = base.clone();
+    other[BIG / 2] ^= 0xFF;
+    (write(dir, "a", &base), write(dir, "b", &other))
+}
+
 fn identities(paths: &[&Path], counter: &ReadCounter) -> Vec<u64> {
     let samples: Vec<(&Path, ContentSample)> = paths
         .iter()
@@ -67,11 +75,7 @@ fn same_size_different_bytes_are_different_and_equal_bytes_are_equal() {
 #[test]
 fn equal_ends_with_a_different_middle_are_different() {
     let dir = tempfile::tempdir().unwrap();
-    let base = noise(BIG, 3);
-    let mut other = base.clone();
-    other[BIG / 2] ^= 0xFF;
-    let a = write(dir.path(), "a", &base);
-    let b = write(dir.path(), "b", &other);
+    let (a, b) = middle_differs(dir.path(), 3);
     let counter = ReadCounter::new();
     let (sa, sb) = (
         ContentSample::read(&a, &counter).unwrap(),
@@ -95,12 +99,8 @@ fn equal_ends_with_a_different_middle_are_different() {
 #[test]
 fn identities_do_not_depend_on_order_or_on_how_much_was_read() {
     let dir = tempfile::tempdir().unwrap();
-    let base = noise(BIG, 4);
-    let mut middle = base.clone();
-    middle[BIG / 2] ^= 1;
-    let a = write(dir.path(), "a", &base);
-    let b = write(dir.path(), "b", &middle);
-    let c = write(dir.path(), "c", &base);
+    let (a, b) = middle_differs(dir.path(), 4);
+    let c = write(dir.path(), "c", &std::fs::read(&a).unwrap());
     let d = write(dir.path(), "d", &noise(BIG, 5));
     let counter = ReadCounter::new();
     let forward = identities(&[&a, &b, &c, &d], &counter);
