@@ -28,8 +28,9 @@ pub struct LintArgs {
     /// Output format: human text, JSON (stable, versioned) or SARIF 2.1.0 for CI annotations.
     #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
     format: ReportFormat,
-    /// `header` reads headers, end markers and a content hash (fast); `full` decodes every
-    /// pixel of both images (finds corrupt data and constant images).
+    /// `header` reads headers, end markers and a partial content hash (the first and last
+    /// 64 KiB of each file; fast); `full` decodes every pixel of both images (finds corrupt
+    /// data and constant images).
     #[arg(long, value_parser = parse_decode)]
     decode: Option<DecodeLevel>,
     /// Report these codes (or families: PAIR, IMG, LBL, DS; or ALL) as errors.

@@ -4,16 +4,20 @@
 //!   folder) and knows how to find each RGB image's IR partner and label file
 //!   ([`ComponentSwap`]).
 //! - [`Dataset::scan`] walks the dataset and pairs files by name ([`Scan`]).
-//! - [`probe_image`] reads an image's header (or decodes it fully) and reports what it found.
+//! - [`probe_image`] reads an image's header (or decodes it fully) and reports what it found,
+//!   with a [`ContentSample`] of the file; [`content_identities`] turns the samples of a set of
+//!   files into exact content identities, reading whole only the files whose samples collide.
 //! - [`parse_labels`] parses a YOLO txt label file row by row, keeping every problem.
 
 mod config;
+mod content;
 mod label;
 mod probe;
 mod scan;
 mod swap;
 
 pub use config::{ConfigError, DATA_YAML, Dataset, Source, Split};
+pub use content::{CONTENT_EDGE, ContentSample, ReadCounter, content_identities};
 /// Image formats as reported by [`ImageInfo::format`].
 pub use image::ImageFormat;
 pub use label::{BoxRow, LabelLine, RowError, RowKind, parse_labels};

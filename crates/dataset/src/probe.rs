@@ -4,7 +4,8 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
-use xxhash_rust::xxh3::xxh3_64;
+
+use crate::content::{ContentSample, Edges, ReadCounter, read_edges};
 
 /// Extensions treated as images and readable by fusekit (Ultralytics' list, less the ones below).
 pub const SUPPORTED_EXTENSIONS: &[&str] =
@@ -20,7 +21,7 @@ const MAX_FULL_DECODE_PIXELS: u64 = 250_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DecodeLevel {
-    /// Headers, trailer and a content hash: fast, finds most problems.
+    /// Headers, trailer and a partial content hash: fast, finds most problems.
     #[default]
     Header,
     /// Every pixel: also finds corrupt data that headers hide, and constant images.
@@ -51,8 +52,10 @@ pub struct ImageInfo {
     pub orientation: u8,
     /// The file lacks its end marker (JPEG `FFD9`, PNG `IEND`).
     pub truncated: bool,
-    /// xxh3 of the file's bytes.
-    pub file_hash: u64,
+    /// The file's size and partial content hash (see [`content_identities`]).
+    ///
+    /// [`content_identities`]: crate::content_identities
+    pub content: ContentSample,
     /// Present after a full decode.
     pub pixels: Option<PixelSummary>,
 }
@@ -87,8 +90,20 @@ pub fn is_image_path(path: &Path) -> bool {
         })
 }
 
-/// Reads `path` and probes it at `level`.
-pub fn probe_image(path: &Path, level: DecodeLevel) -> Result<ImageInfo, ProbeError> {
+/// Reads `path` and probes it at `level`, adding the bytes it reads to `counter`.
+///
+/// At [`DecodeLevel::Header`] a file larger than `2 * CONTENT_EDGE` bytes is read at its ends
+/// only: its header from the first [`CONTENT_EDGE`] bytes, its end marker and partial content
+/// hash from those and the last ones. It is read whole only when its header does not fit in
+/// the first bytes (or does not decode, so that the error is the whole file's) or when zero
+/// padding hides its end marker. [`DecodeLevel::Full`] reads every file whole.
+///
+/// [`CONTENT_EDGE`]: crate::CONTENT_EDGE
+pub fn probe_image(
+    path: &Path,
+    level: DecodeLevel,
+    counter: &ReadCounter,
+) -> Result<ImageInfo, ProbeError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -97,12 +112,73 @@ pub fn probe_image(path: &Path, level: DecodeLevel) -> Result<ImageInfo, ProbeEr
     if UNSUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
         return Err(ProbeError::Unsupported(format!(".{ext} files")));
     }
+    if level == DecodeLevel::Header {
+        let (sample, edges) = read_edges(path, counter)?;
+        match edges {
+            Edges::Whole(bytes) => return probe_bytes(&bytes, level),
+            Edges::Ends { head, tail } => {
+                if let Some(info) = probe_ends(&head, &tail, sample)? {
+                    return Ok(info);
+                }
+            }
+        }
+    }
     let bytes = std::fs::read(path)?;
+    counter.add(bytes.len() as u64);
     probe_bytes(&bytes, level)
 }
 
 /// Probes an image held in memory.
 pub fn probe_bytes(bytes: &[u8], level: DecodeLevel) -> Result<ImageInfo, ProbeError> {
+    let format = sniff(bytes)?;
+    // A JPEG that is all zeros after its signature has no end marker.
+    let truncated = lacks_end_marker(format, bytes).unwrap_or(true);
+    let decode_error = |e: image::ImageError| ProbeError::Decode {
+        message: e.to_string(),
+        truncated,
+    };
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
+        .map_err(decode_error)?;
+    let header = read_header(&mut decoder);
+    let pixels = match level {
+        DecodeLevel::Header => None,
+        DecodeLevel::Full => {
+            let (width, height) = (header.width, header.height);
+            if u64::from(width) * u64::from(height) > MAX_FULL_DECODE_PIXELS {
+                return Err(ProbeError::Decode {
+                    message: format!("{width}x{height} is too large to decode"),
+                    truncated,
+                });
+            }
+            let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+            Some(summarise_pixels(&image))
+        }
+    };
+    Ok(header.info(format, truncated, ContentSample::of_bytes(bytes), pixels))
+}
+
+/// Probes a file's header from its first bytes and its end marker from its last ones; `None`
+/// when they do not settle it (the header runs past `head` or does not decode, or zero
+/// padding fills `tail`) and the whole file is needed.
+fn probe_ends(
+    head: &[u8],
+    tail: &[u8],
+    content: ContentSample,
+) -> Result<Option<ImageInfo>, ProbeError> {
+    let format = sniff(head)?;
+    let Some(truncated) = lacks_end_marker(format, tail) else {
+        return Ok(None);
+    };
+    let Ok(mut decoder) = ImageReader::with_format(Cursor::new(head), format).into_decoder() else {
+        return Ok(None);
+    };
+    let header = read_header(&mut decoder);
+    Ok(Some(header.info(format, truncated, content, None)))
+}
+
+/// The format from the file's signature, if fusekit reads it.
+fn sniff(bytes: &[u8]) -> Result<ImageFormat, ProbeError> {
     let format = image::guess_format(bytes).map_err(|_| ProbeError::Decode {
         message: "not a recognised image (unknown file signature)".into(),
         truncated: false,
@@ -117,40 +193,46 @@ pub fn probe_bytes(bytes: &[u8], level: DecodeLevel) -> Result<ImageInfo, ProbeE
     ) {
         return Err(ProbeError::Unsupported(format!("{format:?} content")));
     }
-    let truncated = lacks_end_marker(format, bytes);
-    let decode_error = |e: image::ImageError| ProbeError::Decode {
-        message: e.to_string(),
-        truncated,
-    };
-    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_decoder()
-        .map_err(decode_error)?;
+    Ok(format)
+}
+
+/// What an image's header says.
+struct Header {
+    width: u32,
+    height: u32,
+    channels: u8,
+    orientation: u8,
+}
+
+fn read_header(decoder: &mut impl ImageDecoder) -> Header {
     let (width, height) = decoder.dimensions();
-    let channels = decoder.color_type().channel_count();
-    let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
-    let pixels = match level {
-        DecodeLevel::Header => None,
-        DecodeLevel::Full => {
-            if u64::from(width) * u64::from(height) > MAX_FULL_DECODE_PIXELS {
-                return Err(ProbeError::Decode {
-                    message: format!("{width}x{height} is too large to decode"),
-                    truncated,
-                });
-            }
-            let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-            Some(summarise_pixels(&image))
-        }
-    };
-    Ok(ImageInfo {
-        format,
+    Header {
         width,
         height,
-        channels,
-        orientation,
-        truncated,
-        file_hash: xxh3_64(bytes),
-        pixels,
-    })
+        channels: decoder.color_type().channel_count(),
+        orientation: decoder.orientation().map(|o| o.to_exif()).unwrap_or(1),
+    }
+}
+
+impl Header {
+    fn info(
+        self,
+        format: ImageFormat,
+        truncated: bool,
+        content: ContentSample,
+        pixels: Option<PixelSummary>,
+    ) -> ImageInfo {
+        ImageInfo {
+            format,
+            width: self.width,
+            height: self.height,
+            channels: self.channels,
+            orientation: self.orientation,
+            truncated,
+            content,
+            pixels,
+        }
+    }
 }
 
 /// A 64-bit difference hash (dHash) of an image's brightness: decode, shrink to 9x8 grey,
@@ -182,17 +264,21 @@ fn difference_hash(image: &DynamicImage) -> u64 {
     hash
 }
 
-fn lacks_end_marker(format: ImageFormat, bytes: &[u8]) -> bool {
+/// Whether a file ending in `end` (its last bytes, or all of them) lacks its format's end
+/// marker; `None` when `end` is zero padding from too near its start to tell.
+fn lacks_end_marker(format: ImageFormat, end: &[u8]) -> Option<bool> {
     match format {
         ImageFormat::Jpeg => {
             // Tolerate zero padding after the end-of-image marker, as some encoders write it.
-            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            !bytes[..end].ends_with(&[0xFF, 0xD9])
+            match end.iter().rposition(|&b| b != 0) {
+                Some(last) if last >= 1 => Some(!end[..=last].ends_with(&[0xFF, 0xD9])),
+                _ => None,
+            }
         }
         ImageFormat::Png => {
-            !bytes.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82])
+            Some(!end.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]))
         }
-        _ => false,
+        _ => Some(false),
     }
 }
 
@@ -264,7 +350,7 @@ mod tests {
         let b = probe_bytes(&encode(&g, ImageFormat::Bmp), DecodeLevel::Full).unwrap();
         assert!(!a.pixels.unwrap().constant);
         assert_eq!(a.pixels.unwrap().pixel_hash, b.pixels.unwrap().pixel_hash);
-        assert_ne!(a.file_hash, b.file_hash);
+        assert_ne!(a.content, b.content);
     }
 
     #[test]

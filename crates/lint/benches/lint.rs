@@ -1,5 +1,6 @@
 //! `cargo bench -p fusekit-lint --bench lint` (or `cargo xtask bench`): lint throughput on 300
-//! generated 1280x1024 JPEG pairs, side by side with its references measured in the same run:
+//! generated 1280x1024 JPEG pairs, and the bytes each mode reads per pair (the lint report's
+//! `summary.bytes_read`), side by side with its references measured in the same run:
 //! - the decode floor: every image read and decoded once with the same decoder on all cores;
 //! - Ultralytics' label scan (`verify_image_label` over the RGB images, on its own thread pool),
 //!   when `FUSEKIT_BENCH_PYTHON` names a Python with ultralytics installed.
@@ -57,18 +58,19 @@ fn main() {
     // Warm the page cache so that every measurement reads from memory.
     images.par_iter().for_each(|p| drop(std::fs::read(p)));
 
-    let floor = best(|| {
+    let (floor, ()) = best(|| {
         images.par_iter().for_each(|p| {
             let file = std::fs::read(p).expect("readable");
             image::load_from_memory(&file).expect("decodable");
         })
     });
-    let header = best(|| check_clean(&dataset, DecodeLevel::Header));
-    let full = best(|| check_clean(&dataset, DecodeLevel::Full));
+    let (header, header_read) = best(|| check_clean(&dataset, DecodeLevel::Header));
+    let (full, full_read) = best(|| check_clean(&dataset, DecodeLevel::Full));
     let ultralytics = ultralytics_images_per_second(&data);
 
     let threads = rayon::current_num_threads();
     let rate = |d: Duration| pairs as f64 / d.as_secs_f64();
+    let per_pair = |bytes: u64| bytes as f64 / pairs as f64 / 1e3;
     println!(
         "| measure ({pairs} pairs, {:.0} KB per image on average, {threads} threads) | time | rate |",
         bytes as f64 / images.len() as f64 / 1e3
@@ -80,12 +82,14 @@ fn main() {
         rate(floor)
     );
     println!(
-        "| fusekit lint --decode header | {:.3} s | {:.0} pairs/s |",
+        "| fusekit lint --decode header ({:.0} KB read per pair) | {:.3} s | {:.0} pairs/s |",
+        per_pair(header_read),
         header.as_secs_f64(),
         rate(header)
     );
     println!(
-        "| fusekit lint --decode full | {:.3} s | {:.0} pairs/s |",
+        "| fusekit lint --decode full ({:.0} KB read per pair) | {:.3} s | {:.0} pairs/s |",
+        per_pair(full_read),
         full.as_secs_f64(),
         rate(full)
     );
@@ -106,9 +110,16 @@ fn main() {
         "full decode time / decode floor: **{:.2}x** (goal <= 1.3)",
         full.as_secs_f64() / floor.as_secs_f64()
     );
+    println!(
+        "header mode reads {:.0} KB per pair of {:.0} KB on disk ({:.1}%)",
+        per_pair(header_read),
+        per_pair(bytes),
+        100.0 * header_read as f64 / bytes as f64
+    );
 }
 
-fn check_clean(dataset: &Dataset, decode: DecodeLevel) {
+/// Lints the dataset, checks it is clean, and returns the bytes read from image files.
+fn check_clean(dataset: &Dataset, decode: DecodeLevel) -> u64 {
     let run = lint(
         dataset,
         &LintOptions {
@@ -121,16 +132,18 @@ fn check_clean(dataset: &Dataset, decode: DecodeLevel) {
         run.report.summary.errors, 0,
         "the benchmark dataset lints clean"
     );
+    run.report.summary.bytes_read
 }
 
-fn best(mut f: impl FnMut()) -> Duration {
+/// The fastest of [`RUNS`] runs of `f`, with what that run returned.
+fn best<T>(mut f: impl FnMut() -> T) -> (Duration, T) {
     (0..RUNS)
         .map(|_| {
             let start = Instant::now();
-            f();
-            start.elapsed()
+            let value = f();
+            (start.elapsed(), value)
         })
-        .min()
+        .min_by_key(|(elapsed, _)| *elapsed)
         .expect("RUNS > 0")
 }
 

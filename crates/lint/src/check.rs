@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use fusekit_dataset::{
-    Dataset, ImageInfo, IrPartner, LabelLine, OrphanKind, PairRecord, ProbeError, RowError,
-    RowKind, Scan, parse_labels, probe_image,
+    ContentSample, Dataset, ImageInfo, IrPartner, LabelLine, OrphanKind, PairRecord, ProbeError,
+    ReadCounter, RowError, RowKind, Scan, content_identities, parse_labels, probe_image,
 };
 use rayon::prelude::*;
 
@@ -46,7 +46,8 @@ pub struct PairFacts {
     pub splits: Vec<usize>,
     /// No error-level finding is about this pair: it may be split, cached and trained on.
     pub usable: bool,
-    /// xxh3 of the RGB and IR files, when both could be read.
+    /// Content identities of the RGB and IR files, when both could be read: equal for two
+    /// files exactly when their bytes are (see [`fusekit_dataset::content_identities`]).
     pub content: Option<(u64, u64)>,
     /// Boxes per class in its label file (rows without errors).
     pub boxes: BTreeMap<u32, usize>,
@@ -65,6 +66,11 @@ pub struct LintRun {
 
 struct PairOutcome {
     findings: Vec<Finding>,
+    /// Content samples of the RGB and IR files, when both were probed.
+    samples: Option<(ContentSample, ContentSample)>,
+    /// Both images decoded to the same pixels (full decode only).
+    same_pixels: bool,
+    /// Content identities of the RGB and IR files, once confirmed over the dataset.
     content: Option<(u64, u64)>,
     class_counts: BTreeMap<u32, usize>,
     fix: Option<PendingFix>,
@@ -90,9 +96,14 @@ pub fn lint_scan(
     options: &LintOptions,
     progress: &(dyn Fn() + Sync),
 ) -> LintRun {
-    let ctx = Context { dataset, options };
+    let counter = ReadCounter::new();
+    let ctx = Context {
+        dataset,
+        options,
+        counter: &counter,
+    };
     let pairs = &scan.pairs[..pairs_to_check(scan, options)];
-    let outcomes: Vec<PairOutcome> = pairs
+    let mut outcomes: Vec<PairOutcome> = pairs
         .par_iter()
         .map(|pair| {
             let outcome = ctx.check_pair(pair);
@@ -102,6 +113,7 @@ pub fn lint_scan(
         .collect();
 
     let mut findings = ctx.scan_findings(scan);
+    findings.extend(ctx.confirm_content(pairs, &mut outcomes));
     findings.extend(ctx.duplicate_pairs(pairs, &outcomes));
     findings.extend(ctx.split_overlaps(pairs));
     findings.extend(ctx.class_usage(&outcomes));
@@ -119,7 +131,8 @@ pub fn lint_scan(
             boxes: outcome.class_counts,
         });
     }
-    let report = Report::new(pairs.len(), findings, &options.levels);
+    let mut report = Report::new(pairs.len(), findings, &options.levels);
+    report.summary.bytes_read = counter.get();
     let broken: HashSet<&str> = report
         .findings
         .iter()
@@ -139,6 +152,8 @@ pub fn lint_scan(
 struct Context<'a> {
     dataset: &'a Dataset,
     options: &'a LintOptions,
+    /// Bytes read from image files.
+    counter: &'a ReadCounter,
 }
 
 /// Which file of a pair an image finding is about.
@@ -215,26 +230,84 @@ impl Context<'_> {
             }
             IrPartner::Exact(path) => self.check_image(pair, Side::Ir, path, &mut findings),
         };
-        if let (Some(rgb), Some(ir)) = (&rgb, &ir) {
-            if (rgb.width, rgb.height) != (ir.width, ir.height) {
-                findings.push(self.pair_finding(
-                    Code::PAIR003,
-                    pair,
-                    format!(
-                        "RGB is {}x{} but IR is {}x{}",
-                        rgb.width, rgb.height, ir.width, ir.height
-                    ),
-                ));
+        if let (Some(rgb), Some(ir)) = (&rgb, &ir)
+            && (rgb.width, rgb.height) != (ir.width, ir.height)
+        {
+            findings.push(self.pair_finding(
+                Code::PAIR003,
+                pair,
+                format!(
+                    "RGB is {}x{} but IR is {}x{}",
+                    rgb.width, rgb.height, ir.width, ir.height
+                ),
+            ));
+        }
+        let samples = rgb
+            .as_ref()
+            .zip(ir.as_ref())
+            .map(|(a, b)| (a.content, b.content));
+        let same_pixels = match (
+            rgb.as_ref().and_then(|i| i.pixels),
+            ir.as_ref().and_then(|i| i.pixels),
+        ) {
+            (Some(a), Some(b)) => a.pixel_hash == b.pixel_hash,
+            _ => false,
+        };
+        let (class_counts, fix) = self.check_labels(pair, rgb.as_ref(), &mut findings);
+        PairOutcome {
+            findings,
+            samples,
+            same_pixels,
+            content: None,
+            class_counts,
+            fix,
+        }
+    }
+
+    /// Turns the pairs' content samples into exact identities (reading whole only the files
+    /// whose samples collide), then reports RGB and IR files that are the same (PAIR006) and
+    /// files that could no longer be read (IMG001).
+    fn confirm_content(&self, pairs: &[PairRecord], outcomes: &mut [PairOutcome]) -> Vec<Finding> {
+        let mut files: Vec<(&Path, ContentSample)> = Vec::new();
+        let mut checked: Vec<(usize, &Path)> = Vec::new();
+        for (index, (pair, outcome)) in pairs.iter().zip(outcomes.iter()).enumerate() {
+            if let (Some((rgb, ir)), Some(ir_path)) = (outcome.samples, pair.ir.path()) {
+                files.push((&pair.rgb, rgb));
+                files.push((ir_path, ir));
+                checked.push((index, ir_path));
             }
-            if rgb.file_hash == ir.file_hash {
+        }
+        let mut identities = content_identities(&files, self.counter).into_iter();
+        let mut findings = Vec::new();
+        for (index, ir_path) in checked {
+            let (pair, outcome) = (&pairs[index], &mut outcomes[index]);
+            let (rgb, ir) = (identities.next(), identities.next());
+            match (rgb.expect("one per file"), ir.expect("one per file")) {
+                (Ok(rgb), Ok(ir)) => outcome.content = Some((rgb, ir)),
+                (rgb, ir) => {
+                    for (side, path, result) in [
+                        (Side::Rgb, pair.rgb.as_path(), rgb),
+                        (Side::Ir, ir_path, ir),
+                    ] {
+                        if let Err(err) = result {
+                            findings.push(self.image_finding(
+                                pair,
+                                side,
+                                path,
+                                Code::IMG001,
+                                format!("image cannot be read to confirm its content: {err}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            if outcome.content.is_some_and(|(rgb, ir)| rgb == ir) {
                 findings.push(self.pair_finding(
                     Code::PAIR006,
                     pair,
                     "IR file is byte-identical to the RGB file".into(),
                 ));
-            } else if let (Some(a), Some(b)) = (rgb.pixels, ir.pixels)
-                && a.pixel_hash == b.pixel_hash
-            {
+            } else if outcome.same_pixels {
                 findings.push(self.pair_finding(
                     Code::PAIR006,
                     pair,
@@ -242,17 +315,25 @@ impl Context<'_> {
                 ));
             }
         }
-        let content = rgb
-            .as_ref()
-            .zip(ir.as_ref())
-            .map(|(a, b)| (a.file_hash, b.file_hash));
-        let (class_counts, fix) = self.check_labels(pair, rgb.as_ref(), &mut findings);
-        PairOutcome {
-            findings,
-            content,
-            class_counts,
-            fix,
+        findings
+    }
+
+    /// A finding about one image of a pair, its message prefixed with the modality.
+    fn image_finding(
+        &self,
+        pair: &PairRecord,
+        side: Side,
+        path: &Path,
+        code: Code,
+        message: String,
+    ) -> Finding {
+        let name = if side == Side::Rgb { "RGB" } else { "IR" };
+        let mut finding = self.pair_finding(code, pair, format!("{name} {message}"));
+        if side == Side::Ir {
+            finding.ir = Some(self.rel(path));
+            finding.subject = Subject::Ir;
         }
+        finding
     }
 
     fn check_image(
@@ -262,16 +343,10 @@ impl Context<'_> {
         path: &Path,
         findings: &mut Vec<Finding>,
     ) -> Option<ImageInfo> {
-        let name = if side == Side::Rgb { "RGB" } else { "IR" };
         let mut push = |code: Code, message: String| {
-            let mut finding = self.pair_finding(code, pair, format!("{name} {message}"));
-            if side == Side::Ir {
-                finding.ir = Some(self.rel(path));
-                finding.subject = Subject::Ir;
-            }
-            findings.push(finding);
+            findings.push(self.image_finding(pair, side, path, code, message));
         };
-        match probe_image(path, self.options.decode) {
+        match probe_image(path, self.options.decode, self.counter) {
             Err(ProbeError::Unsupported(what)) => {
                 push(Code::IMG004, format!("image: {what} cannot be read"));
                 None

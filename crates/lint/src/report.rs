@@ -119,6 +119,10 @@ pub struct Summary {
     pub by_code: BTreeMap<String, usize>,
     /// Findings resolved by `--fix` in this run (not listed in `findings`).
     pub fixed: usize,
+    /// Bytes read from image files (headers, ends, confirmations of equal files, whole files
+    /// in full decode).
+    #[serde(default)]
+    pub bytes_read: u64,
 }
 
 /// A lint report: the summary and every finding in a deterministic order.

@@ -79,7 +79,8 @@ pub struct SplitRecord {
     pub group: String,
     /// Boxes per class, sorted by class.
     pub boxes: Vec<(u32, u32)>,
-    /// xxh3 of the RGB and IR files.
+    /// Content identities of the RGB and IR files (equal exactly when the bytes are, as
+    /// `fusekit_lint::PairFacts::content`).
     pub content: Option<(u64, u64)>,
     /// Perceptual hash of the IR image.
     pub ir_hash: Option<u64>,

@@ -39,7 +39,7 @@ pub struct Settings {
     /// Codes or families not reported.
     #[serde(default)]
     pub allow: Vec<String>,
-    /// `header` (headers, end markers, a content hash) or `full` (every pixel).
+    /// `header` (headers, end markers, a partial content hash) or `full` (every pixel).
     #[serde(default)]
     pub decode: DecodeLevel,
     /// Which findings fail the stage.
@@ -192,7 +192,7 @@ impl Outcome {
             .map(|(name, n)| format!("{name} {n}"))
             .collect();
         format!(
-            "fusekit lint {}: {} pairs checked ({}), decode {}, {:.2} s{}",
+            "fusekit lint {}: {} pairs checked ({}), decode {}, {:.2} s, {:.1} MB read{}",
             data.display(),
             self.summary.pairs,
             splits.join(", "),
@@ -201,6 +201,7 @@ impl Outcome {
                 DecodeLevel::Header => "header",
             },
             self.seconds,
+            self.summary.bytes_read as f64 / 1e6,
             config
                 .map(|p| format!(", config {}", p.display()))
                 .unwrap_or_default()
