@@ -3,7 +3,8 @@
 //! - `setup`: install libtorch (PyPI's `torch` wheel) once under `~/.cache/fusekit` (or
 //!   `$FUSEKIT_HOME`) and link it as `.libtorch`, where `.cargo/config.toml` points torch-sys;
 //!   unpack Debian's `libgloo-dev` headers beside it for fusekit-dist's c10d shim, and (for a
-//!   CUDA torch) install the CUDA headers its NCCL backend compiles with that the wheel lacks.
+//!   CUDA torch) install the CUDA headers its NCCL backend compiles with that the wheel lacks;
+//!   install Debian's `nasm` (when apt-get can) for libjpeg-turbo's SIMD JPEG decoding.
 //! - `demo`: setup, build fusekit and run `pipelines/sample.yaml` (which generates the sample
 //!   dataset if missing, lints, splits, caches, trains and predicts).
 //! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
@@ -75,6 +76,10 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
         target.display()
     );
     gloo_headers()?;
+    if let Err(error) = nasm() {
+        // mozjpeg-sys then builds libjpeg-turbo without SIMD and says so once in a build warning.
+        eprintln!("xtask: note: {error:#}; JPEG decoding for caches builds without SIMD (slower)");
+    }
     if target.join("torch/lib/libtorch_cuda.so").is_file() {
         // Only NCCL needs them: without them fusekit-dist builds with Gloo alone.
         if let Err(error) = cuda_headers() {
@@ -130,6 +135,26 @@ fn pip_install_into(target: &Path, requirement: &str) -> anyhow::Result<()> {
     }
     std::fs::rename(&partial, target)
         .with_context(|| format!("moving {} into place", partial.display()))
+}
+
+/// Installs Debian's `nasm` unless it is on the PATH: mozjpeg-sys assembles libjpeg-turbo's
+/// SIMD decoding paths with it (without it, the plain C paths are built).
+fn nasm() -> anyhow::Result<()> {
+    if run_quiet(Command::new("nasm").arg("-v")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing nasm (apt-get) for libjpeg-turbo's SIMD decoding");
+    let install = || run_quiet(Command::new("apt-get").args(["install", "-y", "-qq", "nasm"]));
+    if !install() {
+        // A fresh machine may not have the package lists yet.
+        run_quiet(Command::new("apt-get").args(["update", "-qq"]));
+        ensure!(install(), "apt-get install nasm failed");
+    }
+    ensure!(
+        run_quiet(Command::new("nasm").arg("-v")),
+        "nasm is still not on the PATH after apt-get install"
+    );
+    Ok(())
 }
 
 /// Unpacks Debian's `libgloo-dev` (headers only, not installed) into `<home>/libgloo-dev` unless
