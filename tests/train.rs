@@ -621,3 +621,34 @@ fn imgsz_comes_from_the_cache_unless_given() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("but imgsz is 96"), "{stderr}");
 }
+
+/// Ultralytics' `--device 0,1` starts one data-parallel rank per listed GPU; a list that cannot
+/// be used is refused before any rank starts or any run folder exists.
+#[test]
+fn device_lists_are_checked_before_ranks_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |device: &str, extra: &[&str]| {
+        let mut args = vec!["train", "--cache", "cache", "--device", device];
+        args.extend_from_slice(extra);
+        let output = fusekit(&args, dir.path());
+        assert_eq!(output.status.code(), Some(2), "{device}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = train("cpu,0", &[]);
+    assert!(stderr.contains("device list `cpu,0`"), "{stderr}");
+    let stderr = train("0,1", &["--nproc", "2"]);
+    assert!(stderr.contains("not both"), "{stderr}");
+    let gpus = tch::Cuda::device_count();
+    if gpus < 2 {
+        let stderr = train("0,1", &[]);
+        assert!(
+            stderr.contains(&format!(
+                "device `0,1` asked for, but {gpus} CUDA device(s) are available"
+            )),
+            "{stderr}"
+        );
+    } else {
+        eprintln!("skipped the unavailable-list case: {gpus} CUDA devices here");
+    }
+    assert!(!dir.path().join("runs").exists());
+}

@@ -14,7 +14,7 @@ use fusekit_stages::train::{
     DistBackend, Distributed, Observer, Params, Report, Subset, TrainData, device_name,
     fresh_run_dir, resume_run_dir,
 };
-use fusekit_train::{Event, RunFiles};
+use fusekit_train::{Event, RunFiles, parse_devices};
 
 use crate::output::Format;
 use crate::progress::{self, Bars};
@@ -62,7 +62,9 @@ pub struct TrainArgs {
     /// Folder of runs.
     #[arg(long, default_value = "runs/fuse")]
     project: PathBuf,
-    /// `auto` (CUDA 0 when present), `cpu`, `cuda` or `cuda:N`.
+    /// `auto` (CUDA 0 when present), `cpu`, `cuda`, `cuda:N`, or several CUDA devices
+    /// (`0,1`, as Ultralytics writes it): one data-parallel rank per listed device, as --nproc
+    /// starts them.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Print the learning rate of each group and the momentum at every batch, then exit.
@@ -163,8 +165,17 @@ impl TrainArgs {
 
 /// Runs `fusekit train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    if args.nproc.is_some() && args.device.contains(',') {
+        bail!("give --nproc N or a device list such as --device 0,1, not both");
+    }
     if let Some(n) = args.nproc.filter(|&n| n > 1) {
         return launch_ranks(n);
+    }
+    // Ultralytics' `--device 0,1`: one data-parallel rank per listed GPU (unless this process
+    // already is one of those ranks).
+    if args.device.contains(',') && std::env::var_os("WORLD_SIZE").is_none() {
+        let devices = parse_devices(&args.device)?;
+        return launch_ranks(devices.len());
     }
     let params = args.params()?;
     let bars = Bars::default();

@@ -9,7 +9,7 @@ use fusekit_dist::{Backend, DistError, ProcessGroup};
 use fusekit_hyp::{BatchPlan, Fusion, Hyp, Imgsz, Schedule, render_table};
 use fusekit_train::{
     EpochRecord, Event, Faults, RunFiles, SimulatedOom, TrainError, TrainOptions, TrainSummary,
-    parse_device, train,
+    parse_devices, train,
 };
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -105,7 +105,7 @@ pub struct Params {
     pub resume: bool,
     /// Initial weights (fusekit or Ultralytics safetensors).
     pub weights: Option<PathBuf>,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    /// `auto`, `cpu`, `cuda`, `cuda:N`, or a list of CUDA devices (`0,1`), one per rank.
     pub device: String,
     /// Which samples of the training set are used.
     pub subset: Subset,
@@ -292,7 +292,8 @@ pub fn schedule(params: &Params, progress: &dyn Progress) -> Result<String, Stag
 /// Trains; joins the data-parallel group when torchrun's environment names one. `observer`
 /// receives the setup, the trainer's events and the notes.
 pub fn run(params: &Params, observer: &mut dyn Observer) -> Result<Outcome, StageError> {
-    let requested = parse_device(&params.device)?;
+    let devices = parse_devices(&params.device)?;
+    let requested = devices[0];
     let backend = match params.distributed.backend {
         DistBackend::Auto => Backend::for_device(requested),
         DistBackend::Gloo => Backend::Gloo,
@@ -305,7 +306,16 @@ pub fn run(params: &Params, observer: &mut dyn Observer) -> Result<Outcome, Stag
     let prepared = prepare(params, &*observer)?;
     let limit = params.subset.limit(prepared.samples)?;
     let device = match (requested, &group) {
-        // One GPU per local rank.
+        // One GPU per local rank: the listed ones (`--device 0,1`), else CUDA LOCAL_RANK.
+        (Device::Cuda(_), Some(g)) if devices.len() > 1 => {
+            *devices.get(g.local_rank()).ok_or_else(|| {
+                StageError::Invalid(format!(
+                    "local rank {} has no device in `--device {}`",
+                    g.local_rank(),
+                    params.device
+                ))
+            })?
+        }
         (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
         (device, _) => device,
     };

@@ -19,7 +19,7 @@ mod validate;
 
 use std::path::PathBuf;
 
-pub use device::{DeviceError, RuntimeInfo, parse_device};
+pub use device::{DeviceError, RuntimeInfo, parse_device, parse_devices};
 pub use ema::Ema;
 pub use feed::{BatchTensors, batch_tensors};
 pub use optim::{Optimizer, StepSettings, param_group};
