@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fusekit_cache::Cache;
+use fusekit_cache::{Cache, MapMode};
 use fusekit_dist::{Backend, DistError, ProcessGroup};
 use fusekit_hyp::{BatchPlan, Fusion, Hyp, Imgsz, Schedule, render_table};
 use fusekit_train::{
@@ -261,7 +261,9 @@ never validates on the training set)",
         ));
         None
     };
-    let cache = Cache::open(&train_cache, None)?;
+    // Only the metadata and the sample count are needed here: map lazily, whatever mode the
+    // cache was built for (the trainer opens it again in that mode).
+    let cache = Cache::open(&train_cache, Some(MapMode::Disk))?;
     let mut hyp = params.hyp.clone();
     // The cache knows the size it was built at; the trainer checks a given size against it.
     hyp.imgsz = params.imgsz.map_or(cache.meta().imgsz, Imgsz::get);
