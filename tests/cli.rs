@@ -299,6 +299,27 @@ fn device_reports_libtorch_without_ld_library_path() {
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stdout(&output).contains("cuda devices:"));
+    assert!(stdout(&output).contains("cuda runtime:"));
+    let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+        .args(["device", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let devices = info["devices"].as_array().unwrap();
+    assert_eq!(devices.len() as u64, info["cuda_devices"].as_u64().unwrap());
+    for device in devices {
+        assert!(device["capability"][0].as_i64().unwrap() >= 3, "{device}");
+        assert!(device["total_memory"].as_u64().unwrap() > 0, "{device}");
+    }
+    // libtorch's CUDA build loads the CUDA runtime with or without a GPU.
+    let cuda_build = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".libtorch/torch/lib/libtorch_cuda.so")
+        .exists();
+    if cuda_build {
+        let runtime = info["cuda_runtime"].as_str().unwrap();
+        assert!(runtime.starts_with("1"), "{runtime}");
+    }
 }
 
 #[test]

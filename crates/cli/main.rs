@@ -52,9 +52,10 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Run a pipeline file (lint, split, cache, train, predict), skipping what is up to date.
     Run(Box<run::RunArgs>),
-    /// Show what libtorch offers on this machine (CUDA, cuDNN, threads).
+    /// Show what libtorch offers on this machine (GPUs, compute capability, memory, CUDA and
+    /// cuDNN versions, threads).
     #[cfg(feature = "train")]
-    Device,
+    Device(device::DeviceArgs),
     /// Train the dual-stream detector from a cache (batch arithmetic, schedule, EMA, mAP).
     #[cfg(feature = "train")]
     Train(Box<train::TrainArgs>),
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         Command::Import(args) => import::run(&args),
         Command::Run(args) => run::run(&args),
         #[cfg(feature = "train")]
-        Command::Device => device::run(),
+        Command::Device(args) => device::run(&args),
         #[cfg(feature = "train")]
         Command::Predict(args) => predict::run(&args),
         #[cfg(feature = "train")]

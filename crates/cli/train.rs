@@ -64,7 +64,8 @@ pub struct TrainArgs {
     project: PathBuf,
     /// `auto` (CUDA 0 when present), `cpu`, `cuda`, `cuda:N`, or several CUDA devices
     /// (`0,1`, as Ultralytics writes it): one data-parallel rank per listed device, as --nproc
-    /// starts them.
+    /// starts them. With --nproc, `cuda` gives rank N device N, and one named device
+    /// (`cuda:0`) is shared by every rank (with --dist-backend gloo; NCCL needs one GPU each).
     #[arg(long, default_value = "auto")]
     device: String,
     /// Print the learning rate of each group and the momentum at every batch, then exit.
@@ -198,14 +199,15 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(best) = &trained.best {
         println!(
-            "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s, \
-{:.1}% of the time waiting for data)",
+            "best epoch {}: mAP50 {:.3} mAP50-95 {:.3}; {} epochs in {:.1} s ({:.1} images/s in \
+{}, {:.1}% of the time waiting for data)",
             trained.best_epoch,
             best.map50,
             best.map50_95,
             trained.epochs,
             trained.seconds,
             trained.images_per_second,
+            trained.precision,
             trained.data_wait * 100.0
         );
     }
@@ -293,11 +295,13 @@ pub fn reporter(mut out: impl Write + Sync, human: bool) -> impl FnMut(Report<'_
             batches,
             warmup,
             start_epoch,
+            precision,
         }) if shown => {
             let _ = writeln!(out, "{plan}");
             let _ = writeln!(
                 out,
-                "model: yolov8{} {} fusion, {} classes, {} IR plane{}, {:.2}M parameters, on {device}",
+                "model: yolov8{} {} fusion, {} classes, {} IR plane{}, {:.2}M parameters, on {device} \
+in {precision}",
                 config.scale,
                 config.fusion,
                 config.names.len(),

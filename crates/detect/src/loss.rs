@@ -327,7 +327,10 @@ impl DetectionLoss {
 
     /// `[box, cls, dfl]` after gains for one detector's level outputs.
     /// Errors as [`DetectionLoss::compute`] does.
+    /// The loss is computed in f32 whatever the head's dtype (bf16 or fp16 under autocast).
     pub fn components(&self, levels: &[Tensor], targets: &Tensor) -> Result<Tensor, LossError> {
+        let levels: Vec<Tensor> = levels.iter().map(|l| l.to_kind(Kind::Float)).collect();
+        let levels = levels.as_slice();
         let Prepared {
             pred_dist,
             pred_logits,

@@ -377,7 +377,17 @@ char* fk_group_create(int rank, int world, const char* master_addr, uint16_t mas
   });
 }
 
-void fk_group_destroy(fk_group* group) {
+// Shuts the backend down (NCCL destroys its communicators, as destroy_process_group does) or,
+// after a failed collective, aborts it; then frees the group.
+void fk_group_destroy(fk_group* group, bool failed) {
+  try {
+    if (failed) {
+      group->backend->abort();
+    } else {
+      group->backend->shutdown();
+    }
+  } catch (...) {
+  }
   try {
     delete group;
   } catch (...) {

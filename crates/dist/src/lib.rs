@@ -117,7 +117,7 @@ mod ffi {
             out: *mut *mut FkGroup,
         ) -> *mut c_char;
         pub fn fk_nccl_unavailable() -> *mut c_char;
-        pub fn fk_group_destroy(group: *mut FkGroup);
+        pub fn fk_group_destroy(group: *mut FkGroup, failed: bool);
         pub fn fk_group_barrier(group: *mut FkGroup) -> *mut c_char;
         pub fn fk_group_broadcast(
             group: *mut FkGroup,
@@ -374,6 +374,8 @@ pub struct ProcessGroup {
     rank: usize,
     world_size: usize,
     local_rank: usize,
+    /// A collective failed: the group is aborted on drop instead of shut down.
+    failed: std::cell::Cell<bool>,
 }
 
 // The shim's group is owned by this value alone and c10d backends may be used from any thread;
@@ -488,6 +490,7 @@ impl ProcessGroup {
             rank: rdzv.rank,
             world_size: rdzv.world_size,
             local_rank: rdzv.local_rank,
+            failed: std::cell::Cell::new(false),
         })
     }
 
@@ -661,20 +664,26 @@ impl ProcessGroup {
     fn check(&self, op: &'static str, error: *mut c_char) -> Result<(), DistError> {
         match take_error(error) {
             None => Ok(()),
-            Some(message) => Err(DistError::Collective {
-                op,
-                rank: self.rank,
-                world_size: self.world_size,
-                message,
-            }),
+            Some(message) => {
+                self.failed.set(true);
+                Err(DistError::Collective {
+                    op,
+                    rank: self.rank,
+                    world_size: self.world_size,
+                    message,
+                })
+            }
         }
     }
 }
 
 impl Drop for ProcessGroup {
+    /// Shuts the backend down (NCCL destroys its communicators, as PyTorch's
+    /// `destroy_process_group` does) or, after a failed collective, aborts it, so that no
+    /// rank waits on a peer that is gone.
     fn drop(&mut self) {
         // SAFETY: the group was created by fk_group_create and is destroyed once.
-        unsafe { ffi::fk_group_destroy(self.group.as_ptr()) }
+        unsafe { ffi::fk_group_destroy(self.group.as_ptr(), self.failed.get()) }
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{Accumulate, LrScaling};
+use crate::{Accumulate, Amp, LrScaling};
 
 named_enum! {
     /// The optimizer (Ultralytics' names, case-insensitive). Ultralytics' `auto`, `Adam`,
@@ -208,8 +208,9 @@ hyp_fields! {
     cos_lr: bool = false, "true or false";
     /// Turn mosaic off for the last N epochs (0: never).
     close_mosaic: u32 = 10, "a whole number >= 0";
-    /// Automatic mixed precision.
-    amp: bool = true, "true or false";
+    /// Mixed precision: `auto` (Ultralytics' `true`: bf16 on CUDA 8.0+, fp16 with loss
+    /// scaling on older GPUs, f32 on the CPU), `bf16`, `fp16` or `off` (`false`).
+    amp: Amp = Amp::Auto, "auto, bf16, fp16 or off (or true, false)";
     /// Initial learning rate, at `nbs` images per optimizer step.
     lr0: f64 = 0.01, "a number > 0";
     /// Final learning rate as a fraction of `lr0`.

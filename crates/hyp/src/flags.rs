@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use clap::{Arg, ArgMatches, Args, FromArgMatches};
 
-use crate::HypOverrides;
+use crate::{Amp, HypOverrides};
 
 /// The flag of one key: `--key-name VALUE`, parsed with the type's `FromStr`, shown under
 /// "Hyperparameters" in `--help`.
@@ -35,10 +35,16 @@ where
             text.parse::<T>()
                 .map_err(|e| format!("`{key}` must be {expected}: {e}"))
         });
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<bool>() {
+    let type_id = std::any::TypeId::of::<T>();
+    if type_id == std::any::TypeId::of::<bool>() {
         arg.num_args(0..=1)
             .default_missing_value("true")
             .value_name("BOOL")
+    } else if type_id == std::any::TypeId::of::<Amp>() {
+        // Ultralytics' boolean, so `--amp` alone still means `--amp true` (auto).
+        arg.num_args(0..=1)
+            .default_missing_value("true")
+            .value_name("MODE")
     } else {
         arg
     }
@@ -121,5 +127,18 @@ mod tests {
         assert!(err.contains("`batch` must be a whole number >= 1"), "{err}");
         let err = parse(&["--fusion", "sideways"]).unwrap_err().to_string();
         assert!(err.contains("one of rgb, ir, early, mid, late"), "{err}");
+        let err = parse(&["--amp", "fp8"]).unwrap_err().to_string();
+        assert!(
+            err.contains("`amp` must be auto, bf16, fp16 or off"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn amp_takes_a_dtype_or_stands_alone() {
+        assert_eq!(parse(&["--amp", "bf16"]).unwrap().amp, Some(Amp::Bf16));
+        assert_eq!(parse(&["--amp", "false"]).unwrap().amp, Some(Amp::Off));
+        assert_eq!(parse(&["--amp"]).unwrap().amp, Some(Amp::Auto));
+        assert_eq!(parse(&[]).unwrap().amp, None);
     }
 }

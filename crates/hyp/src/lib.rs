@@ -73,6 +73,7 @@ macro_rules! named_enum {
     };
 }
 
+mod amp;
 mod args;
 mod batch;
 #[cfg(feature = "clap")]
@@ -80,6 +81,7 @@ mod flags;
 mod imgsz;
 mod schedule;
 
+pub use amp::Amp;
 pub use args::{
     Fusion, Hyp, HypError, HypOverrides, HypWarning, Loaded, ModelScale, NanPolicy, Optimizer,
 };

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use fusekit_hyp::{
-    Accumulate, Fusion, Hyp, HypError, HypOverrides, LrScaling, ModelScale, NanPolicy, Optimizer,
+    Accumulate, Amp, Fusion, Hyp, HypError, HypOverrides, LrScaling, ModelScale, NanPolicy,
+    Optimizer,
 };
 use proptest::prelude::*;
 
@@ -38,7 +39,7 @@ fn defaults_are_ultralytics() {
     );
     assert_eq!(
         (h.close_mosaic, h.seed, h.cos_lr, h.amp),
-        (10, 0, false, true)
+        (10, 0, false, Amp::Auto)
     );
     assert_eq!(h.optimizer, Optimizer::Sgd);
     assert_eq!(h.accumulate, Accumulate::Auto);
@@ -65,7 +66,7 @@ fn loads_a_full_file() {
         seed: 7,
         cos_lr: true,
         close_mosaic: 5,
-        amp: false,
+        amp: Amp::Off,
         lr0: 0.002,
         lrf: 0.05,
         momentum: 0.9,
@@ -170,6 +171,11 @@ fn wrong_type_names_key_and_line() {
     let e = error("accumulate: sometimes\n");
     assert!(
         e.starts_with("hyp.yaml:1: `accumulate` must be auto or a whole number >= 1"),
+        "{e}"
+    );
+    let e = error("amp: fp8\n");
+    assert!(
+        e.starts_with("hyp.yaml:1: `amp` must be auto, bf16, fp16 or off (or true, false)"),
         "{e}"
     );
     match load("\n\ncos_lr: maybe\n") {
@@ -295,6 +301,20 @@ fn args_yaml_round_trip() {
     .to_yaml()
     .unwrap();
     assert!(fixed.lines().any(|l| l == "accumulate: 3"), "{fixed}");
+    // Ultralytics' booleans stay booleans; a named dtype is written by name.
+    assert!(text.lines().any(|l| l == "amp: true"), "{text}");
+    for amp in Amp::ALL {
+        let text = Hyp {
+            amp,
+            ..Hyp::default()
+        }
+        .to_yaml()
+        .unwrap();
+        let back = Hyp::from_yaml_str(&text, Path::new("args.yaml")).unwrap();
+        assert_eq!(back.hyp.amp, amp, "{text}");
+    }
+    assert_eq!(load("amp: false\n").unwrap().amp, Amp::Off);
+    assert_eq!(load("amp: bf16\n").unwrap().amp, Amp::Bf16);
 }
 
 proptest! {

@@ -186,6 +186,8 @@ pub struct Outcome {
     pub images_per_second: f64,
     /// Fraction of the time spent waiting for data.
     pub data_wait: f64,
+    /// The forward passes' arithmetic: `f32`, `bf16` or `fp16` (`--amp` on this device).
+    pub precision: String,
     /// `results.csv`.
     pub results: PathBuf,
     /// Weights files.
@@ -291,6 +293,18 @@ pub fn schedule(params: &Params, progress: &dyn Progress) -> Result<String, Stag
     Ok(format!("{plan}\n{}", render_table(schedule.rows())))
 }
 
+/// Whether a `--device` value names one CUDA device (`cuda:N` or `N`) rather than leaving
+/// the choice to the local rank (`cuda`, `auto`).
+fn names_one_gpu(device: &str) -> bool {
+    let device = device.trim();
+    !device.contains(',')
+        && device
+            .strip_prefix("cuda:")
+            .unwrap_or(device)
+            .parse::<usize>()
+            .is_ok()
+}
+
 /// Trains; joins the data-parallel group when torchrun's environment names one. `observer`
 /// receives the setup, the trainer's events and the notes.
 pub fn run(params: &Params, observer: &mut dyn Observer) -> Result<Outcome, StageError> {
@@ -317,6 +331,19 @@ pub fn run(params: &Params, observer: &mut dyn Observer) -> Result<Outcome, Stag
                     params.device
                 ))
             })?
+        }
+        // One named GPU (`cuda:0`, `0`): every rank shares it, which Gloo allows and NCCL
+        // refuses.
+        (Device::Cuda(index), Some(g)) if names_one_gpu(&params.device) => {
+            if g.world_size() > 1 && backend == Backend::Nccl {
+                return Err(StageError::Invalid(format!(
+                    "{} ranks cannot share `--device {}` over NCCL (one GPU per rank); \
+share it with --dist-backend gloo, or list one device per rank (0,1)",
+                    g.world_size(),
+                    params.device
+                )));
+            }
+            Device::Cuda(index)
         }
         (Device::Cuda(_), Some(g)) => Device::Cuda(g.local_rank()),
         (device, _) => device,
@@ -388,6 +415,7 @@ fn outcome(params: &Params, options: &TrainOptions, summary: &TrainSummary, main
         seconds: summary.seconds,
         images_per_second: summary.images_per_second,
         data_wait: summary.data_wait,
+        precision: summary.precision.to_string(),
         results: files.results,
         weights: Weights {
             best: files.best,

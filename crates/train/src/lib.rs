@@ -12,6 +12,7 @@ mod ema;
 mod feed;
 mod guard;
 mod optim;
+mod precision;
 mod results;
 mod step;
 mod trainer;
@@ -19,10 +20,11 @@ mod validate;
 
 use std::path::PathBuf;
 
-pub use device::{DeviceError, RuntimeInfo, parse_device, parse_devices};
+pub use device::{CudaDevice, DeviceError, RuntimeInfo, parse_device, parse_devices};
 pub use ema::Ema;
 pub use feed::{BatchTensors, batch_tensors};
 pub use optim::{Optimizer, StepSettings, param_group};
+pub use precision::{Autocast, Precision, PrecisionError};
 pub use results::{EpochRecord, RESULTS_HEADER, append_results, truncate_results};
 pub use trainer::{
     Event, Faults, MAX_GRAD_NORM, PoisonedBatch, RunFiles, SimulatedOom, TrainOptions,
@@ -114,6 +116,9 @@ raise --accumulate to keep the effective batch), or train without --sync-bn"
         /// libtorch's error text.
         message: String,
     },
+    /// `--amp` asks for an arithmetic the device cannot do.
+    #[error(transparent)]
+    Precision(#[from] PrecisionError),
     /// Inputs that do not go together (cache vs imgsz, weights vs model, train vs val).
     #[error("{0}")]
     Incompatible(String),

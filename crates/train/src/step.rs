@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use fusekit_detect::{BatchNormFn, DetectionLoss, Detector, LossError, with_batch_norm};
 use fusekit_dist::{DistError, ProcessGroup};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::guard::{DeviceFailure, catch_device_failure, is_out_of_memory};
 use crate::optim::Optimizer;
+use crate::precision::{Autocast, Precision};
 
 /// Whether `flag` is set on any rank.
 pub(crate) fn any_rank(group: &ProcessGroup, flag: bool) -> Result<bool, DistError> {
@@ -50,7 +51,10 @@ impl From<DeviceFailure> for MicroBatchFailure {
 pub(crate) struct MicroBatches<'a> {
     pub(crate) model: &'a Detector,
     pub(crate) loss: &'a DetectionLoss,
-    pub(crate) amp: bool,
+    /// The forward passes' arithmetic, applied through an [`Autocast`] guard.
+    pub(crate) precision: Precision,
+    /// The device the batch is on (autocast is set per device type).
+    pub(crate) device: Device,
     /// The group whose ranks' statistics BatchNorm uses (`--sync-bn`).
     pub(crate) sync_bn: Option<Arc<ProcessGroup>>,
 }
@@ -88,14 +92,15 @@ impl MicroBatches<'_> {
                 let outputs = self.model.forward_t(&images, true);
                 self.loss.compute(&outputs, &targets)
             };
-            // The panic of a failed forward pass is caught inside autocast, so that autocast
-            // always restores its state and clears its cache of fp16 weight copies.
-            let loss = tch::autocast(self.amp, || {
+            // The guard restores autocast's state (and clears its cache of casted weights)
+            // however the forward pass ends, a caught out-of-memory panic included.
+            let loss = {
+                let _autocast = Autocast::enter(self.precision, self.device);
                 catch_device_failure(|| match &self.sync_bn {
                     Some(group) => with_batch_norm(synchronised_batch_norm(group), forward),
                     None => forward(),
                 })
-            })??;
+            }??;
             let finite = loss.parts.iter().all(|p| p.is_finite());
             // With synchronised BatchNorm the backward passes exchange statistics: all ranks
             // run them, or none.

@@ -23,6 +23,7 @@ use crate::ema::Ema;
 use crate::feed::batch_tensors;
 use crate::guard::{DeviceFailure, QuietDeviceFailures, catch_device_failure};
 use crate::optim::{Optimizer, StepSettings};
+use crate::precision::Precision;
 use crate::results::{self, EpochRecord, append_results, truncate_results};
 use crate::step::{LossScaler, MicroBatchFailure, MicroBatches, any_rank};
 use crate::validate::{Validation, validate};
@@ -115,6 +116,8 @@ pub enum Event<'a> {
         warmup: u64,
         /// First epoch to run (0-based; > 0 when resuming).
         start_epoch: u32,
+        /// The arithmetic of the forward passes (`--amp` on this device).
+        precision: Precision,
     },
     /// A training batch finished.
     Batch {
@@ -161,6 +164,8 @@ pub struct TrainSummary {
     /// Optimizer steps taken by the optimizer the run ended with (including before a resume;
     /// a NaN rollback starts a new optimizer).
     pub optimizer_steps: u64,
+    /// The arithmetic of the forward passes (`--amp` on this device).
+    pub precision: Precision,
 }
 
 /// Where a run's files are.
@@ -318,6 +323,7 @@ struct Trainer<'a> {
     ema: Ema,
     loss: DetectionLoss,
     scaler: LossScaler,
+    precision: Precision,
     sync_bn: Option<Arc<ProcessGroup>>,
     plan: BatchPlan,
     schedule: Schedule,
@@ -409,6 +415,7 @@ impl<'a> Trainer<'a> {
             },
             ..DetectionLoss::default()
         };
+        let precision = Precision::for_device(hyp.amp, device)?;
         observer(Event::Started {
             plan: &plan,
             config: &config,
@@ -417,10 +424,11 @@ impl<'a> Trainer<'a> {
             batches,
             warmup: schedule.warmup_batches(),
             start_epoch: state.epochs_done,
+            precision,
         });
 
-        // Mixed precision only on CUDA (fp16 autocast with dynamic loss scaling).
-        let mut scaler = LossScaler::new(hyp.amp && device.is_cuda());
+        // Dynamic loss scaling for fp16 autocast only (bf16 has f32's range).
+        let mut scaler = LossScaler::new(precision.scales_loss());
         if let Some(saved) = state.loss_scale.filter(|_| scaler.enabled()) {
             scaler.restore(saved);
         }
@@ -454,6 +462,7 @@ impl<'a> Trainer<'a> {
             ema,
             loss,
             scaler,
+            precision,
             sync_bn,
             plan,
             schedule,
@@ -518,6 +527,7 @@ impl<'a> Trainer<'a> {
             images_per_second: self.trained_images as f64 / train_seconds,
             data_wait: self.data_wait.as_secs_f64() / train_seconds,
             optimizer_steps: self.optimizer.steps(),
+            precision: self.precision,
         })
     }
 
@@ -650,7 +660,8 @@ impl<'a> Trainer<'a> {
         let micro = MicroBatches {
             model: &self.model,
             loss: &self.loss,
-            amp: self.scaler.enabled(),
+            precision: self.precision,
+            device: self.options.device,
             sync_bn: self.sync_bn.clone(),
         };
         let parts = loop {
