@@ -28,13 +28,17 @@
 // The Gloo headers come from Debian's libgloo-dev, which is older than the Gloo that libtorch was
 // built with. Only the size of ProcessGroupGloo (allocated here, constructed by libtorch) and of
 // its Options depend on what this translation unit sees; all Gloo types sit behind smart pointers.
-// These sizes were read from libtorch_cpu.so 2.13.0 (operator new in ProcessGroupGloo::split and
-// in Options::create_default); another torch version must be checked the same way before use.
+// These sizes were read from libtorch_cpu.so (operator new in ProcessGroupGloo::split and in
+// Options::create_default) of torch 2.13.0 (the main build) and 2.11.0 (the GPU machine's, for
+// `cargo xtask gpu-bundle`); another torch version must be checked the same way before use.
 #if TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR == 13
 static_assert(sizeof(c10d::ProcessGroupGloo) == 0x1e8, "ProcessGroupGloo layout differs from libtorch 2.13");
 static_assert(sizeof(c10d::ProcessGroupGloo::Options) == 0xb8, "ProcessGroupGloo::Options layout differs from libtorch 2.13");
+#elif TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR == 11
+static_assert(sizeof(c10d::ProcessGroupGloo) == 0x1e8, "ProcessGroupGloo layout differs from libtorch 2.11");
+static_assert(sizeof(c10d::ProcessGroupGloo::Options) == 0xb0, "ProcessGroupGloo::Options layout differs from libtorch 2.11");
 #else
-#error "fusekit-dist: ProcessGroupGloo's layout was verified for torch 2.13 only; re-verify (see crate docs)"
+#error "fusekit-dist: ProcessGroupGloo's layout was verified for torch 2.13 and 2.11 only; re-verify (see crate docs)"
 #endif
 
 namespace {

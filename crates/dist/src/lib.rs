@@ -78,9 +78,10 @@
 //! out-of-line members (constructor, `Options::create_default`, virtual collectives through
 //! `c10d::Backend`); every Gloo type in those classes sits behind `std::shared_ptr` or
 //! `std::unique_ptr`, so their layouts do not depend on the Gloo version. The two sizes that do
-//! matter are pinned with `static_assert`s to the values libtorch 2.13.0 itself allocates
+//! matter are pinned with `static_assert`s to the values libtorch itself allocates: 2.13.0
 //! (`operator new(0x1e8)` in `ProcessGroupGloo::split`, `operator new(0xb8)` in
-//! `Options::create_default`); another torch version fails to compile until re-checked. The
+//! `Options::create_default`) and 2.11.0, the GPU bundle's (`0x1e8`, `0xb0`); another torch
+//! version fails to compile until re-checked. The
 //! build looks for the headers in `$FUSEKIT_GLOO_INCLUDE`, then where `cargo xtask setup`
 //! unpacks the package (`~/.cache/fusekit/libgloo-dev/usr/include`, or under `$FUSEKIT_HOME`),
 //! then `/usr/include` (`apt-get install libgloo-dev`); only libtorch's own Gloo is linked.

@@ -16,26 +16,41 @@ use std::path::Path;
 /// Name of the environment variable that torch-sys (`links = "tch"`) passes to dependents.
 pub const LIBTORCH_LIB_VAR: &str = "DEP_TCH_LIBTORCH_LIB";
 
+/// Set (to anything but `0`) at build time, binaries get no run path: built here for another
+/// machine (`cargo xtask gpu-bundle`), they find libtorch through `LD_LIBRARY_PATH`, which
+/// their launcher sets, and carry no path of the machine that built them.
+pub const NO_RUNPATH_VAR: &str = "FUSEKIT_NO_RUNPATH";
+
 /// Prints the cargo instructions for the current build script; does nothing when the package
 /// is built without torch-sys (for example with the `train` feature off).
 pub fn emit() {
     println!("cargo:rerun-if-env-changed={LIBTORCH_LIB_VAR}");
+    println!("cargo:rerun-if-env-changed={NO_RUNPATH_VAR}");
     let Some(dir) = std::env::var_os(LIBTORCH_LIB_VAR) else {
         return;
     };
     // Resolve links (such as the checkout's `.libtorch`) so binaries keep working when copied.
     let dir = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.into());
-    for arg in link_args(&dir) {
+    let runpath = !matches!(std::env::var(NO_RUNPATH_VAR).as_deref(), Ok(value) if value != "0");
+    for arg in link_args(&dir, runpath) {
         println!("cargo:rustc-link-arg={arg}");
     }
 }
 
-/// The linker arguments for a libtorch library directory.
-pub fn link_args(lib_dir: &Path) -> Vec<String> {
-    let mut args = vec![
-        "-Wl,--enable-new-dtags".to_owned(),
-        format!("-Wl,-rpath,{}", lib_dir.display()),
-    ];
+/// The linker arguments for a libtorch library directory, with or without a run path to it.
+///
+/// Without one (a binary for another machine), libtorch's own dependencies (the CUDA
+/// libraries of PyPI's wheel) need not be on this machine: they are the run-time machine's
+/// business, so the linker is told not to resolve them here.
+pub fn link_args(lib_dir: &Path, runpath: bool) -> Vec<String> {
+    let mut args = if runpath {
+        vec![
+            "-Wl,--enable-new-dtags".to_owned(),
+            format!("-Wl,-rpath,{}", lib_dir.display()),
+        ]
+    } else {
+        vec!["-Wl,--allow-shlib-undefined".to_owned()]
+    };
     if lib_dir.join("libtorch_cuda.so").exists() {
         args.push("-Wl,--no-as-needed,-ltorch_cuda,--as-needed".to_owned());
     }
@@ -51,7 +66,7 @@ mod tests {
         let dir = std::env::temp_dir().join("fusekit-torch-link-cpu");
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(
-            link_args(&dir),
+            link_args(&dir, true),
             vec![
                 "-Wl,--enable-new-dtags".to_owned(),
                 format!("-Wl,-rpath,{}", dir.display())
@@ -64,9 +79,22 @@ mod tests {
         let dir = std::env::temp_dir().join("fusekit-torch-link-cuda");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("libtorch_cuda.so"), b"").unwrap();
-        let args = link_args(&dir);
+        let args = link_args(&dir, true);
         assert_eq!(args.len(), 3);
         assert_eq!(args[0], "-Wl,--enable-new-dtags");
         assert!(args[2].contains("--no-as-needed,-ltorch_cuda"));
+    }
+
+    #[test]
+    fn a_binary_for_another_machine_gets_no_runpath() {
+        let dir = std::env::temp_dir().join("fusekit-torch-link-bundle");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("libtorch_cuda.so"), b"").unwrap();
+        let args = link_args(&dir, false);
+        assert!(args.iter().all(|arg| !arg.contains("rpath")), "{args:?}");
+        assert!(
+            args.iter().any(|arg| arg.contains("-ltorch_cuda")),
+            "{args:?}"
+        );
     }
 }

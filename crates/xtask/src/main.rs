@@ -9,13 +9,17 @@
 //!   dataset if missing, lints, splits, caches, trains and predicts).
 //! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
 //! - `bench`: setup, install Ultralytics for the reference numbers, run the benchmarks.
+//! - `gpu-bundle`: setup, then fusekit built for the GPU machine's torch with its device check
+//!   (see [`gpu_bundle`]).
+
+mod gpu_bundle;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 
-/// The torch release tch 0.26 is built against.
+/// The torch release tch 0.26 is built against (the main build's).
 const TORCH_VERSION: &str = "2.13.0";
 /// The `cuda-toolkit` release that torch 2.13.0's Linux wheel depends on.
 const CUDA_TOOLKIT_VERSION: &str = "13.0.3.0";
@@ -28,8 +32,13 @@ fn main() -> anyhow::Result<()> {
         "demo" => demo(&root),
         "test" => test(&root),
         "bench" => bench(&root),
+        "gpu-bundle" => {
+            let main_torch = setup(&root)?;
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            gpu_bundle::gpu_bundle(&root, &main_torch, &args)
+        }
         _ => bail!(
-            "usage: cargo xtask <setup|demo|test|bench>\n\n{}",
+            "usage: cargo xtask <setup|demo|test|bench|gpu-bundle>\n\n{}",
             include_str!("usage.txt")
         ),
     }
@@ -43,7 +52,7 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn fusekit_home() -> anyhow::Result<PathBuf> {
+pub(crate) fn fusekit_home() -> anyhow::Result<PathBuf> {
     if let Some(home) = std::env::var_os("FUSEKIT_HOME") {
         return Ok(PathBuf::from(home));
     }
@@ -62,7 +71,7 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
             "xtask: installing torch=={TORCH_VERSION} from PyPI into {} (once; ~4.7 GB)",
             target.display()
         );
-        pip_install_into(&target, &format!("torch=={TORCH_VERSION}"))?;
+        pip_install_into(&target, &[&format!("torch=={TORCH_VERSION}")])?;
     }
     let link = root.join(".libtorch");
     if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
@@ -106,13 +115,14 @@ into {}",
     );
     pip_install_into(
         &target,
-        &format!("cuda-toolkit[crt,cccl]=={CUDA_TOOLKIT_VERSION}"),
+        &[&format!("cuda-toolkit[crt,cccl]=={CUDA_TOOLKIT_VERSION}")],
     )
 }
 
-/// `pip install --target` of `requirement` into `target.partial`, then renamed to `target`
-/// (replacing an older one): an interrupted install never leaves a half-filled `target`.
-fn pip_install_into(target: &Path, requirement: &str) -> anyhow::Result<()> {
+/// `pip install --target` of `requirement` (with pip's options) into `target.partial`, then
+/// renamed to `target` (replacing an older one): an interrupted install never leaves a
+/// half-filled `target`.
+pub(crate) fn pip_install_into(target: &Path, requirement: &[&str]) -> anyhow::Result<()> {
     let partial = target.with_extension("partial");
     if partial.exists() {
         std::fs::remove_dir_all(&partial)
@@ -129,7 +139,7 @@ fn pip_install_into(target: &Path, requirement: &str) -> anyhow::Result<()> {
             "--target",
         ])
         .arg(&partial)
-        .arg(requirement))?;
+        .args(requirement))?;
     if target.exists() {
         std::fs::remove_dir_all(target)?;
     }
@@ -233,7 +243,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
 }
 
 /// Versions of the Python reference the parity tests and benchmarks compare against.
-const ULTRALYTICS_VERSION: &str = "8.4.190";
+pub(crate) const ULTRALYTICS_VERSION: &str = "8.4.190";
 
 /// A virtual environment with Ultralytics (and pycocotools, safetensors) next to the same
 /// torch, created once under ~/.cache/fusekit; returns its python.
@@ -293,10 +303,17 @@ fn bench(root: &Path) -> anyhow::Result<()> {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
-    run(Command::new("cargo").args(args).current_dir(root))
+    run(&mut cargo_command(root, args))
 }
 
-fn run(command: &mut Command) -> anyhow::Result<()> {
+/// `cargo ARGS` in `dir`.
+pub(crate) fn cargo_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("cargo");
+    command.args(args).current_dir(dir);
+    command
+}
+
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
     let status = command
         .status()
         .with_context(|| format!("starting {command:?}"))?;
