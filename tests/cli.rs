@@ -322,6 +322,42 @@ fn device_reports_libtorch_without_ld_library_path() {
     }
 }
 
+/// The libraries the dynamic loader would load for `binary` (what `ldd` prints).
+#[cfg(feature = "train")]
+fn loaded_libraries(binary: &Path) -> String {
+    let output = Command::new(binary)
+        .env("LD_TRACE_LOADED_OBJECTS", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn dataset_commands_run_without_libtorch() {
+    let fusekit = Path::new(env!("CARGO_BIN_EXE_fusekit"));
+    let libraries = loaded_libraries(fusekit);
+    assert!(!libraries.contains("libtorch"), "{libraries}");
+    assert!(!libraries.contains("libc10"), "{libraries}");
+    // The check sees libtorch where it is linked.
+    let torch = loaded_libraries(Path::new(env!("CARGO_BIN_EXE_fusekit-torch")));
+    assert!(torch.contains("libtorch_cpu"), "{torch}");
+
+    // Alone in a folder, fusekit still lints, and says what it misses for training.
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("fusekit");
+    std::fs::copy(fusekit, &alone).unwrap();
+    let rules = Command::new(&alone).arg("rules").output().unwrap();
+    assert!(rules.status.success(), "{}", stderr(&rules));
+    assert!(stdout(&rules).contains("PAIR001"));
+    let device = Command::new(&alone).arg("device").output().unwrap();
+    assert_eq!(device.status.code(), Some(2));
+    let message = stderr(&device);
+    assert!(message.contains("needs libtorch"), "{message}");
+    assert!(message.contains("fusekit-torch"), "{message}");
+}
+
 #[test]
 fn split_writes_lists_reports_and_is_a_no_op_on_rerun() {
     let dir = tempfile::tempdir().unwrap();

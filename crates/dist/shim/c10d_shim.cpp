@@ -74,9 +74,13 @@ char* guarded(F&& body) {
   try {
     body();
     return nullptr;
-  } catch (const c10::Error& e) {
-    return dup_message(e.what_without_backtrace());
   } catch (const std::exception& e) {
+    // Not `catch (const c10::Error&)`: a handler's type is referenced from the exception
+    // tables, which the linker keeps even where the code is unused, and that reference alone
+    // would make the libtorch-free `fusekit` binary load libc10.
+    if (const auto* error = dynamic_cast<const c10::Error*>(&e)) {
+      return dup_message(error->what_without_backtrace());
+    }
     return dup_message(e.what());
   } catch (...) {
     return dup_message("unknown C++ exception");

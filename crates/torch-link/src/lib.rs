@@ -21,20 +21,38 @@ pub const LIBTORCH_LIB_VAR: &str = "DEP_TCH_LIBTORCH_LIB";
 /// their launcher sets, and carry no path of the machine that built them.
 pub const NO_RUNPATH_VAR: &str = "FUSEKIT_NO_RUNPATH";
 
-/// Prints the cargo instructions for the current build script; does nothing when the package
-/// is built without torch-sys (for example with the `train` feature off).
+/// Prints the cargo instructions for the current build script, for every target of the
+/// package; does nothing when the package is built without torch-sys (for example with the
+/// `train` feature off).
 pub fn emit() {
+    for arg in current_link_args() {
+        println!("cargo:rustc-link-arg={arg}");
+    }
+}
+
+/// As [`emit`], but for the binaries named, the tests and the benches only: the package's
+/// other binaries get no libtorch dependency they do not reference (`fusekit` itself).
+pub fn emit_for_bins(bins: &[&str]) {
+    for arg in current_link_args() {
+        for bin in bins {
+            println!("cargo:rustc-link-arg-bin={bin}={arg}");
+        }
+        println!("cargo:rustc-link-arg-tests={arg}");
+        println!("cargo:rustc-link-arg-benches={arg}");
+    }
+}
+
+/// [`link_args`] for the libtorch torch-sys built against, as the environment asks.
+fn current_link_args() -> Vec<String> {
     println!("cargo:rerun-if-env-changed={LIBTORCH_LIB_VAR}");
     println!("cargo:rerun-if-env-changed={NO_RUNPATH_VAR}");
     let Some(dir) = std::env::var_os(LIBTORCH_LIB_VAR) else {
-        return;
+        return Vec::new();
     };
     // Resolve links (such as the checkout's `.libtorch`) so binaries keep working when copied.
     let dir = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.into());
     let runpath = !matches!(std::env::var(NO_RUNPATH_VAR).as_deref(), Ok(value) if value != "0");
-    for arg in link_args(&dir, runpath) {
-        println!("cargo:rustc-link-arg={arg}");
-    }
+    link_args(&dir, runpath)
 }
 
 /// The linker arguments for a libtorch library directory, with or without a run path to it.

@@ -7,7 +7,8 @@
 //! has no run path: the bundle's `fusekit` launcher points `LD_LIBRARY_PATH` at
 //! `$FUSEKIT_TORCH_LIB`, else at the torch of the machine's python3.
 //!
-//! `DIR` (at most [`BUNDLE_LIMIT`]) holds `bin/fusekit`, the launcher, `gpu-check.sh` with its
+//! `DIR` (at most [`BUNDLE_LIMIT`]) holds `bin/fusekit` and `bin/fusekit-torch`, the launcher,
+//! `gpu-check.sh` with its
 //! Python steps and the small wheels Ultralytics needs there (`wheels/`); the one large wheel,
 //! polars' runtime, goes to `DIR-wheels/`, to be carried once on a first call.
 
@@ -74,18 +75,21 @@ pub(crate) fn gpu_bundle(root: &Path, main_torch: &Path, args: &[String]) -> any
             args.torch
         )
     })?;
-    let torch = install_torch_headers(&args.torch)?;
+    let torch = install_torch(&args.torch, main_torch)?;
     let work = root.join("target/gpu-bundle");
     let source = work.join("src");
     copy_checkout(root, &source)?;
     pin_tch(&source.join("Cargo.toml"), tch)?;
-    let binary = build(&source, &work.join("target"), &torch, main_torch)?;
-    assemble(root, &binary, &args.out)
+    let release = build(&source, &work.join("target"), &torch, main_torch)?;
+    assemble(root, &release, &args.out)
 }
 
 /// Installs torch `version` into `<home>/torch-<version>` without its dependencies (the
-/// headers and libraries to build against) unless it is there.
-fn install_torch_headers(version: &str) -> anyhow::Result<PathBuf> {
+/// headers and libraries to build against) unless it is there, and links the main torch's
+/// CUDA libraries (`nvidia/`, the same CUDA major release) beside it, where its
+/// `libtorch_cuda.so` looks for them: so `FUSEKIT_TORCH_LIB=<home>/torch-<version>/torch/lib`
+/// runs the bundle here too, without a second 4 GB of CUDA wheels.
+fn install_torch(version: &str, main_torch: &Path) -> anyhow::Result<PathBuf> {
     let target = fusekit_home()?.join(format!("torch-{version}"));
     let installed = std::fs::read_to_string(target.join("torch/version.py"))
         .is_ok_and(|v| v.contains(&format!("'{version}")));
@@ -95,6 +99,11 @@ fn install_torch_headers(version: &str) -> anyhow::Result<PathBuf> {
             target.display()
         );
         pip_install_into(&target, &[&format!("torch=={version}"), "--no-deps"])?;
+    }
+    let cuda = target.join("nvidia");
+    if !cuda.exists() && main_torch.join("nvidia").is_dir() {
+        std::os::unix::fs::symlink(main_torch.join("nvidia"), &cuda)
+            .with_context(|| format!("linking {}", cuda.display()))?;
     }
     Ok(target)
 }
@@ -153,13 +162,13 @@ fn pin_tch(manifest: &Path, version: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo build --release` of the copy against `torch`; returns the binary.
+/// `cargo build --release` of the copy's binaries against `torch`; returns their folder.
 fn build(source: &Path, target: &Path, torch: &Path, main_torch: &Path) -> anyhow::Result<PathBuf> {
     // torch-sys imports torch to find it; importing a wheel installed without its CUDA
     // dependencies needs CUDA libraries, which the main torch's install (the same CUDA
     // major release) has.
     let python_path = std::env::join_paths([torch, main_torch])?;
-    let mut command = cargo_command(source, &["build", "--release", "--bin", "fusekit"]);
+    let mut command = cargo_command(source, &["build", "--release", "--bins"]);
     command
         .env("CARGO_TARGET_DIR", target)
         .env("PYTHONPATH", python_path)
@@ -171,7 +180,7 @@ fn build(source: &Path, target: &Path, torch: &Path, main_torch: &Path) -> anyho
         command.env("FUSEKIT_CUDA_INCLUDE", includes);
     }
     run(&mut command)?;
-    Ok(target.join("release/fusekit"))
+    Ok(target.join("release"))
 }
 
 /// The `nvidia/*/include` folders of a torch install with its dependencies, `:`-joined.
@@ -186,8 +195,8 @@ fn nvidia_includes(torch: &Path) -> Option<std::ffi::OsString> {
     std::env::join_paths(dirs).ok()
 }
 
-/// Fills `out` (and `out-wheels`) from scratch.
-fn assemble(root: &Path, binary: &Path, out: &Path) -> anyhow::Result<()> {
+/// Fills `out` (and `out-wheels`) from scratch with the binaries in `release`.
+fn assemble(root: &Path, release: &Path, out: &Path) -> anyhow::Result<()> {
     let large = PathBuf::from(format!("{}-wheels", out.display()));
     for dir in [out, large.as_path()] {
         if dir.exists() {
@@ -195,7 +204,10 @@ fn assemble(root: &Path, binary: &Path, out: &Path) -> anyhow::Result<()> {
         }
     }
     std::fs::create_dir_all(out.join("bin"))?;
-    std::fs::copy(binary, out.join("bin/fusekit"))?;
+    for binary in ["fusekit", "fusekit-torch"] {
+        std::fs::copy(release.join(binary), out.join("bin").join(binary))
+            .with_context(|| format!("copying {binary}"))?;
+    }
     let tools = root.join("tools/gpu-check");
     for name in [
         "fusekit",
