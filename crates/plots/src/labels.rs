@@ -76,14 +76,23 @@ fn draw_instances(
     for b in boxes {
         counts[b.class as usize] += 1;
     }
-    let top = counts.iter().copied().max().unwrap_or(0).max(1);
-    let classes = names.len() as u32;
+    let top = f64::from(counts.iter().copied().max().unwrap_or(0).max(1));
+    // Class c's bar is centred on x = c.
+    let classes = names.len() as f64;
     let mut chart = ChartBuilder::on(panel)
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(80)
-        .build_cartesian_2d((0..classes).into_segmented(), 0..top + top / 10 + 1)
+        .build_cartesian_2d(-0.5..classes - 0.5, 0.0..top * 1.1)
         .map_err(drawing(WHAT))?;
+    let class_name = |v: &f64| {
+        let c = v.round();
+        let on_tick = (v - c).abs() < 1e-6 && c >= 0.0;
+        on_tick
+            .then(|| names.get(c as usize).cloned())
+            .flatten()
+            .unwrap_or_default()
+    };
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -92,24 +101,17 @@ fn draw_instances(
         .axis_desc_style(text(24.0))
         .label_style(text(18.0))
         .x_labels(names.len().min(30))
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(c) => names.get(*c as usize).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
+        .x_label_formatter(&class_name)
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(drawing(WHAT))?;
     chart
         .draw_series(counts.iter().enumerate().map(|(c, &n)| {
-            let color = class_color(c);
-            let mut bar = Rectangle::new(
-                [
-                    (SegmentValue::Exact(c as u32), 0),
-                    (SegmentValue::Exact(c as u32 + 1), n),
-                ],
-                color.filled(),
-            );
-            bar.set_margin(0, 0, 8, 8);
-            bar
+            let x = c as f64;
+            Rectangle::new(
+                [(x - 0.4, 0.0), (x + 0.4, f64::from(n))],
+                class_color(c).filled(),
+            )
         }))
         .map_err(drawing(WHAT))?;
     Ok(())

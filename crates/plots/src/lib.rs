@@ -44,6 +44,9 @@ pub const CONFUSION_PNGS: [&str; 2] = ["confusion_matrix.png", "confusion_matrix
 /// `labels.jpg`.
 pub const LABELS_JPG: &str = "labels.jpg";
 
+/// Training batches a run draws, as Ultralytics: the first three of its first epoch.
+pub const TRAIN_BATCH_PLOTS: usize = 3;
+
 /// The file name of the `index`-th plotted training batch, `train_batch{index}.jpg`.
 pub fn train_batch_name(index: usize) -> String {
     format!("train_batch{index}.jpg")

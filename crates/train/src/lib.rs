@@ -12,6 +12,7 @@ mod ema;
 mod feed;
 mod guard;
 mod optim;
+mod plots;
 mod results;
 mod step;
 mod trainer;

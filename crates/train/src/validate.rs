@@ -1,7 +1,7 @@
 //! Validation: losses, NMS and mAP of a model over a cache.
 
 use fusekit_detect::{DetectionLoss, Detector, NmsOptions, non_max_suppression};
-use fusekit_eval::{Metrics, Prediction, Truth, evaluate};
+use fusekit_eval::{ConfusionMatrix, Metrics, Prediction, Truth, evaluate};
 use fusekit_loader::Loader;
 use tch::{Device, Kind};
 
@@ -11,8 +11,11 @@ use crate::feed::batch_tensors;
 /// What one validation pass measured.
 #[derive(Debug, Clone)]
 pub struct Validation {
-    /// Precision, recall and mAP as Ultralytics reports them (plus COCO's numbers).
+    /// Precision, recall and mAP as Ultralytics reports them (plus COCO's numbers and the
+    /// curves).
     pub metrics: Metrics,
+    /// Predicted against true classes, as Ultralytics' validation counts them.
+    pub confusion: ConfusionMatrix,
     /// Box, class and DFL losses, mean over batches.
     pub loss: [f64; 3],
     /// Images evaluated.
@@ -70,8 +73,9 @@ pub fn validate(
         }));
         images += batch.len();
     }
-    let metrics = evaluate(&predictions, &truths, num_classes)
-        .map_err(|e| TrainError::Numeric(format!("validation: {e}")))?;
+    let invalid = |e: fusekit_eval::EvalError| TrainError::Numeric(format!("validation: {e}"));
+    let metrics = evaluate(&predictions, &truths, num_classes).map_err(invalid)?;
+    let confusion = ConfusionMatrix::new(&predictions, &truths, num_classes).map_err(invalid)?;
     let mean = |s: f64| {
         if batches == 0 {
             0.0
@@ -81,6 +85,7 @@ pub fn validate(
     };
     Ok(Validation {
         metrics,
+        confusion,
         loss: loss_sum.map(mean),
         images,
     })
