@@ -25,11 +25,16 @@ fn fusekit(args: &[&str], cwd: &Path) -> String {
 /// A generated dataset (16 train, 6 val pairs after the split), cached at 64 under `cache/`.
 fn cached_dataset(dir: &Path) {
     fusekit(
-        &["synth", "--out", "ds", "--pairs", "24", "--size", "96x80", "--scenes", "4"],
+        &[
+            "synth", "--out", "ds", "--pairs", "24", "--size", "96x80", "--scenes", "4",
+        ],
         dir,
     );
     fusekit(&["split", "ds", "--group", r"^(\d{2})"], dir);
-    fusekit(&["cache", "build", "ds", "--imgsz", "64", "--out", "cache"], dir);
+    fusekit(
+        &["cache", "build", "ds", "--imgsz", "64", "--out", "cache"],
+        dir,
+    );
 }
 
 /// Asserts that `path` decodes to a `size` picture that is not blank: many colours, and some
@@ -40,10 +45,22 @@ fn assert_picture(path: &Path, size: (u32, u32)) {
         .to_rgb8();
     assert_eq!(picture.dimensions(), size, "{}", path.display());
     let colours: HashSet<[u8; 3]> = picture.pixels().map(|p| p.0).collect();
-    assert!(colours.len() > 50, "{}: {} colours", path.display(), colours.len());
-    let ink = picture.pixels().filter(|p| p.0.iter().any(|&c| c < 245)).count();
+    assert!(
+        colours.len() > 50,
+        "{}: {} colours",
+        path.display(),
+        colours.len()
+    );
+    let ink = picture
+        .pixels()
+        .filter(|p| p.0.iter().any(|&c| c < 245))
+        .count();
     let share = ink as f64 / f64::from(size.0 * size.1);
-    assert!(share > 0.01, "{}: {share} of the pixels drawn", path.display());
+    assert!(
+        share > 0.01,
+        "{}: {share} of the pixels drawn",
+        path.display()
+    );
 }
 
 /// Every plot and its size (batch 4: 2 x 2 tiles of two 64-pixel squares).
@@ -71,14 +88,17 @@ fn a_training_run_writes_every_plot_and_val_writes_curves_and_matrices() {
         "train", "--cache", "cache", "--imgsz", "64", "--device", "cpu", "--batch", "4",
         "--epochs", "2", "--format", "json",
     ];
-    let outcome: serde_json::Value = serde_json::from_str(fusekit(&train, dir.path()).trim())
-        .expect("one JSON object");
+    let outcome: serde_json::Value =
+        serde_json::from_str(fusekit(&train, dir.path()).trim()).expect("one JSON object");
     let run = dir.path().join("runs/fuse/train");
     let (drawn, absent) = RUN_PLOTS.split_at(RUN_PLOTS.len() - 1);
     for (name, size) in drawn {
         assert_picture(&run.join(name), *size);
     }
-    assert!(!run.join(absent[0].0).exists(), "only three batches are drawn");
+    assert!(
+        !run.join(absent[0].0).exists(),
+        "only three batches are drawn"
+    );
     let listed = outcome["plots"].as_array().expect("plots listed");
     assert_eq!(listed.len(), drawn.len(), "{listed:?}");
     let seconds = outcome["plot_seconds"].as_f64().unwrap();
@@ -94,8 +114,17 @@ fn a_training_run_writes_every_plot_and_val_writes_curves_and_matrices() {
     let report: serde_json::Value = serde_json::from_str(
         fusekit(
             &[
-                "val", "--weights", "runs/fuse/train/weights/best.safetensors", "--cache",
-                "cache/val.fkc", "--device", "cpu", "--format", "json", "--out", "val-plots",
+                "val",
+                "--weights",
+                "runs/fuse/train/weights/best.safetensors",
+                "--cache",
+                "cache/val.fkc",
+                "--device",
+                "cpu",
+                "--format",
+                "json",
+                "--out",
+                "val-plots",
             ],
             dir.path(),
         )
@@ -110,8 +139,20 @@ fn a_training_run_writes_every_plot_and_val_writes_curves_and_matrices() {
 
     fusekit(
         &[
-            "train", "--cache", "cache", "--imgsz", "64", "--device", "cpu", "--batch", "4",
-            "--epochs", "1", "--no-plots", "--name", "quiet",
+            "train",
+            "--cache",
+            "cache",
+            "--imgsz",
+            "64",
+            "--device",
+            "cpu",
+            "--batch",
+            "4",
+            "--epochs",
+            "1",
+            "--no-plots",
+            "--name",
+            "quiet",
         ],
         dir.path(),
     );

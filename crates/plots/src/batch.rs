@@ -91,7 +91,10 @@ fn check(batch: &BatchView<'_>, names: &[String]) -> Result<usize, PlotError> {
         )));
     }
     let image_bytes = batch.planes * batch.imgsz * batch.imgsz;
-    if image_bytes == 0 || batch.images.is_empty() || !batch.images.len().is_multiple_of(image_bytes) {
+    if image_bytes == 0
+        || batch.images.is_empty()
+        || !batch.images.len().is_multiple_of(image_bytes)
+    {
         return Err(input(format!(
             "{} bytes are not whole {}x{} images of {} planes",
             batch.images.len(),

@@ -102,6 +102,10 @@ pub fn run(params: &Params) -> Result<Outcome, StageError> {
 fn plot(result: &Validation, names: &[String], dir: &Path) -> Result<Vec<PathBuf>, StageError> {
     std::fs::create_dir_all(dir).map_err(StageError::io("creating", dir))?;
     let mut files = fusekit_plots::curves(&result.metrics.curves, names, dir)?;
-    files.extend(fusekit_plots::confusion_matrix(&result.confusion, names, dir)?);
+    files.extend(fusekit_plots::confusion_matrix(
+        &result.confusion,
+        names,
+        dir,
+    )?);
     Ok(files)
 }

@@ -790,7 +790,13 @@ starts over, the step's earlier batches are kept)",
                 } else {
                     &self.model
                 };
-                Some(validate(eval_model, val, self.options.device, &self.loss, &nms)?)
+                Some(validate(
+                    eval_model,
+                    val,
+                    self.options.device,
+                    &self.loss,
+                    &nms,
+                )?)
             }
             // Without validation every number is 0.
             None => None,
