@@ -63,8 +63,9 @@ fn assert_picture(path: &Path, size: (u32, u32)) {
     );
 }
 
-/// Every plot and its size (batch 4: 2 x 2 tiles of two 64-pixel squares).
-const RUN_PLOTS: [(&str, (u32, u32)); 12] = [
+/// Every plot and its size (train batch 4: 2 x 2 tiles of two 64-pixel squares; the 6 val
+/// images: 3 x 2 tiles). Those of a validation are the 3rd to the 10th.
+const RUN_PLOTS: [(&str, (u32, u32)); 14] = [
     ("results.png", (2400, 1200)),
     ("labels.jpg", (1600, 1600)),
     ("BoxPR_curve.png", (1800, 1200)),
@@ -73,6 +74,8 @@ const RUN_PLOTS: [(&str, (u32, u32)); 12] = [
     ("BoxR_curve.png", (1800, 1200)),
     ("confusion_matrix.png", (1600, 1300)),
     ("confusion_matrix_normalized.png", (1600, 1300)),
+    ("val_batch0_labels.jpg", (384, 128)),
+    ("val_batch0_pred.jpg", (384, 128)),
     ("train_batch0.jpg", (256, 128)),
     ("train_batch1.jpg", (256, 128)),
     ("train_batch2.jpg", (256, 128)),
@@ -131,8 +134,8 @@ fn a_training_run_writes_every_plot_and_val_writes_curves_and_matrices() {
         .trim(),
     )
     .unwrap();
-    assert_eq!(report["plots"].as_array().unwrap().len(), 6);
-    for (name, size) in &drawn[2..8] {
+    assert_eq!(report["plots"].as_array().unwrap().len(), 8);
+    for (name, size) in &drawn[2..10] {
         assert_picture(&val.join(name), *size);
     }
     assert!(!val.join("results.png").exists());

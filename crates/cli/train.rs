@@ -34,7 +34,8 @@ use crate::val::print_table;
 /// `--no-plots` Ultralytics' plots: `results.png` (redrawn each epoch), `labels.jpg`,
 /// `train_batch0.jpg`..`train_batch2.jpg` (RGB and IR side by side), and from the closing
 /// validation of the best weights `BoxPR_curve.png`, `BoxF1_curve.png`, `BoxP_curve.png`,
-/// `BoxR_curve.png`, `confusion_matrix.png` and `confusion_matrix_normalized.png`.
+/// `BoxR_curve.png`, `confusion_matrix.png`, `confusion_matrix_normalized.png`,
+/// `val_batch0_labels.jpg` and `val_batch0_pred.jpg`.
 #[derive(Args)]
 pub struct TrainArgs {
     /// A cache folder with train.fkc and val.fkc (from `fusekit cache build`).

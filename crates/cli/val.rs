@@ -38,8 +38,9 @@ pub struct ValArgs {
     /// `human` prints a table; `json` one object.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
-    /// Write the PR / F1 / P / R curves and the confusion matrices (Ultralytics' file names)
-    /// into this folder.
+    /// Write the PR / F1 / P / R curves, the confusion matrices and the first batch's
+    /// pictures (`val_batch0_labels.jpg`, `val_batch0_pred.jpg`) into this folder, under
+    /// Ultralytics' file names.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }

@@ -258,8 +258,8 @@ hyp_fields! {
     ema: bool = true, "true or false";
     /// fusekit: what to do on a NaN / infinite loss.
     nan_policy: NanPolicy = NanPolicy::Rollback, "stop or rollback";
-    /// Write the run's plots: results.png each epoch, curves, confusion matrices, labels.jpg,
-    /// train_batch0-2.jpg.
+    /// Write the run's plots: results.png each epoch, labels.jpg, train_batch0-2.jpg, and from
+    /// the last validation the curves, confusion matrices and val_batch0 pictures.
     plots: bool = true, "true or false";
 }
 

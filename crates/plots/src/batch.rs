@@ -1,5 +1,6 @@
-//! `train_batchN.jpg`: the images of a batch exactly as the model sees them, each tile its
-//! RGB planes and its IR planes side by side with the same boxes drawn on both.
+//! `train_batchN.jpg`, `val_batch0_labels.jpg`, `val_batch0_pred.jpg`: the images of a batch
+//! exactly as the model sees them, each tile its RGB planes and its IR planes side by side with
+//! the same boxes drawn on both.
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ use crate::style::{class_color, text};
 use crate::{LabelBox, PlotError};
 
 /// Tiles drawn at most (the first images of the batch).
-const MAX_TILES: usize = 16;
+pub const MAX_TILES: usize = 16;
 /// The picture is scaled down to at most this width.
 const MAX_WIDTH: usize = 1920;
 const WHAT: &str = "a training batch";
@@ -33,16 +34,16 @@ pub struct BatchView<'a> {
     pub boxes: &'a [LabelBox],
 }
 
-/// Draws the first 16 images of `batch` into `path` as a grid of tiles, each the RGB image
-/// and the IR image side by side, every box outlined on both in its class colour with its
-/// class name (`names[c]`) on the RGB side.
+/// Draws the first [`MAX_TILES`] images of `batch` into `path` as a grid of tiles, each the
+/// RGB image and the IR image side by side, every box outlined on both in its class colour
+/// with its class name (`names[c]`) and score, if any, on the RGB side.
 ///
 /// # Errors
 ///
 /// [`PlotError::Input`] for a plane count other than 4 or 6, pixels that are not whole
 /// images, an empty batch, or a box of a class without a name; [`PlotError::Io`] when `path`
 /// cannot be written.
-pub fn train_batch(batch: &BatchView<'_>, names: &[String], path: &Path) -> Result<(), PlotError> {
+pub fn paired_batch(batch: &BatchView<'_>, names: &[String], path: &Path) -> Result<(), PlotError> {
     let images = check(batch, names)?;
     let shown = images.min(MAX_TILES);
     let columns = (shown as f64).sqrt().ceil() as usize;
@@ -71,7 +72,11 @@ pub fn train_batch(batch: &BatchView<'_>, names: &[String], path: &Path) -> Resu
         }
         for b in batch.boxes.iter().filter(|b| b.image < shown) {
             let (x, y) = tile_corner(b.image, columns, square);
-            draw_box(&root, b, &names[b.class as usize], (x, y), square)?;
+            let label = match b.score {
+                Some(score) => format!("{} {score:.2}", names[b.class as usize]),
+                None => names[b.class as usize].clone(),
+            };
+            draw_box(&root, b, &label, (x, y), square)?;
         }
         root.present().map_err(drawing(WHAT))?;
     }

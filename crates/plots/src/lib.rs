@@ -8,8 +8,9 @@
 //! - [`confusion_matrix`]: `confusion_matrix.png` and `confusion_matrix_normalized.png` from a
 //!   [`fusekit_eval::ConfusionMatrix`].
 //! - [`labels`]: `labels.jpg`, instances per class and box centre / size histograms.
-//! - [`train_batch`]: `train_batchN.jpg`, each image of a batch as RGB and IR side by side
-//!   with its boxes and class names.
+//! - [`paired_batch`]: `train_batchN.jpg`, `val_batch0_labels.jpg` and `val_batch0_pred.jpg`,
+//!   each image of a batch as RGB and IR side by side with its boxes, class names and (for
+//!   predictions) scores.
 //!
 //! Text uses DejaVu Sans embedded in the crate (`fonts/`), never a font of the machine.
 
@@ -24,7 +25,7 @@ mod style;
 
 use std::path::PathBuf;
 
-pub use batch::{BatchView, train_batch};
+pub use batch::{BatchView, MAX_TILES, paired_batch};
 pub use confusion::confusion_matrix;
 pub use curves::curves;
 pub use labels::labels;
@@ -47,12 +48,19 @@ pub const LABELS_JPG: &str = "labels.jpg";
 /// Training batches a run draws, as Ultralytics: the first three of its first epoch.
 pub const TRAIN_BATCH_PLOTS: usize = 3;
 
+/// The first validation batch with its ground truth.
+pub const VAL_BATCH_LABELS_JPG: &str = "val_batch0_labels.jpg";
+/// The first validation batch with its predictions.
+pub const VAL_BATCH_PRED_JPG: &str = "val_batch0_pred.jpg";
+/// Predictions drawn on [`VAL_BATCH_PRED_JPG`] score above this, as in Ultralytics' pictures.
+pub const PICTURE_CONF: f32 = 0.25;
+
 /// The file name of the `index`-th plotted training batch, `train_batch{index}.jpg`.
 pub fn train_batch_name(index: usize) -> String {
     format!("train_batch{index}.jpg")
 }
 
-/// One labelled box, normalised to the image (`0..=1`), centre and size.
+/// One labelled or predicted box, normalised to the image (`0..=1`), centre and size.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LabelBox {
     /// Image index (within a batch; ignored by [`labels`]).
@@ -67,6 +75,8 @@ pub struct LabelBox {
     pub w: f32,
     /// Height.
     pub h: f32,
+    /// The confidence of a prediction (drawn after the class name); `None` for ground truth.
+    pub score: Option<f32>,
 }
 
 /// Why a plot was not written.

@@ -7,7 +7,7 @@ use std::path::Path;
 use fusekit_eval::{ConfusionMatrix, Prediction, Truth, evaluate};
 use fusekit_plots::{
     BatchView, CONFUSION_PNGS, CURVE_PNGS, LabelBox, PlotError, confusion_matrix, curves, labels,
-    results, train_batch,
+    paired_batch, results,
 };
 use image::RgbImage;
 
@@ -214,6 +214,7 @@ fn labels_jpg_statistics() {
                 y: 1.0 - t * t,
                 w: 0.05 + 0.3 * t,
                 h: 0.1 + 0.2 * t,
+                score: None,
             }
         })
         .collect();
@@ -265,6 +266,7 @@ fn synthetic_batch() -> (Vec<u8>, Vec<LabelBox>) {
             y: 0.5,
             w: 0.3,
             h: 0.4,
+            score: (image % 2 == 1).then_some(0.87),
         })
         .collect();
     (pixels, boxes)
@@ -281,7 +283,7 @@ fn train_batch_tiles_show_rgb_and_ir_with_the_same_boxes() {
     };
     let dir = tempfile::tempdir().unwrap();
     let jpg = dir.path().join("train_batch0.jpg");
-    train_batch(&batch, &names(2), &jpg).unwrap();
+    paired_batch(&batch, &names(2), &jpg).unwrap();
     assert_eq!(
         decode(&jpg).dimensions(),
         (256, 128),
@@ -292,7 +294,7 @@ fn train_batch_tiles_show_rgb_and_ir_with_the_same_boxes() {
     // at the same place in the IR half. Image 0's box spans rows 19..45; its class name sits
     // above it, on the RGB half only.
     let png = dir.path().join("train_batch0.png");
-    train_batch(&batch, &names(2), &png).unwrap();
+    paired_batch(&batch, &names(2), &png).unwrap();
     let picture = decode(&png);
     let class0 = [31u8, 119, 180];
     let mut outline = 0;
@@ -345,7 +347,7 @@ fn train_batch_rejects_bad_input() {
         images: &pixels,
         boxes: &boxes,
     };
-    let error = train_batch(&three_planes, &names, &path).unwrap_err();
+    let error = paired_batch(&three_planes, &names, &path).unwrap_err();
     assert!(error.to_string().contains("3 planes"), "{error}");
     let torn = BatchView {
         imgsz: 64,
@@ -354,7 +356,7 @@ fn train_batch_rejects_bad_input() {
         boxes: &boxes,
     };
     assert!(matches!(
-        train_batch(&torn, &names, &path),
+        paired_batch(&torn, &names, &path),
         Err(PlotError::Input { .. })
     ));
     let empty = BatchView {
@@ -364,7 +366,7 @@ fn train_batch_rejects_bad_input() {
         boxes: &[],
     };
     assert!(matches!(
-        train_batch(&empty, &names, &path),
+        paired_batch(&empty, &names, &path),
         Err(PlotError::Input { .. })
     ));
     let unnamed = [LabelBox {
@@ -378,7 +380,7 @@ fn train_batch_rejects_bad_input() {
         boxes: &unnamed,
     };
     assert!(matches!(
-        train_batch(&bad_class, &names, &path),
+        paired_batch(&bad_class, &names, &path),
         Err(PlotError::Input { .. })
     ));
     assert!(!path.exists());

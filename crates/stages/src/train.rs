@@ -189,7 +189,8 @@ pub struct Outcome {
     /// `results.csv`.
     pub results: PathBuf,
     /// The plots in the run folder (`results.png`, curves, confusion matrices, `labels.jpg`,
-    /// `train_batchN.jpg`); none with `plots` off.
+    /// `train_batchN.jpg`, `val_batch0_labels.jpg`, `val_batch0_pred.jpg`); none with `plots`
+    /// off.
     #[serde(default)]
     pub plots: Vec<PathBuf>,
     /// Seconds this process spent drawing plots.
@@ -387,6 +388,10 @@ fn plot_files(run_dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .chain(fusekit_plots::CURVE_PNGS)
         .chain(fusekit_plots::CONFUSION_PNGS)
+        .chain([
+            fusekit_plots::VAL_BATCH_LABELS_JPG,
+            fusekit_plots::VAL_BATCH_PRED_JPG,
+        ])
         .map(str::to_owned);
     fixed
         .chain(batches)

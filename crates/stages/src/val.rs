@@ -7,7 +7,7 @@ use fusekit_cache::Cache;
 use fusekit_detect::{DetectionLoss, NmsOptions, weights};
 use fusekit_eval::Metrics;
 use fusekit_loader::{Loader, LoaderOptions};
-use fusekit_train::{Validation, parse_device, validate};
+use fusekit_train::{Validation, parse_device, plot_validation, validate};
 use serde::Serialize;
 
 use crate::StageError;
@@ -98,14 +98,8 @@ pub fn run(params: &Params) -> Result<Outcome, StageError> {
     })
 }
 
-/// Writes the curves and confusion matrices of `result` into `dir`; returns the files.
+/// Writes the plots of `result` into `dir` (created if missing); returns the files.
 fn plot(result: &Validation, names: &[String], dir: &Path) -> Result<Vec<PathBuf>, StageError> {
     std::fs::create_dir_all(dir).map_err(StageError::io("creating", dir))?;
-    let mut files = fusekit_plots::curves(&result.metrics.curves, names, dir)?;
-    files.extend(fusekit_plots::confusion_matrix(
-        &result.confusion,
-        names,
-        dir,
-    )?);
-    Ok(files)
+    Ok(plot_validation(result, names, dir)?)
 }

@@ -8,6 +8,8 @@ use fusekit_cache::Cache;
 use fusekit_loader::Batch;
 use fusekit_plots::{BatchView, LabelBox, PlotError};
 
+use crate::validate::FirstBatch;
+
 use crate::trainer::Event;
 use crate::validate::Validation;
 
@@ -62,6 +64,7 @@ impl Plots {
                     y: b.y,
                     w: b.w,
                     h: b.h,
+                    score: None,
                 })
                 .collect();
             let view = BatchView {
@@ -71,7 +74,7 @@ impl Plots {
                 boxes: &boxes,
             };
             let name = fusekit_plots::train_batch_name(index as usize);
-            fusekit_plots::train_batch(&view, names, &dir.join(name))
+            fusekit_plots::paired_batch(&view, names, &dir.join(name))
         });
     }
 
@@ -98,6 +101,7 @@ impl Plots {
                     y,
                     w,
                     h,
+                    score: None,
                 }));
             }
             let path = dir.join(fusekit_plots::LABELS_JPG);
@@ -105,7 +109,7 @@ impl Plots {
         });
     }
 
-    /// The curves and confusion matrices of the run's last validation.
+    /// The plots of the run's last validation ([`plot_validation`]).
     pub(crate) fn validation(
         &mut self,
         validation: &Validation,
@@ -113,9 +117,7 @@ impl Plots {
         observer: &mut dyn FnMut(Event<'_>),
     ) {
         self.draw(observer, |dir| {
-            fusekit_plots::curves(&validation.metrics.curves, names, dir)?;
-            fusekit_plots::confusion_matrix(&validation.confusion, names, dir)?;
-            Ok(())
+            plot_validation(validation, names, dir).map(drop)
         });
     }
 
@@ -133,6 +135,47 @@ impl Plots {
             observer(Event::Note(format!("plot not written: {error}")));
         }
         self.seconds += started.elapsed().as_secs_f64();
+    }
+}
+
+/// Writes the plots of `validation` into `dir` (which must exist): the PR / F1 / P / R curves,
+/// the confusion matrices and, when it had a batch, `val_batch0_labels.jpg` and
+/// `val_batch0_pred.jpg`; returns the files. `names[c]` names class `c`.
+///
+/// # Errors
+///
+/// The first plot that could not be written.
+pub fn plot_validation(
+    validation: &Validation,
+    names: &[String],
+    dir: &Path,
+) -> Result<Vec<PathBuf>, PlotError> {
+    let mut files = fusekit_plots::curves(&validation.metrics.curves, names, dir)?;
+    files.extend(fusekit_plots::confusion_matrix(
+        &validation.confusion,
+        names,
+        dir,
+    )?);
+    if let Some(first) = &validation.first_batch {
+        for (boxes, name) in [
+            (&first.truths, fusekit_plots::VAL_BATCH_LABELS_JPG),
+            (&first.predictions, fusekit_plots::VAL_BATCH_PRED_JPG),
+        ] {
+            let path = dir.join(name);
+            fusekit_plots::paired_batch(&view(first, boxes), names, &path)?;
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// `first`'s pixels with `boxes`.
+fn view<'a>(first: &'a FirstBatch, boxes: &'a [LabelBox]) -> BatchView<'a> {
+    BatchView {
+        imgsz: first.imgsz,
+        planes: first.planes,
+        images: &first.images,
+        boxes,
     }
 }
 
