@@ -172,28 +172,31 @@ fn draw_box(
             .map_err(drawing(WHAT))?;
     }
     let size = (side / 22.0).clamp(10.0, 22.0);
-    let anchor = ((tile.0 as f32 + x1) as i32, (tile.1 as f32 + y1) as i32);
     let (w, h) = root
         .estimate_text_size(name, &text(f64::from(size)))
         .map_err(drawing(WHAT))?;
+    let (w, h) = (w as i32 + 4, h as i32 + 2);
+    // At the box's left edge, moved left as far as needed to stay on the RGB half.
+    let rgb_right = (tile.0 + square) as i32;
+    let left = ((tile.0 as f32 + x1) as i32)
+        .min(rgb_right - w)
+        .max(tile.0 as i32);
     // Above the box when there is room, inside it otherwise.
-    let top = if anchor.1 - (h as i32) - 2 >= tile.1 as i32 {
-        anchor.1 - h as i32 - 2
+    let box_top = (tile.1 as f32 + y1) as i32;
+    let top = if box_top - h >= tile.1 as i32 {
+        box_top - h
     } else {
-        anchor.1
+        box_top
     };
     root.draw(&Rectangle::new(
-        [
-            (anchor.0, top),
-            (anchor.0 + w as i32 + 4, top + h as i32 + 2),
-        ],
+        [(left, top), (left + w, top + h)],
         color.filled(),
     ))
     .map_err(drawing(WHAT))?;
     let style = text(f64::from(size))
         .color(&WHITE)
         .pos(Pos::new(HPos::Left, VPos::Top));
-    root.draw_text(name, &style, (anchor.0 + 2, top + 1))
+    root.draw_text(name, &style, (left + 2, top + 1))
         .map_err(drawing(WHAT))?;
     Ok(())
 }

@@ -273,7 +273,7 @@ fn synthetic_batch() -> (Vec<u8>, Vec<LabelBox>) {
 }
 
 #[test]
-fn train_batch_tiles_show_rgb_and_ir_with_the_same_boxes() {
+fn paired_batch_tiles_show_rgb_and_ir_with_the_same_boxes_and_scores() {
     let (pixels, boxes) = synthetic_batch();
     let batch = BatchView {
         imgsz: 64,
@@ -314,6 +314,23 @@ fn train_batch_tiles_show_rgb_and_ir_with_the_same_boxes() {
         outline > 40,
         "the box of image 0 is drawn ({outline} pixels)"
     );
+    // Class names sit above the boxes on the RGB half; a prediction's score makes its label
+    // ("class1 0.87", image 1) wider than a ground-truth one ("class0", image 0).
+    let label_pixels = |x0: u32, colour: [u8; 3]| {
+        // Rows above the boxes' outlines (the box tops are at row 19, 2 pixels wide).
+        (0..17)
+            .flat_map(|y| (x0..x0 + 64).map(move |x| (x, y)))
+            .filter(|&(x, y)| picture.get_pixel(x, y).0 == colour)
+            .count()
+    };
+    let class1 = [255u8, 127, 14];
+    let (truth_label, scored_label) = (label_pixels(0, class0), label_pixels(128, class1));
+    assert!(truth_label > 50, "{truth_label}");
+    assert!(
+        scored_label > truth_label * 3 / 2,
+        "{scored_label} vs {truth_label}"
+    );
+    assert_eq!(label_pixels(192, class1), 0, "labels stay off the IR half");
     // The IR half is grey where no box is drawn, the RGB half is not.
     assert_eq!(
         picture
@@ -336,7 +353,7 @@ fn train_batch_tiles_show_rgb_and_ir_with_the_same_boxes() {
 }
 
 #[test]
-fn train_batch_rejects_bad_input() {
+fn paired_batch_rejects_bad_input() {
     let (pixels, boxes) = synthetic_batch();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("train_batch0.jpg");
