@@ -219,6 +219,25 @@ mod tests {
     }
 
     #[test]
+    fn a_detection_keeps_only_its_best_truth() {
+        // d1 overlaps t0 best (0.67) and t1 less (0.54); t0 goes to d0 (IoU 1). Ultralytics'
+        // matching does not fall back to t1 for d1 (a greedy one-to-one matching would): t1 is
+        // missed and d1 is a false detection.
+        let truths = [
+            truth(0, 0, [0.0, 0.0, 10.0, 10.0]),
+            truth(0, 0, [5.0, 0.0, 15.0, 10.0]),
+        ];
+        let predictions = [
+            prediction(0, 0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+            prediction(0, 0, 0.8, [2.0, 0.0, 12.0, 10.0]),
+        ];
+        let m = ConfusionMatrix::new(&predictions, &truths, 1).unwrap();
+        assert_eq!(m.count(0, 0), 1);
+        assert_eq!(m.count(1, 0), 1, "t1 missed");
+        assert_eq!(m.count(0, 1), 1, "d1 on background");
+    }
+
+    #[test]
     fn iou_at_or_below_045_does_not_match() {
         // IoU of these two boxes is 50 / 150 = 0.33.
         let truths = [truth(0, 0, [0.0, 0.0, 10.0, 10.0])];
