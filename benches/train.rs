@@ -156,6 +156,8 @@ fn main() {
         "fusekit",
         "--format",
         "json",
+        // The Ultralytics reference runs with plots=False.
+        "--no-plots",
     ]));
     let summary: Value = serde_json::from_str(summary.trim()).expect("fusekit's JSON summary");
     let reference = run(Command::new(&python).current_dir(&dir).arg(&script).args([

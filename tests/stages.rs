@@ -301,6 +301,7 @@ fn train_val_and_predict_run_from_their_params() {
         batch: 8,
         nms: Default::default(),
         device: "cpu".into(),
+        plots: None,
     })
     .unwrap();
     assert!(validated.images > 0);

@@ -30,7 +30,12 @@ use crate::val::print_table;
 ///
 /// Writes `PROJECT/NAME/` (NAME, NAME2, ... when taken): `args.yaml`, `results.csv` with
 /// Ultralytics' columns, `weights/last.safetensors` and `weights/best.safetensors` (EMA
-/// weights, for `fusekit predict`) and `weights/last.ckpt` (for `--resume`).
+/// weights, for `fusekit predict`) and `weights/last.ckpt` (for `--resume`), and unless
+/// `--no-plots` Ultralytics' plots: `results.png` (redrawn each epoch), `labels.jpg`,
+/// `train_batch0.jpg`..`train_batch2.jpg` (RGB and IR side by side), and from the closing
+/// validation of the best weights `BoxPR_curve.png`, `BoxF1_curve.png`, `BoxP_curve.png`,
+/// `BoxR_curve.png`, `confusion_matrix.png`, `confusion_matrix_normalized.png`,
+/// `val_batch0_labels.jpg` and `val_batch0_pred.jpg`.
 #[derive(Args)]
 pub struct TrainArgs {
     /// A cache folder with train.fkc and val.fkc (from `fusekit cache build`).
@@ -44,6 +49,9 @@ pub struct TrainArgs {
     hyp_file: Option<PathBuf>,
     #[command(flatten)]
     hyp: HypOverrides,
+    /// Write no plots (the same as `--plots false`).
+    #[arg(long, conflicts_with = "plots")]
+    no_plots: bool,
     /// Train on this fraction of the training set (its first samples).
     #[arg(long, conflicts_with = "limit")]
     fraction: Option<f64>,
@@ -122,7 +130,11 @@ impl TrainArgs {
         } else {
             self.hyp_file.clone()
         };
-        let loaded = Hyp::resolve(hyp_file.as_deref(), &self.hyp)?;
+        let mut overrides = self.hyp.clone();
+        if self.no_plots {
+            overrides.plots = Some(false);
+        }
+        let loaded = Hyp::resolve(hyp_file.as_deref(), &overrides)?;
         for warning in &loaded.warnings {
             eprintln!("warning: {warning}");
         }
@@ -220,6 +232,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
             batch: VAL_BATCH,
             nms: NmsOptions::default(),
             device: trained.device.clone(),
+            // The run's curves and matrices, now of the best weights, as Ultralytics' final
+            // validation draws them.
+            plots: (!trained.plots.is_empty()).then(|| trained.run.clone()),
         })?;
         print_table(&validated);
     }

@@ -38,6 +38,11 @@ pub struct ValArgs {
     /// `human` prints a table; `json` one object.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
+    /// Write the PR / F1 / P / R curves, the confusion matrices and the first batch's
+    /// pictures (`val_batch0_labels.jpg`, `val_batch0_pred.jpg`) into this folder, under
+    /// Ultralytics' file names.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 /// Runs `fusekit val`.
@@ -53,14 +58,20 @@ pub fn run(args: &ValArgs) -> anyhow::Result<ExitCode> {
             ..NmsOptions::default()
         },
         device: args.device.clone(),
+        plots: args.out.clone(),
     };
     let outcome = fusekit_stages::val::run(&params)?;
     match args.format {
         Format::Json => println!(
             "{}",
-            json!({"images": outcome.images, "metrics": outcome.metrics, "val_loss": outcome.val_loss})
+            json!({"images": outcome.images, "metrics": outcome.metrics, "val_loss": outcome.val_loss, "plots": outcome.plots})
         ),
-        Format::Human => print_table(&outcome),
+        Format::Human => {
+            print_table(&outcome);
+            if let Some(dir) = &args.out {
+                println!("plots: {}", dir.display());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

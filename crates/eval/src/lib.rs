@@ -3,7 +3,10 @@
 //! - [`iou`] of two `[x1, y1, x2, y2]` boxes and class-aware greedy [`nms`].
 //! - [`evaluate`]: precision, recall and mAP of [`Prediction`]s against [`Truth`]s, as
 //!   Ultralytics 8.4 reports them for detection validation ([`Metrics`]), plus the COCO
-//!   numbers that pycocotools would give for the same boxes ([`CocoMetrics`]).
+//!   numbers that pycocotools would give for the same boxes ([`CocoMetrics`]), and the
+//!   precision / recall / F1 / PR [`Curves`] behind them, for plots.
+//! - [`ConfusionMatrix`]: predicted against true class with a background row and column, as
+//!   Ultralytics' validation draws it.
 //!
 //! The two families differ on purpose: Ultralytics matches each prediction to its best
 //! unclaimed ground truth per image without a detection cap and integrates a 101-point
@@ -33,6 +36,7 @@
 
 mod boxes;
 mod coco;
+mod confusion;
 mod metrics;
 mod nms;
 mod numeric;
@@ -43,7 +47,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use boxes::iou;
-pub use metrics::{ClassMetrics, CocoMetrics, Metrics};
+pub use confusion::{CONFUSION_CONF, CONFUSION_IOU, ConfusionMatrix};
+pub use metrics::{ClassCurve, ClassMetrics, CocoMetrics, Curves, Metrics};
 pub use nms::nms;
 
 /// One detection: image index, class, confidence and `[x1, y1, x2, y2]` box.

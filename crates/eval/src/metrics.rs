@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::boxes::iou_ultralytics;
-use crate::numeric::{interp, linspace, trapezoid};
+use crate::numeric::{box_filter, interp, linspace, trapezoid};
 use crate::{Groups, Prediction, Truth, descending};
 
 /// The IoU thresholds 0.50:0.05:0.95 as the `f32` values `torch.linspace(0.5, 0.95, 10)` holds.
@@ -15,8 +15,9 @@ const IOU_THRESHOLDS: [f32; 10] = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0
 const IOU_75: usize = 5;
 /// Confidence points of the precision, recall and F1 curves.
 const CURVE_POINTS: usize = 1000;
-/// Width of the box filter applied to the mean F1 curve: fraction 0.1 of 1000 points, odd.
-const F1_SMOOTH_WIDTH: usize = 101;
+/// The mean F1 curve is box-filtered over this fraction of its points before its maximum
+/// picks the confidence of [`Metrics::precision`] and [`Metrics::recall`].
+const F1_SMOOTH_FRACTION: f64 = 0.1;
 /// Added to denominators, as Ultralytics does.
 const EPS: f64 = 1e-16;
 
@@ -37,6 +38,60 @@ pub struct Metrics {
     pub classes: Vec<ClassMetrics>,
     /// The COCO (pycocotools) numbers for the same input.
     pub coco: CocoMetrics,
+    /// The curves behind the numbers, for plots; not serialised (thousands of points).
+    #[serde(skip)]
+    pub curves: Curves,
+}
+
+/// Ultralytics' precision, recall and F1 curves against confidence and precision against
+/// recall, each sampled at the same [`Curves::points`] (`0..=1`, 1000 points).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Curves {
+    /// The sample points: confidence thresholds, or recall for [`ClassCurve::pr`].
+    pub points: Vec<f64>,
+    /// One per class with ground truth, by class id (as [`Metrics::classes`]).
+    pub classes: Vec<ClassCurve>,
+}
+
+/// The curves of one class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassCurve {
+    /// Class id.
+    pub class: u32,
+    /// AP at IoU 0.5 (the area under [`ClassCurve::pr`]).
+    pub ap50: f64,
+    /// Precision at IoU 0.5 of the detections at or above each confidence point.
+    pub precision: Vec<f64>,
+    /// Recall at IoU 0.5 of the detections at or above each confidence point.
+    pub recall: Vec<f64>,
+    /// F1 of [`ClassCurve::precision`] and [`ClassCurve::recall`] at each confidence point.
+    pub f1: Vec<f64>,
+    /// The precision envelope at IoU 0.5, at each recall point.
+    pub pr: Vec<f64>,
+}
+
+impl Curves {
+    /// The mean over classes of the curve `which` picks, point by point (empty without
+    /// classes).
+    pub fn mean(&self, which: impl Fn(&ClassCurve) -> &[f64]) -> Vec<f64> {
+        let mut sum = vec![0.0; self.points.len()];
+        for class in &self.classes {
+            for (s, v) in sum.iter_mut().zip(which(class)) {
+                *s += v;
+            }
+        }
+        if self.classes.is_empty() {
+            return Vec::new();
+        }
+        let n = self.classes.len() as f64;
+        sum.into_iter().map(|s| s / n).collect()
+    }
+
+    /// [`Curves::mean`] smoothed with a centred box filter `fraction` of the points wide
+    /// (Ultralytics draws the all-classes confidence curves with 0.05).
+    pub fn smoothed_mean(&self, which: impl Fn(&ClassCurve) -> &[f64], fraction: f64) -> Vec<f64> {
+        box_filter(&self.mean(which), filter_width(self.points.len(), fraction))
+    }
 }
 
 /// Results of one class that has ground truth.
@@ -84,6 +139,8 @@ struct ClassCurves {
     ap: [f64; 10],
     precision: Vec<f64>,
     recall: Vec<f64>,
+    /// Precision envelope at IoU 0.5 sampled at the recall points.
+    pr: Vec<f64>,
 }
 
 pub(crate) fn evaluate(
@@ -145,7 +202,41 @@ pub(crate) fn evaluate(
         map75: mean(curves.iter().map(|c| c.ap[IOU_75])),
         classes,
         coco,
+        curves: Curves {
+            points: x,
+            classes: curves.into_iter().map(ClassCurve::from).collect(),
+        },
     }
+}
+
+impl From<ClassCurves> for ClassCurve {
+    fn from(c: ClassCurves) -> Self {
+        let f1 = c
+            .precision
+            .iter()
+            .zip(&c.recall)
+            .map(|(&p, &r)| f1(p, r))
+            .collect();
+        ClassCurve {
+            class: c.class,
+            ap50: c.ap[0],
+            precision: c.precision,
+            recall: c.recall,
+            f1,
+            pr: c.pr,
+        }
+    }
+}
+
+/// The harmonic mean of precision and recall, with Ultralytics' epsilon.
+fn f1(precision: f64, recall: f64) -> f64 {
+    2.0 * precision * recall / (precision + recall + EPS)
+}
+
+/// Ultralytics' box-filter width for `fraction` of `points`, `round(2 n f) / 2 + 1` (101 for
+/// 0.1 of 1000 points), made odd so that the window is centred.
+fn filter_width(points: usize, fraction: f64) -> usize {
+    ((points as f64 * fraction * 2.0).round() as usize / 2 + 1) | 1
 }
 
 /// `match_predictions` restricted to one class of one image (other classes have their IoU
@@ -200,6 +291,7 @@ fn class_curves(
         ap: [0.0; 10],
         precision: vec![0.0; x.len()],
         recall: vec![0.0; x.len()],
+        pr: vec![0.0; x.len()],
     };
     if preds.is_empty() {
         return curves;
@@ -226,14 +318,20 @@ fn class_curves(
                 curves.precision[i] = interp(-xi, &neg_conf, &precision, 1.0, last_p);
             }
         }
-        curves.ap[t] = average_precision(&recall, &precision);
+        let (mrec, mpre) = precision_envelope(&recall, &precision);
+        if t == 0 {
+            for (pr, &xi) in curves.pr.iter_mut().zip(x) {
+                *pr = interp(xi, &mrec, &mpre, mpre[0], 0.0);
+            }
+        }
+        curves.ap[t] = average_precision(&mrec, &mpre);
     }
     curves
 }
 
-/// `compute_ap` with method "interp": precision envelope, sampled at 101 recall points,
-/// integrated with the trapezoid rule. `recall` is non-empty.
-fn average_precision(recall: &[f64], precision: &[f64]) -> f64 {
+/// `compute_ap`'s envelope: recall with sentinels 0 and 1, and the running maximum of the
+/// precision from the right. `recall` is non-empty.
+fn precision_envelope(recall: &[f64], precision: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let last_recall = recall.last().copied().unwrap_or(1.0);
     let mut mrec = Vec::with_capacity(recall.len() + 3);
     mrec.push(0.0);
@@ -246,10 +344,16 @@ fn average_precision(recall: &[f64], precision: &[f64]) -> f64 {
     for i in (0..mpre.len() - 1).rev() {
         mpre[i] = mpre[i].max(mpre[i + 1]);
     }
+    (mrec, mpre)
+}
+
+/// `compute_ap` with method "interp": the envelope ([`precision_envelope`]) sampled at 101
+/// recall points, integrated with the trapezoid rule.
+fn average_precision(mrec: &[f64], mpre: &[f64]) -> f64 {
     let points = linspace(0.0, 1.0, 101);
     let sampled: Vec<f64> = points
         .iter()
-        .map(|&r| interp(r, &mrec, &mpre, mpre[0], 0.0))
+        .map(|&r| interp(r, mrec, mpre, mpre[0], 0.0))
         .collect();
     trapezoid(&sampled, &points)
 }
@@ -262,24 +366,16 @@ fn best_f1_index(curves: &[ClassCurves]) -> usize {
     let mut mean_f1 = vec![0.0; CURVE_POINTS];
     for c in curves {
         for (m, (&p, &r)) in mean_f1.iter_mut().zip(c.precision.iter().zip(&c.recall)) {
-            *m += 2.0 * p * r / (p + r + EPS);
+            *m += f1(p, r);
         }
     }
     let n = curves.len() as f64;
     mean_f1.iter_mut().for_each(|m| *m /= n);
-
-    // Pad with copies of the end values, then average each window.
-    let half = F1_SMOOTH_WIDTH / 2;
-    let mut padded = Vec::with_capacity(CURVE_POINTS + 2 * half);
-    padded.extend(std::iter::repeat_n(mean_f1[0], half));
-    padded.extend_from_slice(&mean_f1);
-    padded.extend(std::iter::repeat_n(mean_f1[CURVE_POINTS - 1], half));
-    let weight = 1.0 / F1_SMOOTH_WIDTH as f64;
+    let smoothed = box_filter(&mean_f1, filter_width(CURVE_POINTS, F1_SMOOTH_FRACTION));
     let mut best = (0, f64::NEG_INFINITY);
-    for (i, window) in padded.windows(F1_SMOOTH_WIDTH).enumerate() {
-        let smoothed: f64 = window.iter().map(|v| v * weight).sum();
-        if smoothed > best.1 {
-            best = (i, smoothed);
+    for (i, &value) in smoothed.iter().enumerate() {
+        if value > best.1 {
+            best = (i, value);
         }
     }
     best.0

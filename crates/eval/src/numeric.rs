@@ -42,6 +42,24 @@ pub(crate) fn trapezoid(y: &[f64], x: &[f64]) -> f64 {
         .sum()
 }
 
+/// A centred moving average `width` values wide (odd), the ends padded with copies of the
+/// end values, as Ultralytics' `smooth`; each window is summed as `v * (1 / width)`.
+pub(crate) fn box_filter(values: &[f64], width: usize) -> Vec<f64> {
+    let (Some(&first), Some(&last)) = (values.first(), values.last()) else {
+        return Vec::new();
+    };
+    let half = width / 2;
+    let mut padded = Vec::with_capacity(values.len() + 2 * half);
+    padded.extend(std::iter::repeat_n(first, half));
+    padded.extend_from_slice(values);
+    padded.extend(std::iter::repeat_n(last, half));
+    let weight = 1.0 / width as f64;
+    padded
+        .windows(2 * half + 1)
+        .map(|window| window.iter().map(|v| v * weight).sum())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +89,16 @@ mod tests {
         assert!((interp(0.75, &xp, &fp, 7.0, 9.0) - 0.3).abs() < 1e-15);
         assert_eq!(interp(1.0, &xp, &fp, 7.0, 9.0), 0.0);
         assert_eq!(interp(0.3, &[], &[], 7.0, 9.0), 7.0);
+    }
+
+    #[test]
+    fn box_filter_pads_with_end_values() {
+        let smoothed = box_filter(&[0.0, 3.0, 6.0, 9.0], 3);
+        assert_eq!(smoothed.len(), 4);
+        assert!((smoothed[0] - 1.0).abs() < 1e-12, "(0 + 0 + 3) / 3");
+        assert!((smoothed[1] - 3.0).abs() < 1e-12);
+        assert!((smoothed[3] - 8.0).abs() < 1e-12, "(6 + 9 + 9) / 3");
+        assert!(box_filter(&[], 3).is_empty());
     }
 
     #[test]

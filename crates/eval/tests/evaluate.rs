@@ -178,3 +178,36 @@ fn metrics_serialize() {
     assert_eq!(json["classes"][0]["truths"], 1);
     assert!(json["coco"]["map50_95"].is_number());
 }
+
+/// The curves kept for plots: the hand-checked case above, read back from them.
+#[test]
+fn curves_behind_the_numbers() {
+    let truths = [truth(0, 0, A), truth(0, 0, B), truth(1, 1, A)];
+    let preds = [pred(0, 0, 0.9, A), pred(0, 0, 0.8, A), pred(0, 0, 0.7, B)];
+    let m = evaluate(&preds, &truths, 2).unwrap();
+    let curves = &m.curves;
+    assert_eq!(curves.points.len(), 1000);
+    assert_eq!(curves.classes.len(), 2, "one per class with ground truth");
+    let class0 = &curves.classes[0];
+    assert!(close(class0.ap50, m.classes[0].ap50));
+    // Precision envelope against recall: 1 up to recall 1/2, 2/3 after it.
+    assert!(close(class0.pr[100], 1.0));
+    assert!(close(class0.pr[900], 2.0 / 3.0));
+    // Against confidence, interpolated between the detections' scores: between 0.9 and 0.8
+    // recall stays 1/2 and precision falls from 1 to 1/2; above 0.9 nothing is detected
+    // (recall 0, precision 1, Ultralytics' values left of the first score).
+    let at = |c: f64| (c * 999.0).round() as usize;
+    let (p, r) = (class0.precision[at(0.85)], class0.recall[at(0.85)]);
+    assert!(close(r, 0.5));
+    assert!(p > 0.7 && p < 0.8, "{p}");
+    assert!(close(class0.f1[at(0.85)], 2.0 * p * r / (p + r + 1e-16)));
+    assert_eq!(class0.recall[at(0.95)], 0.0);
+    assert_eq!(class0.precision[at(0.95)], 1.0);
+    // Class 1 has no detection: every curve is 0.
+    let class1 = &curves.classes[1];
+    assert!(class1.pr.iter().chain(&class1.f1).all(|&v| v == 0.0));
+    // All classes: the mean, and smoothing keeps the length.
+    let mean_pr = curves.mean(|c| &c.pr);
+    assert!(close(mean_pr[100], 0.5));
+    assert_eq!(curves.smoothed_mean(|c| &c.f1, 0.05).len(), 1000);
+}

@@ -259,6 +259,9 @@ hyp_fields! {
     ema: bool = true, "true or false";
     /// fusekit: what to do on a NaN / infinite loss.
     nan_policy: NanPolicy = NanPolicy::Rollback, "stop or rollback";
+    /// Write the run's plots: results.png each epoch, labels.jpg, train_batch0-2.jpg, and from
+    /// the last validation the curves, confusion matrices and val_batch0 pictures.
+    plots: bool = true, "true or false";
 }
 
 /// Ultralytics keys (8.4 `default.yaml` and a few older ones found in `args.yaml` files) that
@@ -301,7 +304,6 @@ const IGNORED_KEYS: &[&str] = &[
     "max_det",
     "quantize",
     "dnn",
-    "plots",
     "nms",
     "source",
     "vid_stride",

@@ -47,6 +47,7 @@ fn defaults_are_ultralytics() {
     assert_eq!((h.fusion, h.model_scale), (Fusion::Mid, ModelScale::N));
     assert!(h.ema);
     assert_eq!(h.nan_policy, NanPolicy::Rollback);
+    assert!(h.plots);
     h.validate().unwrap();
     assert_eq!(load("").unwrap(), h);
     assert_eq!(load("# nothing\n").unwrap(), h);
@@ -91,6 +92,7 @@ fn loads_a_full_file() {
         model_scale: ModelScale::S,
         ema: false,
         nan_policy: NanPolicy::Stop,
+        plots: false,
     };
     assert_eq!(h, expected);
     let ignored: Vec<(&str, u64)> = loaded

@@ -100,6 +100,10 @@ killed or stopped responding for --dist-timeout {timeout_seconds} s (its own out
     #[cfg(feature = "train")]
     #[error(transparent)]
     Weights(#[from] fusekit_detect::weights::WeightsError),
+    /// Plots could not be written.
+    #[cfg(feature = "train")]
+    #[error(transparent)]
+    Plot(#[from] fusekit_plots::PlotError),
     /// The data-parallel group could not be joined.
     #[cfg(feature = "train")]
     #[error("joining the data-parallel group ({backend})")]

@@ -190,6 +190,14 @@ pub struct Outcome {
     pub precision: String,
     /// `results.csv`.
     pub results: PathBuf,
+    /// The plots in the run folder (`results.png`, curves, confusion matrices, `labels.jpg`,
+    /// `train_batchN.jpg`, `val_batch0_labels.jpg`, `val_batch0_pred.jpg`); none with `plots`
+    /// off.
+    #[serde(default)]
+    pub plots: Vec<PathBuf>,
+    /// Seconds this process spent drawing plots.
+    #[serde(default)]
+    pub plot_seconds: f64,
     /// Weights files.
     pub weights: Weights,
     /// The validation cache, when there was one.
@@ -400,6 +408,25 @@ fn train_error(err: TrainError, run: &Path, timeout: Duration) -> StageError {
     }
 }
 
+/// The plot files present in `run_dir`, in a fixed order.
+fn plot_files(run_dir: &Path) -> Vec<PathBuf> {
+    let batches = (0..fusekit_plots::TRAIN_BATCH_PLOTS).map(fusekit_plots::train_batch_name);
+    let fixed = [fusekit_plots::RESULTS_PNG, fusekit_plots::LABELS_JPG]
+        .into_iter()
+        .chain(fusekit_plots::CURVE_PNGS)
+        .chain(fusekit_plots::CONFUSION_PNGS)
+        .chain([
+            fusekit_plots::VAL_BATCH_LABELS_JPG,
+            fusekit_plots::VAL_BATCH_PRED_JPG,
+        ])
+        .map(str::to_owned);
+    fixed
+        .chain(batches)
+        .map(|name| run_dir.join(name))
+        .filter(|path| path.is_file())
+        .collect()
+}
+
 fn outcome(params: &Params, options: &TrainOptions, summary: &TrainSummary, main: bool) -> Outcome {
     let files = RunFiles::new(&params.run_dir);
     Outcome {
@@ -417,6 +444,8 @@ fn outcome(params: &Params, options: &TrainOptions, summary: &TrainSummary, main
         data_wait: summary.data_wait,
         precision: summary.precision.to_string(),
         results: files.results,
+        plots: plot_files(&params.run_dir),
+        plot_seconds: summary.plot_seconds,
         weights: Weights {
             best: files.best,
             last: files.last,

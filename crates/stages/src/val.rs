@@ -1,13 +1,13 @@
 //! The val stage: precision, recall and mAP of weights on a cache.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fusekit_cache::Cache;
 use fusekit_detect::{DetectionLoss, NmsOptions, weights};
 use fusekit_eval::Metrics;
 use fusekit_loader::{Loader, LoaderOptions};
-use fusekit_train::{parse_device, validate};
+use fusekit_train::{Validation, parse_device, plot_validation, validate};
 use serde::Serialize;
 
 use crate::StageError;
@@ -26,6 +26,9 @@ pub struct Params {
     pub nms: NmsOptions,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// A folder (created if missing) for the PR / F1 / P / R curves and the confusion
+    /// matrices; `None` draws nothing.
+    pub plots: Option<PathBuf>,
 }
 
 /// What a validation measured.
@@ -39,6 +42,8 @@ pub struct Outcome {
     pub val_loss: [f64; 3],
     /// The model's class names, by id.
     pub names: Vec<String>,
+    /// The plots written (into [`Params::plots`]).
+    pub plots: Vec<PathBuf>,
 }
 
 /// Validates `params.weights` on `params.cache` (no augmentation, fixed order).
@@ -80,10 +85,21 @@ pub fn run(params: &Params) -> Result<Outcome, StageError> {
         weights: params.weights.clone(),
         source,
     })?;
+    let plots = match &params.plots {
+        Some(dir) => plot(&result, &config.names, dir)?,
+        None => Vec::new(),
+    };
     Ok(Outcome {
         images: result.images,
         metrics: result.metrics,
         val_loss: result.loss,
         names: config.names.clone(),
+        plots,
     })
+}
+
+/// Writes the plots of `result` into `dir` (created if missing); returns the files.
+fn plot(result: &Validation, names: &[String], dir: &Path) -> Result<Vec<PathBuf>, StageError> {
+    std::fs::create_dir_all(dir).map_err(StageError::io("creating", dir))?;
+    Ok(plot_validation(result, names, dir)?)
 }

@@ -12,6 +12,7 @@ mod ema;
 mod feed;
 mod guard;
 mod optim;
+mod plots;
 mod precision;
 mod results;
 mod step;
@@ -24,13 +25,14 @@ pub use device::{CudaDevice, DeviceError, RuntimeInfo, parse_device, parse_devic
 pub use ema::Ema;
 pub use feed::{BatchTensors, batch_tensors};
 pub use optim::{Optimizer, StepSettings, param_group};
+pub use plots::plot_validation;
 pub use precision::{Autocast, Precision, PrecisionError};
 pub use results::{EpochRecord, RESULTS_HEADER, append_results, truncate_results};
 pub use trainer::{
     Event, Faults, MAX_GRAD_NORM, PoisonedBatch, RunFiles, SimulatedOom, TrainOptions,
     TrainSummary, train,
 };
-pub use validate::{Validation, validate};
+pub use validate::{FirstBatch, Validation, validate};
 
 /// Why training stopped with an error.
 #[derive(Debug, thiserror::Error)]

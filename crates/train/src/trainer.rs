@@ -23,6 +23,7 @@ use crate::ema::Ema;
 use crate::feed::batch_tensors;
 use crate::guard::{DeviceFailure, QuietDeviceFailures, catch_device_failure};
 use crate::optim::{Optimizer, StepSettings};
+use crate::plots::Plots;
 use crate::precision::Precision;
 use crate::results::{self, EpochRecord, append_results, truncate_results};
 use crate::step::{LossScaler, MicroBatchFailure, MicroBatches, any_rank};
@@ -166,6 +167,8 @@ pub struct TrainSummary {
     pub optimizer_steps: u64,
     /// The arithmetic of the forward passes (`--amp` on this device).
     pub precision: Precision,
+    /// Seconds spent drawing plots (0 with `plots` off).
+    pub plot_seconds: f64,
 }
 
 /// Where a run's files are.
@@ -338,6 +341,7 @@ struct Trainer<'a> {
     trained_images: usize,
     train_seconds: f64,
     data_wait: Duration,
+    plots: Plots,
 }
 
 impl<'a> Trainer<'a> {
@@ -475,6 +479,7 @@ impl<'a> Trainer<'a> {
             trained_images: 0,
             train_seconds: 0.0,
             data_wait: Duration::ZERO,
+            plots: Plots::new(main && hyp.plots, &options.run_dir),
         })
     }
 
@@ -486,6 +491,7 @@ impl<'a> Trainer<'a> {
         let mut epoch = start_epoch;
         let mut last_record = None;
         let mut best_record = None;
+        let mut last_validation = None;
         let mut stopped_early = false;
         while epoch < hyp.epochs {
             self.begin_epoch(epoch, start_epoch, observer);
@@ -496,12 +502,18 @@ impl<'a> Trainer<'a> {
                     continue;
                 }
             };
-            let record = self.validate_epoch(epoch, train_loss, previous_seconds)?;
+            let (record, validation) = self.validate_epoch(epoch, train_loss, previous_seconds)?;
             if self.save_epoch(&record, previous_seconds)? {
                 best_record = Some(record.clone());
             }
             observer(Event::Epoch(&record));
+            self.plots.results(&self.files.results, observer);
+            if record.epoch == 1 {
+                self.plots
+                    .labels(&self.train_cache, self.loader.len(), observer);
+            }
             last_record = Some(record);
+            last_validation = validation.or(last_validation);
             epoch += 1;
             let best = self.state.best_epoch;
             if hyp.patience > 0 && epoch - best >= hyp.patience && epoch < hyp.epochs {
@@ -516,6 +528,10 @@ impl<'a> Trainer<'a> {
         if best_record.is_none() && self.state.best_epoch > 0 && self.main {
             best_record = results::read_record(&self.files.results, self.state.best_epoch);
         }
+        if let Some(validation) = &last_validation {
+            self.plots
+                .validation(validation, &self.config.names, observer);
+        }
         let train_seconds = self.train_seconds.max(1e-9);
         Ok(TrainSummary {
             epochs: self.state.epochs_done,
@@ -528,6 +544,7 @@ impl<'a> Trainer<'a> {
             data_wait: self.data_wait.as_secs_f64() / train_seconds,
             optimizer_steps: self.optimizer.steps(),
             precision: self.precision,
+            plot_seconds: self.plots.seconds(),
         })
     }
 
@@ -583,6 +600,10 @@ impl<'a> Trainer<'a> {
             // Loader batches in this step's window, this one included (Ultralytics' rule
             // `ni - last_opt_step >= accumulate`, counted from the epoch's start).
             let window = last_step.map_or(i + 1, |s| i - s);
+            if epoch == 0 {
+                self.plots
+                    .train_batch(i, &batch, &self.config.names, observer);
+            }
             let Some(parts) = self.backward(&batch, epoch, i, window, observer)? else {
                 let meta = self.train_cache.meta();
                 let samples = batch
@@ -760,13 +781,14 @@ starts over, the step's earlier batches are kept)",
     }
 
     /// The epoch's record: rank 0's validation (of the EMA model when `ema` is on), shared
-    /// with every rank so that all agree on the best epoch and early stopping.
+    /// with every rank so that all agree on the best epoch and early stopping; and the
+    /// validation itself where it ran (rank 0 with a validation cache).
     fn validate_epoch(
         &self,
         epoch: u32,
         train_loss: [f64; 3],
         previous_seconds: f64,
-    ) -> Result<EpochRecord, TrainError> {
+    ) -> Result<(EpochRecord, Option<Validation>), TrainError> {
         self.phase.set(Phase::Validating);
         let validation = match &self.val_loader {
             Some(val) => {
@@ -779,34 +801,41 @@ starts over, the step's earlier batches are kept)",
                 } else {
                     &self.model
                 };
-                validate(eval_model, val, self.options.device, &self.loss, &nms)?
+                Some(validate(
+                    eval_model,
+                    val,
+                    self.options.device,
+                    &self.loss,
+                    &nms,
+                )?)
             }
-            None => Validation {
-                metrics: fusekit_eval::evaluate(&[], &[], self.config.names.len())
-                    .map_err(|e| TrainError::Numeric(e.to_string()))?,
-                loss: [0.0; 3],
-                images: 0,
-            },
+            // Without validation every number is 0.
+            None => None,
         };
+        let [precision, recall, map50, map50_95] = validation.as_ref().map_or([0.0; 4], |v| {
+            let m = &v.metrics;
+            [m.precision, m.recall, m.map50, m.map50_95]
+        });
         let record = EpochRecord {
             epoch: epoch + 1,
             time: previous_seconds + self.started.elapsed().as_secs_f64(),
             train_loss,
-            precision: validation.metrics.precision,
-            recall: validation.metrics.recall,
-            map50: validation.metrics.map50,
-            map50_95: validation.metrics.map50_95,
-            val_loss: validation.loss,
+            precision,
+            recall,
+            map50,
+            map50_95,
+            val_loss: validation.as_ref().map_or([0.0; 3], |v| v.loss),
             lr: self
                 .schedule
                 .epoch_end(epoch)
                 .lr
                 .map(|lr| lr * self.state.lr_factor),
         };
-        match self.options.group.as_deref() {
-            Some(g) => share_record(g, record),
-            None => Ok(record),
-        }
+        let record = match self.options.group.as_deref() {
+            Some(g) => share_record(g, record)?,
+            None => record,
+        };
+        Ok((record, validation))
     }
 
     /// Writes `last` (and `best` when this epoch is the best so far: returns whether it is),

@@ -1,8 +1,9 @@
 //! Validation: losses, NMS and mAP of a model over a cache.
 
-use fusekit_detect::{DetectionLoss, Detector, NmsOptions, non_max_suppression};
-use fusekit_eval::{Metrics, Prediction, Truth, evaluate};
-use fusekit_loader::Loader;
+use fusekit_detect::{Detection, DetectionLoss, Detector, NmsOptions, non_max_suppression};
+use fusekit_eval::{ConfusionMatrix, Metrics, Prediction, Truth, evaluate};
+use fusekit_loader::{Batch, Loader};
+use fusekit_plots::{LabelBox, MAX_TILES, PICTURE_CONF};
 use tch::{Device, Kind};
 
 use crate::TrainError;
@@ -11,12 +12,86 @@ use crate::feed::batch_tensors;
 /// What one validation pass measured.
 #[derive(Debug, Clone)]
 pub struct Validation {
-    /// Precision, recall and mAP as Ultralytics reports them (plus COCO's numbers).
+    /// Precision, recall and mAP as Ultralytics reports them (plus COCO's numbers and the
+    /// curves).
     pub metrics: Metrics,
+    /// Predicted against true classes, as Ultralytics' validation counts them.
+    pub confusion: ConfusionMatrix,
     /// Box, class and DFL losses, mean over batches.
     pub loss: [f64; 3],
     /// Images evaluated.
     pub images: usize,
+    /// The first images of the first batch, for pictures; `None` for an empty cache.
+    pub first_batch: Option<FirstBatch>,
+}
+
+/// The first images of a validation batch (at most [`MAX_TILES`]) with their ground truth and
+/// their predictions above [`PICTURE_CONF`], boxes normalised to the square image.
+#[derive(Debug, Clone)]
+pub struct FirstBatch {
+    /// Side of the square images.
+    pub imgsz: usize,
+    /// Planes per image (3 RGB + IR).
+    pub planes: usize,
+    /// The pixels, channel first.
+    pub images: Vec<u8>,
+    /// Ground-truth boxes.
+    pub truths: Vec<LabelBox>,
+    /// Predicted boxes, with scores.
+    pub predictions: Vec<LabelBox>,
+}
+
+impl FirstBatch {
+    /// The first images of `batch` and their `detections` (pixel corners in the batch's
+    /// square images).
+    fn of(batch: &Batch, detections: &[Vec<Detection>]) -> Self {
+        let shown = batch.len().min(MAX_TILES);
+        let bytes = shown * batch.planes * batch.imgsz * batch.imgsz;
+        let size = batch.imgsz as f32;
+        let truths = batch
+            .boxes
+            .iter()
+            .filter(|b| (b.image as usize) < shown)
+            .map(|b| LabelBox {
+                image: b.image as usize,
+                class: b.class,
+                x: b.x,
+                y: b.y,
+                w: b.w,
+                h: b.h,
+                score: None,
+            })
+            .collect();
+        let predictions = detections
+            .iter()
+            .take(shown)
+            .enumerate()
+            .flat_map(|(image, found)| {
+                found
+                    .iter()
+                    .filter(|d| d.score > PICTURE_CONF)
+                    .map(move |d| {
+                        let [x1, y1, x2, y2] = d.bbox;
+                        LabelBox {
+                            image,
+                            class: d.class,
+                            x: (x1 + x2) / 2.0 / size,
+                            y: (y1 + y2) / 2.0 / size,
+                            w: (x2 - x1) / size,
+                            h: (y2 - y1) / size,
+                            score: Some(d.score),
+                        }
+                    })
+            })
+            .collect();
+        FirstBatch {
+            imgsz: batch.imgsz,
+            planes: batch.planes,
+            images: batch.images[..bytes].to_vec(),
+            truths,
+            predictions,
+        }
+    }
 }
 
 /// Validates `model` in eval mode on every batch of `loader` (no augmentation, fixed order)
@@ -34,6 +109,7 @@ pub fn validate(
     let mut loss_sum = [0.0; 3];
     let mut batches = 0usize;
     let mut images = 0usize;
+    let mut first_batch = None;
     for batch in loader.epoch(0) {
         let batch = batch?;
         let tensors = batch_tensors(&batch, device);
@@ -50,6 +126,9 @@ pub fn validate(
             *sum += part;
         }
         batches += 1;
+        if first_batch.is_none() {
+            first_batch = Some(FirstBatch::of(&batch, &detections));
+        }
         for (i, image_detections) in detections.iter().enumerate() {
             predictions.extend(image_detections.iter().map(|d| Prediction {
                 image: images + i,
@@ -70,8 +149,9 @@ pub fn validate(
         }));
         images += batch.len();
     }
-    let metrics = evaluate(&predictions, &truths, num_classes)
-        .map_err(|e| TrainError::Numeric(format!("validation: {e}")))?;
+    let invalid = |e: fusekit_eval::EvalError| TrainError::Numeric(format!("validation: {e}"));
+    let metrics = evaluate(&predictions, &truths, num_classes).map_err(invalid)?;
+    let confusion = ConfusionMatrix::new(&predictions, &truths, num_classes).map_err(invalid)?;
     let mean = |s: f64| {
         if batches == 0 {
             0.0
@@ -81,7 +161,9 @@ pub fn validate(
     };
     Ok(Validation {
         metrics,
+        confusion,
         loss: loss_sum.map(mean),
         images,
+        first_batch,
     })
 }
