@@ -1,6 +1,7 @@
-//! `cargo bench -p fusekit --bench startup`: how long `fusekit rules` takes from exec to exit,
-//! against the same command in `fusekit-torch` (which loads libtorch) and against starting
-//! `true` (the process floor), each the median of 30 runs in this one run.
+//! `cargo bench -p fusekit --bench startup`: how long `fusekit rules` and `fusekit lint --help`
+//! take from exec to exit, against the same commands in `fusekit-torch` (which loads libtorch,
+//! as every command of the default build did before the split) and against starting `true`,
+//! each the median of 30 runs in this one run.
 //!
 //! `fusekit` runs the dataset commands without loading libtorch; the goal is under 20 ms.
 
@@ -34,19 +35,22 @@ fn main() {
     let fusekit = Path::new(env!("CARGO_BIN_EXE_fusekit"));
     let torch = Path::new(env!("CARGO_BIN_EXE_fusekit-torch"));
     let floor = median(Path::new("true"), &[]);
-    let rules = median(fusekit, &["rules"]);
-    let torch_rules = median(torch, &["rules"]);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("startup, median of {RUNS} runs");
-    println!("  true (process floor)      {:8.2} ms", ms(floor));
-    println!(
-        "  fusekit rules             {:8.2} ms  ({:.1}x the floor; goal < 20 ms)",
-        ms(rules),
-        ms(rules) / ms(floor)
-    );
-    println!(
-        "  fusekit-torch rules       {:8.2} ms  ({:.1}x fusekit: loading libtorch)",
-        ms(torch_rules),
-        ms(torch_rules) / ms(rules)
-    );
+    println!("  true                          {:8.2} ms", ms(floor));
+    for args in [&["rules"][..], &["lint", "--help"][..]] {
+        let command = args.join(" ");
+        let light = median(fusekit, args);
+        let heavy = median(torch, args);
+        println!(
+            "  fusekit {command:<22}{:8.2} ms  ({:.1}x true; goal < 20 ms)",
+            ms(light),
+            ms(light) / ms(floor)
+        );
+        println!(
+            "  fusekit-torch {command:<16}{:8.2} ms  ({:.0}x fusekit: loading libtorch)",
+            ms(heavy),
+            ms(heavy) / ms(light)
+        );
+    }
 }

@@ -30,10 +30,16 @@ pub fn emit() {
     }
 }
 
-/// As [`emit`], but for the binaries named, the tests and the benches only: the package's
-/// other binaries get no libtorch dependency they do not reference (`fusekit` itself).
+/// As [`emit`], except that the forced `libtorch_cuda` dependency goes to the binaries named,
+/// the tests and the benches only: the package's other binaries (`fusekit` itself) get no
+/// libtorch dependency they do not reference. The run path, which loads nothing by itself,
+/// goes to every target (the library's unit tests need it).
 pub fn emit_for_bins(bins: &[&str]) {
     for arg in current_link_args() {
+        if arg != CUDA_ARG {
+            println!("cargo:rustc-link-arg={arg}");
+            continue;
+        }
         for bin in bins {
             println!("cargo:rustc-link-arg-bin={bin}={arg}");
         }
@@ -41,6 +47,9 @@ pub fn emit_for_bins(bins: &[&str]) {
         println!("cargo:rustc-link-arg-benches={arg}");
     }
 }
+
+/// Keeps `libtorch_cuda` as a dependency although no symbol of it is referenced.
+const CUDA_ARG: &str = "-Wl,--no-as-needed,-ltorch_cuda,--as-needed";
 
 /// [`link_args`] for the libtorch torch-sys built against, as the environment asks.
 fn current_link_args() -> Vec<String> {
@@ -70,7 +79,7 @@ pub fn link_args(lib_dir: &Path, runpath: bool) -> Vec<String> {
         vec!["-Wl,--allow-shlib-undefined".to_owned()]
     };
     if lib_dir.join("libtorch_cuda.so").exists() {
-        args.push("-Wl,--no-as-needed,-ltorch_cuda,--as-needed".to_owned());
+        args.push(CUDA_ARG.to_owned());
     }
     args
 }
