@@ -446,7 +446,7 @@ impl Context<'_> {
                         Code::IMG009,
                         format!(
                             "image would be cached with {levels} grey levels (ir_norm {norm}: {}): the IR stream sees a nearly flat image; {}",
-                            norm.describe(info.bits),
+                            norm.describe(info.bits.min(16)),
                             if info.bits > 8 {
                                 "use ir_norm auto, minmax or fixed:LO,HI"
                             } else {
@@ -606,7 +606,8 @@ impl Context<'_> {
                 "{} of {probed} IR images have {bits}-bit samples (first: {}); ir_norm {norm} maps them to 8 bits: {} (set `ir_norm:` in the data yaml or --ir-norm)",
                 deep.len(),
                 self.rel(first),
-                norm.describe(bits)
+                // Floating-point samples are read as 16-bit ones.
+                norm.describe(bits.min(16))
             ),
         )]
     }
