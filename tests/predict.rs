@@ -12,6 +12,17 @@ const SIZE: u32 = 64;
 /// Adam steps that overfit the single pair of the source-size test.
 const STEPS: usize = 100;
 
+/// libtorch's random generator is global: tests that seed it and initialise a model hold this
+/// from the seed to the initialisation, so that a model built by a test running alongside
+/// draws nothing in between.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Boxes per image as (class, x0, y0, x1, y1) pixels: class 0 red squares, class 1 green
 /// rectangles (4:3). One object per image: with several, which object a from-scratch model
 /// learns first in a few hundred steps depends on the initialisation (Ultralytics behaves
@@ -84,6 +95,7 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
     // One libtorch thread: tests share few cores, and OpenMP threads waiting for a time
     // slice make every operation slow.
     tch::set_num_threads(1);
+    let rng = torch_rng();
     tch::manual_seed(0);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -97,6 +109,7 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
         ir_channels: 1,
     };
     let model = Detector::new(&vs.root(), config.clone());
+    drop(rng);
     let mut optimizer = nn::Adam::default().build(&vs, 1e-3).unwrap();
     let loss = DetectionLoss::default();
     let mut last = [f64::NAN; 3];
@@ -181,6 +194,7 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
     use fusekit_cache::{BuildInput, BuildOptions, Cache, IrChannels, MapMode, build};
     use fusekit_loader::{Loader, LoaderOptions};
     tch::set_num_threads(1);
+    let rng = torch_rng();
     tch::manual_seed(0);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -261,6 +275,7 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
         ir_channels: 1,
     };
     let model = Detector::new(&vs.root(), config.clone());
+    drop(rng);
     let mut optimizer = nn::Adam::default().build(&vs, 2e-3).unwrap();
     let loss = DetectionLoss::default();
     for _ in 0..STEPS {
@@ -362,7 +377,9 @@ fn predict_reports_bad_weights_and_missing_images() {
         names: vec!["person".into()],
         ir_channels: 1,
     };
+    let rng = torch_rng();
     let _ = Detector::new(&vs.root(), config.clone());
+    drop(rng);
     let good = dir.path().join("w.safetensors");
     weights::save(&vs, &config, &good).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
@@ -410,7 +427,6 @@ fn predict_normalises_16_bit_ir_as_the_cache_does() {
         .save(root.join("ir8.png"))
         .unwrap();
 
-    tch::manual_seed(0);
     let vs = VarStore::new(Device::Cpu);
     let config = ModelConfig {
         scale: ModelScale::N,
@@ -418,7 +434,9 @@ fn predict_normalises_16_bit_ir_as_the_cache_does() {
         names: vec!["person".into()],
         ir_channels: 1,
     };
+    let rng = torch_rng();
     let _ = Detector::new(&vs.root(), config.clone());
+    drop(rng);
     let path = root.join("w.safetensors");
     weights::save(&vs, &config, &path).unwrap();
     // The detections and the picture of the stored pair the network was given.
