@@ -205,13 +205,20 @@ fn remap<T: Copy + Into<u32>>(samples: &[T], bits: u8, norm: IrNorm) -> Vec<u8> 
 }
 
 /// Distinct values of a grey or colour 8-bit image's luma: the grey levels its cached IR plane
-/// uses.
+/// uses (for colour images, up to a level of rounding).
 pub fn grey_levels(image: &DynamicImage) -> usize {
     let mut seen = [false; 256];
     match image {
         DynamicImage::ImageLuma8(luma) => {
             luma.as_raw().iter().for_each(|&v| seen[v as usize] = true)
         }
+        // Rec. 709 luma, as the image crate weighs it (up to its rounding), without allocating
+        // a converted image.
+        DynamicImage::ImageRgb8(rgb) => rgb.as_raw().chunks_exact(3).for_each(|p| {
+            let luma =
+                (2126 * u32::from(p[0]) + 7152 * u32::from(p[1]) + 722 * u32::from(p[2])) / 10_000;
+            seen[luma as usize] = true;
+        }),
         other => other
             .to_luma8()
             .as_raw()
@@ -302,6 +309,21 @@ mod tests {
         );
         let fixed = IrNorm::Fixed { lo: 101, hi: 102 };
         assert_eq!(samples(&normalise_ir(grey, fixed)), [0, 0, 255, 255]);
+    }
+
+    #[test]
+    fn grey_levels_of_colour_images_count_their_luma() {
+        // Grey content in three channels (LLVIP's IR JPEGs): exactly its grey values.
+        let grey = GrayImage::from_fn(64, 4, |x, _| Luma([(x * 3) as u8]));
+        let as_rgb = DynamicImage::ImageRgb8(DynamicImage::ImageLuma8(grey.clone()).to_rgb8());
+        assert_eq!(grey_levels(&as_rgb), 64);
+        assert_eq!(grey_levels(&DynamicImage::ImageLuma8(grey)), 64);
+        // Colour: the image crate's luma, up to its rounding.
+        let rgb = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 64, |x, y| {
+            Rgb([(x * 4) as u8, (y * 4) as u8, ((x * y) % 256) as u8])
+        }));
+        let luma = DynamicImage::ImageLuma8(rgb.to_luma8());
+        assert!(grey_levels(&rgb).abs_diff(grey_levels(&luma)) <= 2);
     }
 
     #[test]
