@@ -74,7 +74,7 @@ fn findings_exit_1_and_json_lists_every_code() {
     let report = json(&output);
     assert_eq!(report["version"], 1);
     let by_code = report["summary"]["by_code"].as_object().unwrap();
-    assert_eq!(by_code.len(), 29, "{by_code:?}");
+    assert_eq!(by_code.len(), 30, "{by_code:?}");
     let finding = report["findings"]
         .as_array()
         .unwrap()
@@ -267,7 +267,7 @@ fn bare_folder_with_names_flag_and_limit() {
 fn rules_lists_every_code() {
     let output = fusekit(&["rules", "--format", "json"], Path::new("."));
     let rules = json(&output);
-    assert_eq!(rules.as_array().unwrap().len(), 30);
+    assert_eq!(rules.as_array().unwrap().len(), 33);
     assert!(stdout(&fusekit(&["rules"], Path::new("."))).contains("LBL012   warning  polygon row"));
 }
 
@@ -538,6 +538,95 @@ fn cache_build_inspect_verify_show_and_skip_when_current() {
         "{}",
         stdout(&verify)
     );
+}
+
+#[test]
+fn sixteen_bit_tiff_ir_is_linted_and_cached_by_ir_norm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(
+        dir.path(),
+        &[
+            "--ir-bits",
+            "16",
+            "--ir-format",
+            "tiff",
+            "--ir-channels",
+            "1",
+        ],
+    );
+    assert!(data.join("imagesIR/010001.tif").is_file());
+    let lint = |extra: &[&str]| {
+        let mut args = vec!["lint", data.to_str().unwrap(), "--format", "json"];
+        args.extend_from_slice(extra);
+        let output = fusekit(&args, dir.path());
+        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+        json(&output)
+    };
+    let report = lint(&[]);
+    assert_eq!(
+        report["summary"]["by_code"],
+        serde_json::json!({"IMG008": 1})
+    );
+    let message = report["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("40 of 40 IR images have 16-bit samples"),
+        "{message}"
+    );
+
+    let out = dir.path().join("cache");
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "cache",
+            "build",
+            data.to_str().unwrap(),
+            "--imgsz",
+            "96",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        fusekit(&args, dir.path())
+    };
+    let inspect = || {
+        json(&fusekit(
+            &[
+                "cache",
+                "inspect",
+                out.join("train.fkc").to_str().unwrap(),
+                "--format",
+                "json",
+            ],
+            dir.path(),
+        ))
+    };
+    let flat = build(&["--ir-norm", "none"]);
+    assert!(flat.status.success(), "{}", stderr(&flat));
+    assert!(
+        stdout(&flat).contains("(ir_norm none)"),
+        "{}",
+        stdout(&flat)
+    );
+    assert_eq!(inspect()["ir_norm"], "none");
+    // Another mode is another fingerprint: the cache is rebuilt, not kept.
+    let stretched = build(&["--ir-norm", "fixed:27500,29000"]);
+    assert!(
+        !stdout(&stretched).contains("up to date"),
+        "{}",
+        stdout(&stretched)
+    );
+    assert_eq!(inspect()["ir_norm"], "fixed:27500,29000");
+    let bad = build(&["--ir-norm", "fixed:9,2"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("fixed:LO,HI"), "{}", stderr(&bad));
+
+    // The data yaml's ir_norm: none, seen by lint at full decode as nearly flat planes.
+    let yaml = data.join("data.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, format!("{text}ir_norm: none\n")).unwrap();
+    let report = lint(&["--decode", "full"]);
+    assert_eq!(report["summary"]["by_code"]["IMG009"], 40, "{report}");
+    assert_eq!(build(&[]).status.code(), Some(0));
+    assert_eq!(inspect()["ir_norm"], "none");
 }
 
 #[test]

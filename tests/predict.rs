@@ -12,6 +12,17 @@ const SIZE: u32 = 64;
 /// Adam steps that overfit the single pair of the source-size test.
 const STEPS: usize = 100;
 
+/// libtorch's random generator is global: tests that seed it and initialise a model hold this
+/// from the seed to the initialisation, so that a model built by a test running alongside
+/// draws nothing in between.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Boxes per image as (class, x0, y0, x1, y1) pixels: class 0 red squares, class 1 green
 /// rectangles (4:3). One object per image: with several, which object a from-scratch model
 /// learns first in a few hundred steps depends on the initialisation (Ultralytics behaves
@@ -84,6 +95,7 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
     // One libtorch thread: tests share few cores, and OpenMP threads waiting for a time
     // slice make every operation slow.
     tch::set_num_threads(1);
+    let rng = torch_rng();
     tch::manual_seed(0);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -97,6 +109,7 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
         ir_channels: 1,
     };
     let model = Detector::new(&vs.root(), config.clone());
+    drop(rng);
     let mut optimizer = nn::Adam::default().build(&vs, 1e-3).unwrap();
     let loss = DetectionLoss::default();
     let mut last = [f64::NAN; 3];
@@ -181,6 +194,7 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
     use fusekit_cache::{BuildInput, BuildOptions, Cache, IrChannels, MapMode, build};
     use fusekit_loader::{Loader, LoaderOptions};
     tch::set_num_threads(1);
+    let rng = torch_rng();
     tch::manual_seed(0);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -261,6 +275,7 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
         ir_channels: 1,
     };
     let model = Detector::new(&vs.root(), config.clone());
+    drop(rng);
     let mut optimizer = nn::Adam::default().build(&vs, 2e-3).unwrap();
     let loss = DetectionLoss::default();
     for _ in 0..STEPS {
@@ -362,7 +377,9 @@ fn predict_reports_bad_weights_and_missing_images() {
         names: vec!["person".into()],
         ir_channels: 1,
     };
+    let rng = torch_rng();
     let _ = Detector::new(&vs.root(), config.clone());
+    drop(rng);
     let good = dir.path().join("w.safetensors");
     weights::save(&vs, &config, &good).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
@@ -375,4 +392,82 @@ fn predict_reports_bad_weights_and_missing_images() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("missing.png"), "{stderr}");
+}
+
+/// `predict --ir-norm` maps 16-bit IR exactly as the cache builder does: a pair with 16-bit IR
+/// predicted with `--ir-norm minmax` is fed to the network (and drawn in its picture) exactly
+/// as the same pair whose IR was mapped to 8 bits beforehand by `normalise_ir`, and
+/// `--ir-norm none` is not.
+#[test]
+fn predict_normalises_16_bit_ir_as_the_cache_does() {
+    use fusekit_dataset::{IrNorm, normalise_ir};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let inside = |x: u32, y: u32| (16..40).contains(&x) && (20..44).contains(&y);
+    RgbImage::from_fn(SIZE, SIZE, |x, y| {
+        image::Rgb(if inside(x, y) {
+            [90, 80, 70]
+        } else {
+            [20, 30, 40]
+        })
+    })
+    .save(root.join("rgb.png"))
+    .unwrap();
+    // Raw counts: a warm square 600 counts above a background near 28,000.
+    let counts = image::ImageBuffer::from_fn(SIZE, SIZE, |x, y| {
+        image::Luma([if inside(x, y) {
+            28_600
+        } else {
+            28_000 + (x + y) as u16
+        }])
+    });
+    let counts = image::DynamicImage::ImageLuma16(counts);
+    counts.save(root.join("ir16.png")).unwrap();
+    normalise_ir(counts, IrNorm::MinMax)
+        .save(root.join("ir8.png"))
+        .unwrap();
+
+    let vs = VarStore::new(Device::Cpu);
+    let config = ModelConfig {
+        scale: ModelScale::N,
+        fusion: Fusion::Mid,
+        names: vec!["person".into()],
+        ir_channels: 1,
+    };
+    let rng = torch_rng();
+    let _ = Detector::new(&vs.root(), config.clone());
+    drop(rng);
+    let path = root.join("w.safetensors");
+    weights::save(&vs, &config, &path).unwrap();
+    // The detections and the picture of the stored pair the network was given.
+    let predict = |ir: &str, extra: &[&str]| {
+        let out = root.join(format!("out-{ir}-{}", extra.join("-")));
+        let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+            .args(["predict", "--weights"])
+            .arg(&path)
+            .args([
+                "rgb.png", ir, "--imgsz", "64", "--device", "cpu", "--format", "json",
+            ])
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .env("OMP_NUM_THREADS", "1")
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let record: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let picture = std::fs::read(out.join("00000_rgb.jpg")).unwrap();
+        (record["detections"].clone(), picture)
+    };
+    let mapped_first = predict("ir8.png", &[]);
+    assert_eq!(predict("ir16.png", &["--ir-norm", "minmax"]), mapped_first);
+    assert_ne!(
+        predict("ir16.png", &["--ir-norm", "none"]).1,
+        mapped_first.1
+    );
 }

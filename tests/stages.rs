@@ -313,6 +313,7 @@ fn train_val_and_predict_run_from_their_params() {
             weights: trained.weights.best,
             source: predict::Source::Dataset(data),
             imgsz: imgsz(64),
+            ir_norm: None,
             nms: fusekit_detect::NmsOptions::predict(),
             out: dir.path().join("predict"),
             device: "cpu".into(),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use fusekit_cache::{Cache, IrChannels, MapMode};
+use fusekit_dataset::IrNorm;
 use fusekit_hyp::Imgsz;
 use fusekit_stages::cache::{Params, Settings};
 use fusekit_stages::draw;
@@ -78,6 +79,12 @@ pub struct BuildArgs {
     /// IR planes: `1` when the IR images are grey (detected by `auto`), else `3`.
     #[arg(long, default_value = "auto")]
     ir_channels: IrChannels,
+    /// How IR samples become 8-bit planes: auto (8-bit kept, 16-bit stretched per image from
+    /// the 1st to the 99th percentile), minmax, fixed:LO,HI (one mapping for every image, in
+    /// raw counts), none (16-bit shifted to 8 bits). Default: the data yaml's `ir_norm:`, else
+    /// auto.
+    #[arg(long, value_name = "MODE")]
+    ir_norm: Option<IrNorm>,
     /// Output folder (default: cache/<dataset folder>-<imgsz>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -117,6 +124,7 @@ impl BuildArgs {
             settings: Settings {
                 mode: self.mode,
                 ir_channels: self.ir_channels,
+                ir_norm: self.ir_norm,
             },
         })
     }
@@ -187,6 +195,7 @@ fn inspect(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
         "bytes_per_sample": bytes as f64 / cache.len().max(1) as f64,
         "imgsz": meta.imgsz,
         "planes": {"rgb": 3, "ir": meta.ir_channels},
+        "ir_norm": meta.ir_norm,
         "mode": meta.mode,
         "split": meta.split,
         "fingerprint": meta.fingerprint,
@@ -212,8 +221,8 @@ fn inspect(path: &Path, format: Format) -> anyhow::Result<ExitCode> {
                 bytes as f64 / 1e6 / cache.len().max(1) as f64
             );
             println!(
-                "  imgsz {} (long side), planes: 3 RGB + {} IR, u8, mode {}",
-                meta.imgsz, meta.ir_channels, meta.mode
+                "  imgsz {} (long side), planes: 3 RGB + {} IR (ir_norm {}), u8, mode {}",
+                meta.imgsz, meta.ir_channels, meta.ir_norm, meta.mode
             );
             println!(
                 "  fingerprint {}; {} pairs left out at build",

@@ -32,6 +32,11 @@ pub struct PredictArgs {
     /// Network input size (long side), a multiple of 32.
     #[arg(long, default_value_t = Imgsz::DEFAULT)]
     imgsz: Imgsz,
+    /// How IR samples become 8 bits, as the training cache was built (`fusekit cache inspect`
+    /// shows it): auto, minmax, fixed:LO,HI or none. Default: the --source data yaml's
+    /// `ir_norm:`, else auto.
+    #[arg(long, value_name = "MODE")]
+    ir_norm: Option<fusekit_dataset::IrNorm>,
     /// Minimum confidence of a detection.
     #[arg(long, default_value_t = 0.25)]
     conf: f32,
@@ -70,6 +75,7 @@ impl PredictArgs {
             weights: self.weights.clone(),
             source,
             imgsz: self.imgsz,
+            ir_norm: self.ir_norm,
             nms: NmsOptions {
                 conf: self.conf,
                 iou: self.iou,

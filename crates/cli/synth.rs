@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fusekit_synth::{Defect, SynthOptions, generate};
+use fusekit_synth::{Defect, FileFormat, SynthOptions, generate};
 
 use crate::progress;
 
@@ -30,9 +30,17 @@ pub struct SynthArgs {
     /// Class names, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "person")]
     names: Vec<String>,
-    /// Channels of the IR JPEGs: 3 (grey content, as LLVIP) or 1.
+    /// Channels of the IR images: 3 (grey content, as LLVIP) or 1.
     #[arg(long, default_value_t = 3)]
     ir_channels: u8,
+    /// Bits per IR sample: 8, or 16 (raw counts of a radiometric camera, background near
+    /// 28,000, warm objects a few hundred above; written as PNG unless --ir-format says tiff).
+    #[arg(long, default_value_t = 8)]
+    ir_bits: u8,
+    /// File format of the images of every pair: jpeg, png or tiff (default: jpeg, or png with
+    /// --ir-bits 16). RGB images take the same format, since pairs share name and extension.
+    #[arg(long)]
+    ir_format: Option<FileFormat>,
     /// JPEG quality.
     #[arg(long, default_value_t = 90)]
     quality: u8,
@@ -63,6 +71,12 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<ExitCode> {
         scenes: args.scenes,
         names: args.names.clone(),
         ir_channels: args.ir_channels,
+        ir_bits: args.ir_bits,
+        format: args.ir_format.unwrap_or(if args.ir_bits == 16 {
+            FileFormat::Png
+        } else {
+            FileFormat::Jpeg
+        }),
         quality: args.quality,
         inject,
     };

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
-use fusekit_dataset::{RowKind, parse_labels};
+use fusekit_dataset::{IrNorm, RowKind, normalise_ir, parse_labels};
 use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -95,6 +95,8 @@ pub struct BuildOptions {
     pub mode: MapMode,
     /// IR planes.
     pub ir_channels: IrChannels,
+    /// How IR samples become 8-bit planes (stored in the metadata and the fingerprint).
+    pub ir_norm: IrNorm,
     /// Dataset split name, for the metadata.
     pub split: String,
     /// Class names.
@@ -106,12 +108,14 @@ pub struct BuildOptions {
 }
 
 impl Default for BuildOptions {
-    /// imgsz 640, ram mode, IR planes detected, split `train`, no names, nothing skipped.
+    /// imgsz 640, ram mode, IR planes detected, IR normalised by `auto`, split `train`, no
+    /// names, nothing skipped.
     fn default() -> Self {
         Self {
             imgsz: 640,
             mode: MapMode::Ram,
             ir_channels: IrChannels::Auto,
+            ir_norm: IrNorm::Auto,
             split: "train".into(),
             names: Vec::new(),
             skipped: Vec::new(),
@@ -196,8 +200,13 @@ pub fn estimate_bytes(inputs: &[BuildInput], imgsz: u32, ir_planes: u8) -> Resul
 pub fn fingerprint(inputs: &[BuildInput], options: &BuildOptions) -> String {
     let mut hasher = Xxh3::new();
     let params = format!(
-        "v{FORMAT_VERSION} imgsz {} ir {:?} split {} names {:?} skipped {:?}",
-        options.imgsz, options.ir_channels, options.split, options.names, options.skipped
+        "v{FORMAT_VERSION} imgsz {} ir {:?} ir_norm {} split {} names {:?} skipped {:?}",
+        options.imgsz,
+        options.ir_channels,
+        options.ir_norm,
+        options.split,
+        options.names,
+        options.skipped
     );
     hasher.update(params.as_bytes());
     let stat = |path: &Path| {
@@ -308,7 +317,7 @@ pub fn build(
         IrChannels::Grey => 1,
         IrChannels::Colour => 3,
         IrChannels::Auto => {
-            if ir_is_grey(inputs, options.imgsz)? {
+            if ir_is_grey(inputs, options.imgsz, options.ir_norm)? {
                 1
             } else {
                 3
@@ -335,7 +344,7 @@ pub fn build(
         for chunk in inputs.chunks(CHUNK) {
             let records: Vec<Record> = chunk
                 .par_iter()
-                .map(|input| prepare_pair(input, options.imgsz, ir_planes))
+                .map(|input| prepare_pair(input, options.imgsz, ir_planes, options.ir_norm))
                 .collect::<Result<_, BuildError>>()?;
             if sender.send(records).is_err() {
                 break;
@@ -347,6 +356,7 @@ pub fn build(
     let meta = Metadata {
         imgsz: options.imgsz,
         ir_channels: ir_planes,
+        ir_norm: options.ir_norm,
         mode: match options.mode {
             MapMode::Ram => "ram".into(),
             MapMode::Disk => "disk".into(),
@@ -414,13 +424,13 @@ fn check_room(target: &Path, dir: &Path, estimate: u64, mode: MapMode) -> Result
 }
 
 /// Whether a spread sample of up to 16 IR images holds grey content only.
-fn ir_is_grey(inputs: &[BuildInput], imgsz: u32) -> Result<bool, BuildError> {
+fn ir_is_grey(inputs: &[BuildInput], imgsz: u32, ir_norm: IrNorm) -> Result<bool, BuildError> {
     let step = inputs.len().div_ceil(16).max(1);
     let sample: Vec<&BuildInput> = inputs.iter().step_by(step).collect();
     let grey: Vec<bool> = sample
         .par_iter()
         .map(|input| {
-            let ir = decode(&input.ir, false, imgsz)?;
+            let ir = decode(&input.ir, false, imgsz, Modality::Ir(ir_norm))?;
             Ok(ir.channels == 1 || is_grey(&ir.pixels))
         })
         .collect::<Result<_, BuildError>>()?;
@@ -453,12 +463,21 @@ fn dct_reduction(width: u32, height: u32, imgsz: u32) -> u32 {
         .unwrap_or(1)
 }
 
+/// Which image of a pair is decoded: an RGB image's samples are scaled to 8 bits (16-bit
+/// samples divided by 257), an IR image's are mapped by its [`IrNorm`].
+#[derive(Debug, Clone, Copy)]
+enum Modality {
+    Rgb,
+    Ir(IrNorm),
+}
+
 /// Decodes an image to interleaved u8: grey (1 channel) when `grey` is asked, else RGB.
 /// A JPEG that will be shrunk at least 2x for `imgsz` is decoded by libjpeg (mozjpeg) straight to
 /// a reduced size (DCT scaling: an anti-aliased resize that skips most of the IDCT work); other
 /// JPEGs go through zune-jpeg, which decodes the luma plane alone for grey output; other formats
-/// through the image crate.
-fn decode(path: &Path, grey: bool, imgsz: u32) -> Result<Decoded, BuildError> {
+/// (8- and 16-bit PNG and TIFF among them) through the image crate. IR samples are mapped to 8
+/// bits by [`normalise_ir`], the one IR normalisation of fusekit, once.
+fn decode(path: &Path, grey: bool, imgsz: u32, modality: Modality) -> Result<Decoded, BuildError> {
     let bytes = std::fs::read(path).map_err(|source| {
         BuildError::Cache(CacheError::Io {
             path: path.to_path_buf(),
@@ -469,37 +488,17 @@ fn decode(path: &Path, grey: bool, imgsz: u32) -> Result<Decoded, BuildError> {
         path: path.to_path_buf(),
         message,
     };
-    let channels = if grey { 1 } else { 3 };
     if bytes.starts_with(&[0xFF, 0xD8]) {
-        // A JPEG libjpeg cannot scale (or refuses, such as CMYK) falls back to the full decode.
-        if let Some(decoded) = decode_jpeg_scaled(&bytes, grey, imgsz) {
-            return Ok(decoded);
-        }
-        use zune_core::colorspace::ColorSpace;
-        use zune_core::options::DecoderOptions;
-        let colorspace = if grey {
-            ColorSpace::Luma
-        } else {
-            ColorSpace::RGB
+        let decoded = decode_jpeg(&bytes, grey, imgsz).map_err(fail)?;
+        return match modality {
+            Modality::Rgb => Ok(decoded),
+            Modality::Ir(norm) => normalise_decoded(decoded, norm).map_err(fail),
         };
-        let options = DecoderOptions::default().jpeg_set_out_colorspace(colorspace);
-        let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
-            zune_core::bytestream::ZCursor::new(&bytes),
-            options,
-        );
-        let pixels = decoder.decode().map_err(|e| fail(e.to_string()))?;
-        let info = decoder
-            .info()
-            .ok_or_else(|| fail("no image information".into()))?;
-        let size = (u32::from(info.width), u32::from(info.height));
-        return Ok(Decoded {
-            pixels,
-            size,
-            source: size,
-            channels,
-        });
     }
-    let image = image::load_from_memory(&bytes).map_err(|e| fail(e.to_string()))?;
+    let mut image = image::load_from_memory(&bytes).map_err(|e| fail(e.to_string()))?;
+    if let Modality::Ir(norm) = modality {
+        image = normalise_ir(image, norm);
+    }
     let size = (image.width(), image.height());
     let pixels = if grey {
         image.into_luma8().into_raw()
@@ -510,8 +509,56 @@ fn decode(path: &Path, grey: bool, imgsz: u32) -> Result<Decoded, BuildError> {
         pixels,
         size,
         source: size,
-        channels,
+        channels: if grey { 1 } else { 3 },
     })
+}
+
+/// A JPEG decoded as [`decode`] describes; the error is the decoder's message.
+fn decode_jpeg(bytes: &[u8], grey: bool, imgsz: u32) -> Result<Decoded, String> {
+    // A JPEG libjpeg cannot scale (or refuses, such as CMYK) falls back to the full decode.
+    if let Some(decoded) = decode_jpeg_scaled(bytes, grey, imgsz) {
+        return Ok(decoded);
+    }
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let colorspace = if grey {
+        ColorSpace::Luma
+    } else {
+        ColorSpace::RGB
+    };
+    let options = DecoderOptions::default().jpeg_set_out_colorspace(colorspace);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(bytes),
+        options,
+    );
+    let pixels = decoder.decode().map_err(|e| e.to_string())?;
+    let info = decoder.info().ok_or("no image information")?;
+    let size = (u32::from(info.width), u32::from(info.height));
+    Ok(Decoded {
+        pixels,
+        size,
+        source: size,
+        channels: if grey { 1 } else { 3 },
+    })
+}
+
+/// 8-bit decoded IR pixels mapped by `norm` (unchanged under `auto` and `none`), same layout.
+fn normalise_decoded(decoded: Decoded, norm: IrNorm) -> Result<Decoded, String> {
+    let (w, h) = decoded.size;
+    let length = decoded.pixels.len();
+    let wrong_size = || format!("{length} decoded bytes do not make a {w}x{h} image");
+    let pixels = if decoded.channels == 1 {
+        let grey = image::GrayImage::from_raw(w, h, decoded.pixels).ok_or_else(wrong_size)?;
+        normalise_ir(image::DynamicImage::ImageLuma8(grey), norm)
+            .into_luma8()
+            .into_raw()
+    } else {
+        let rgb = image::RgbImage::from_raw(w, h, decoded.pixels).ok_or_else(wrong_size)?;
+        normalise_ir(image::DynamicImage::ImageRgb8(rgb), norm)
+            .into_rgb8()
+            .into_raw()
+    };
+    Ok(Decoded { pixels, ..decoded })
 }
 
 /// DCT-scaled decode of a JPEG by [`dct_reduction`]; `None` when no reduction applies or libjpeg
@@ -611,10 +658,16 @@ fn resize_into_planes(
 }
 
 /// Decodes and resizes one pair exactly as the cache stores it (long side `imgsz`, R, G, B then
-/// `ir_planes` IR planes) with its label boxes: what predictions on new images must see.
-pub fn prepare_pair(input: &BuildInput, imgsz: u32, ir_planes: u8) -> Result<Record, BuildError> {
-    let rgb = decode(&input.rgb, false, imgsz)?;
-    let ir = decode(&input.ir, ir_planes == 1, imgsz)?;
+/// `ir_planes` IR planes mapped to 8 bits by `ir_norm`) with its label boxes: what predictions
+/// on new images must see.
+pub fn prepare_pair(
+    input: &BuildInput,
+    imgsz: u32,
+    ir_planes: u8,
+    ir_norm: IrNorm,
+) -> Result<Record, BuildError> {
+    let rgb = decode(&input.rgb, false, imgsz, Modality::Rgb)?;
+    let ir = decode(&input.ir, ir_planes == 1, imgsz, Modality::Ir(ir_norm))?;
     let (w, h) = rgb.source;
     if ir.source != rgb.source {
         let (iw, ih) = ir.source;

@@ -9,6 +9,7 @@
 //! ...      index: one 48-byte row per sample (offset, length, sizes, box count, checksum)
 //! ```
 
+use fusekit_dataset::IrNorm;
 use serde::{Deserialize, Serialize};
 
 /// First bytes of every cache file.
@@ -168,6 +169,10 @@ pub struct Metadata {
     pub imgsz: u32,
     /// IR planes per sample: 1 when the IR images are grey, else 3.
     pub ir_channels: u8,
+    /// How IR samples were mapped to 8 bits (`auto` in caches written before it was recorded,
+    /// which kept 8-bit IR as it was).
+    #[serde(default)]
+    pub ir_norm: IrNorm,
     /// `ram` or `disk`: how the loader maps it by default.
     pub mode: String,
     /// Class names by id.

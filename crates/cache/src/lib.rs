@@ -16,5 +16,7 @@ pub use builder::{
     BuildError, BuildInput, BuildOptions, BuildOutcome, IrChannels, available_memory, build,
     estimate_bytes, fingerprint, prepare_pair, stored_size,
 };
+/// The IR normalisation of [`BuildOptions::ir_norm`] and [`format::Metadata::ir_norm`].
+pub use fusekit_dataset::IrNorm;
 pub use reader::{Cache, CacheError, MapMode, Sample};
 pub use writer::{CacheWriter, Record, partial_path};

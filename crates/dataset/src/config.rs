@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::ir::IrNorm;
 use crate::swap::ComponentSwap;
 
 /// A data yaml or dataset folder that cannot be used (lint code DS001).
@@ -74,6 +75,8 @@ pub struct Dataset {
     pub ir: ComponentSwap,
     /// How to derive a label path from an RGB path (the extension becomes `.txt`).
     pub labels: ComponentSwap,
+    /// How IR images become 8-bit planes (the yaml's `ir_norm:`, default `auto`).
+    pub ir_norm: IrNorm,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +89,7 @@ struct RawDataYaml {
     nc: Option<i64>,
     ir: Option<RawSwap>,
     labels: Option<RawSwap>,
+    ir_norm: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +155,7 @@ impl Dataset {
             names,
             ir: default_ir_swap(),
             labels: default_label_swap(),
+            ir_norm: IrNorm::default(),
         })
     }
 
@@ -222,6 +227,12 @@ impl Dataset {
             }
             None => default_label_swap(),
         };
+        let ir_norm = match raw.ir_norm {
+            Some(text) => text
+                .parse()
+                .map_err(|m| invalid(format!("`ir_norm`: {m}")))?,
+            None => IrNorm::default(),
+        };
         let Some(train) = raw.train else {
             return Err(invalid("missing key `train`".into()));
         };
@@ -257,6 +268,7 @@ impl Dataset {
             names,
             ir,
             labels,
+            ir_norm,
         })
     }
 
@@ -455,6 +467,35 @@ mod tests {
                 "train: images/train\nnames: [a]\nir: a/b -> c\n"
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn ir_norm_key() {
+        let dir = dataset_dir();
+        let default = parse(dir.path(), "train: images/train\nnames: [a]\n").unwrap();
+        assert_eq!(default.ir_norm, IrNorm::Auto);
+        let fixed = parse(
+            dir.path(),
+            "train: images/train\nnames: [a]\nir_norm: fixed:27000,31000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            fixed.ir_norm,
+            IrNorm::Fixed {
+                lo: 27000,
+                hi: 31000
+            }
+        );
+        let err = parse(
+            dir.path(),
+            "train: images/train\nnames: [a]\nir_norm: stretch\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("data.yaml") && err.contains("`ir_norm`") && err.contains("stretch"),
+            "{err}"
         );
     }
 

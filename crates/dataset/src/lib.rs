@@ -7,10 +7,13 @@
 //! - [`probe_image`] reads an image's header (or decodes it fully) and reports what it found,
 //!   with a [`ContentSample`] of the file; [`content_identities`] turns the samples of a set of
 //!   files into exact content identities, reading whole only the files whose samples collide.
+//! - [`normalise_ir`] maps an IR image of any bit depth onto the 8-bit plane fusekit caches,
+//!   by the dataset's [`IrNorm`].
 //! - [`parse_labels`] parses a YOLO txt label file row by row, keeping every problem.
 
 mod config;
 mod content;
+mod ir;
 mod label;
 mod probe;
 mod scan;
@@ -20,6 +23,7 @@ pub use config::{ConfigError, DATA_YAML, Dataset, Source, Split};
 pub use content::{CONTENT_EDGE, ContentSample, ReadCounter, content_identities};
 /// Image formats as reported by [`ImageInfo::format`].
 pub use image::ImageFormat;
+pub use ir::{IrNorm, bits_per_sample, grey_levels, normalise_ir};
 pub use label::{BoxRow, LabelLine, RowError, RowKind, parse_labels};
 pub use probe::{
     DecodeLevel, ImageInfo, PixelSummary, ProbeError, SUPPORTED_EXTENSIONS, UNSUPPORTED_EXTENSIONS,

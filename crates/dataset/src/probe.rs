@@ -6,6 +6,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use crate::content::{ContentSample, Edges, ReadCounter, read_edges};
+use crate::ir::{IrNorm, grey_levels, normalise_ir};
 
 /// Extensions treated as images and readable by fusekit (Ultralytics' list, less the ones below).
 pub const SUPPORTED_EXTENSIONS: &[&str] =
@@ -29,16 +30,23 @@ pub enum DecodeLevel {
 }
 
 /// What a full decode found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PixelSummary {
     /// Every pixel has the same value.
     pub constant: bool,
     /// xxh3 of the decoded pixels with their layout (equal for the same picture in any file).
     pub pixel_hash: u64,
+    /// Mean spread between the largest and smallest colour channel of a pixel, in 8-bit grey
+    /// levels: 0 for a grey image, under 1 for grey content through a colour JPEG, tens for a
+    /// colour photo.
+    pub chroma: f32,
+    /// Grey levels the image's cached IR plane would use, when probed as an IR image (see
+    /// [`probe_image`]).
+    pub ir_levels: Option<u16>,
 }
 
 /// What probing an image found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageInfo {
     /// The format read from the content.
     pub format: ImageFormat,
@@ -48,6 +56,8 @@ pub struct ImageInfo {
     pub height: u32,
     /// Colour channels (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
     pub channels: u8,
+    /// Bits per channel sample: 8, 16, or 32 (floating point).
+    pub bits: u8,
     /// EXIF orientation, 1 to 8 (1 when absent).
     pub orientation: u8,
     /// The file lacks its end marker (JPEG `FFD9`, PNG `IEND`).
@@ -90,7 +100,9 @@ pub fn is_image_path(path: &Path) -> bool {
         })
 }
 
-/// Reads `path` and probes it at `level`, adding the bytes it reads to `counter`.
+/// Reads `path` and probes it at `level`, adding the bytes it reads to `counter`. `ir_norm`
+/// is given for IR images: a full decode then also counts the grey levels of the plane the
+/// cache would store ([`PixelSummary::ir_levels`]).
 ///
 /// At [`DecodeLevel::Header`] a file larger than `2 * CONTENT_EDGE` bytes is read at its ends
 /// only: its header from the first [`CONTENT_EDGE`] bytes, its end marker and partial content
@@ -102,6 +114,7 @@ pub fn is_image_path(path: &Path) -> bool {
 pub fn probe_image(
     path: &Path,
     level: DecodeLevel,
+    ir_norm: Option<IrNorm>,
     counter: &ReadCounter,
 ) -> Result<ImageInfo, ProbeError> {
     let ext = path
@@ -115,7 +128,7 @@ pub fn probe_image(
     if level == DecodeLevel::Header {
         let (sample, edges) = read_edges(path, counter)?;
         match edges {
-            Edges::Whole(bytes) => return probe_bytes(&bytes, level),
+            Edges::Whole(bytes) => return probe_bytes(&bytes, level, ir_norm),
             Edges::Ends { head, tail } => {
                 if let Some(info) = probe_ends(&head, &tail, sample)? {
                     return Ok(info);
@@ -125,11 +138,15 @@ pub fn probe_image(
     }
     let bytes = std::fs::read(path)?;
     counter.add(bytes.len() as u64);
-    probe_bytes(&bytes, level)
+    probe_bytes(&bytes, level, ir_norm)
 }
 
-/// Probes an image held in memory.
-pub fn probe_bytes(bytes: &[u8], level: DecodeLevel) -> Result<ImageInfo, ProbeError> {
+/// Probes an image held in memory (`ir_norm`: as for [`probe_image`]).
+pub fn probe_bytes(
+    bytes: &[u8],
+    level: DecodeLevel,
+    ir_norm: Option<IrNorm>,
+) -> Result<ImageInfo, ProbeError> {
     let format = sniff(bytes)?;
     // A JPEG that is all zeros after its signature has no end marker.
     let truncated = lacks_end_marker(format, bytes).unwrap_or(true);
@@ -152,7 +169,10 @@ pub fn probe_bytes(bytes: &[u8], level: DecodeLevel) -> Result<ImageInfo, ProbeE
                 });
             }
             let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-            Some(summarise_pixels(&image))
+            let mut summary = summarise_pixels(&image);
+            summary.ir_levels =
+                ir_norm.map(|norm| grey_levels(&normalise_ir(image, norm)).min(256) as u16);
+            Some(summary)
         }
     };
     Ok(header.info(format, truncated, ContentSample::of_bytes(bytes), pixels))
@@ -201,15 +221,18 @@ struct Header {
     width: u32,
     height: u32,
     channels: u8,
+    bits: u8,
     orientation: u8,
 }
 
 fn read_header(decoder: &mut impl ImageDecoder) -> Header {
     let (width, height) = decoder.dimensions();
+    let color = decoder.color_type();
     Header {
         width,
         height,
-        channels: decoder.color_type().channel_count(),
+        channels: color.channel_count(),
+        bits: (color.bits_per_pixel() / u16::from(color.channel_count())) as u8,
         orientation: decoder.orientation().map(|o| o.to_exif()).unwrap_or(1),
     }
 }
@@ -227,6 +250,7 @@ impl Header {
             width: self.width,
             height: self.height,
             channels: self.channels,
+            bits: self.bits,
             orientation: self.orientation,
             truncated,
             content,
@@ -294,7 +318,32 @@ fn summarise_pixels(image: &DynamicImage) -> PixelSummary {
     PixelSummary {
         constant,
         pixel_hash: hasher.digest(),
+        chroma: mean_chroma(image),
+        ir_levels: None,
     }
+}
+
+/// Mean over pixels of the largest minus the smallest of R, G and B, in 8-bit levels.
+fn mean_chroma(image: &DynamicImage) -> f32 {
+    if !image.color().has_color() {
+        return 0.0;
+    }
+    let converted;
+    let rgb = match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => {
+            converted = other.to_rgb8();
+            &converted
+        }
+    };
+    let spread: u64 = rgb
+        .pixels()
+        .map(|p| {
+            let [r, g, b] = p.0;
+            u64::from(r.max(g).max(b) - r.min(g).min(b))
+        })
+        .sum();
+    (spread as f64 / (u64::from(rgb.width()) * u64::from(rgb.height())).max(1) as f64) as f32
 }
 
 #[cfg(test)]
@@ -316,7 +365,7 @@ mod tests {
     #[test]
     fn header_probe_reads_size_and_format() {
         let jpg = encode(&gradient(40, 30), ImageFormat::Jpeg);
-        let info = probe_bytes(&jpg, DecodeLevel::Header).unwrap();
+        let info = probe_bytes(&jpg, DecodeLevel::Header, None).unwrap();
         assert_eq!(
             (info.format, info.width, info.height, info.channels),
             (ImageFormat::Jpeg, 40, 30, 3)
@@ -329,28 +378,68 @@ mod tests {
     fn truncated_files_are_flagged() {
         let jpg = encode(&gradient(64, 64), ImageFormat::Jpeg);
         let short = &jpg[..jpg.len() - 100];
-        match probe_bytes(short, DecodeLevel::Header) {
+        match probe_bytes(short, DecodeLevel::Header, None) {
             Ok(info) => assert!(info.truncated),
             Err(ProbeError::Decode { truncated, .. }) => assert!(truncated),
             Err(e) => panic!("{e}"),
         }
         let png = encode(&gradient(64, 64), ImageFormat::Png);
         let short = &png[..png.len() - 12];
-        assert!(probe_bytes(short, DecodeLevel::Header).unwrap().truncated);
+        assert!(
+            probe_bytes(short, DecodeLevel::Header, None)
+                .unwrap()
+                .truncated
+        );
     }
 
     #[test]
     fn full_decode_finds_constant_images_and_equal_pixels_across_formats() {
         let flat =
             DynamicImage::ImageRgb8(image::RgbImage::from_pixel(16, 16, image::Rgb([9, 9, 9])));
-        let info = probe_bytes(&encode(&flat, ImageFormat::Png), DecodeLevel::Full).unwrap();
+        let info = probe_bytes(&encode(&flat, ImageFormat::Png), DecodeLevel::Full, None).unwrap();
         assert!(info.pixels.unwrap().constant);
         let g = gradient(16, 16);
-        let a = probe_bytes(&encode(&g, ImageFormat::Png), DecodeLevel::Full).unwrap();
-        let b = probe_bytes(&encode(&g, ImageFormat::Bmp), DecodeLevel::Full).unwrap();
+        let a = probe_bytes(&encode(&g, ImageFormat::Png), DecodeLevel::Full, None).unwrap();
+        let b = probe_bytes(&encode(&g, ImageFormat::Bmp), DecodeLevel::Full, None).unwrap();
         assert!(!a.pixels.unwrap().constant);
         assert_eq!(a.pixels.unwrap().pixel_hash, b.pixels.unwrap().pixel_hash);
         assert_ne!(a.content, b.content);
+    }
+
+    #[test]
+    fn sixteen_bit_depth_chroma_and_ir_levels() {
+        let raw =
+            image::ImageBuffer::from_fn(32, 8, |x, _| image::Luma([28_000u16 + 4 * x as u16]));
+        let png = encode(&DynamicImage::ImageLuma16(raw), ImageFormat::Png);
+        let header = probe_bytes(&png, DecodeLevel::Header, None).unwrap();
+        assert_eq!((header.channels, header.bits), (1, 16));
+        let as_ir = |norm| {
+            probe_bytes(&png, DecodeLevel::Full, Some(norm))
+                .unwrap()
+                .pixels
+                .unwrap()
+        };
+        assert_eq!(as_ir(IrNorm::Auto).ir_levels, Some(32));
+        // 28000..28124 shares one high byte.
+        assert_eq!(as_ir(IrNorm::None).ir_levels, Some(1));
+        assert_eq!(as_ir(IrNorm::Auto).chroma, 0.0);
+        let colour = probe_bytes(
+            &encode(&gradient(16, 16), ImageFormat::Png),
+            DecodeLevel::Full,
+            None,
+        )
+        .unwrap()
+        .pixels
+        .unwrap();
+        assert!(
+            colour.chroma > 5.0 && colour.ir_levels.is_none(),
+            "{colour:?}"
+        );
+        let jpg = encode(&gradient(16, 16), ImageFormat::Jpeg);
+        assert_eq!(
+            probe_bytes(&jpg, DecodeLevel::Header, None).unwrap().bits,
+            8
+        );
     }
 
     #[test]
@@ -372,11 +461,11 @@ mod tests {
     #[test]
     fn foreign_and_garbage_content() {
         assert!(matches!(
-            probe_bytes(b"GIF89a\x01\x00\x01\x00", DecodeLevel::Header),
+            probe_bytes(b"GIF89a\x01\x00\x01\x00", DecodeLevel::Header, None),
             Err(ProbeError::Unsupported(_))
         ));
         assert!(matches!(
-            probe_bytes(b"hello world", DecodeLevel::Header),
+            probe_bytes(b"hello world", DecodeLevel::Header, None),
             Err(ProbeError::Decode { .. })
         ));
         assert!(is_image_path(Path::new("a/B.JPG")) && is_image_path(Path::new("x.heic")));

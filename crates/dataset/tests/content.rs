@@ -182,15 +182,15 @@ fn header_probe_of_a_big_file_reads_its_ends_only() {
         assert!(bytes.len() > 2 * CONTENT_EDGE, "{name}: {}", bytes.len());
         let path = write(dir.path(), name, &bytes);
         let before = counter.get();
-        let info = probe_image(&path, DecodeLevel::Header, &counter).unwrap();
+        let info = probe_image(&path, DecodeLevel::Header, None, &counter).unwrap();
         assert_eq!(counter.get() - before, 2 * CONTENT_EDGE as u64, "{name}");
         assert_eq!((info.format, info.width, info.height), (format, 640, 512));
         assert!(!info.truncated, "{name}");
-        let whole = probe_bytes(&bytes, DecodeLevel::Header).unwrap();
+        let whole = probe_bytes(&bytes, DecodeLevel::Header, None).unwrap();
         assert_eq!(info.content.partial, whole.content.partial, "{name}");
         assert_eq!(info.content.len, bytes.len() as u64);
         let before = counter.get();
-        let full = probe_image(&path, DecodeLevel::Full, &counter).unwrap();
+        let full = probe_image(&path, DecodeLevel::Full, None, &counter).unwrap();
         assert_eq!(counter.get() - before, bytes.len() as u64, "{name}");
         assert_eq!(full.content, whole.content);
     }
@@ -204,14 +204,14 @@ fn end_markers_and_headers_past_the_first_bytes_still_probe() {
 
     // Truncated: no end marker in the last bytes.
     let cut = write(dir.path(), "cut.jpg", &jpeg[..jpeg.len() - 100]);
-    let info = probe_image(&cut, DecodeLevel::Header, &counter).unwrap();
+    let info = probe_image(&cut, DecodeLevel::Header, None, &counter).unwrap();
     assert!(info.truncated);
 
     // Zero padding longer than the tail after the end marker: the whole file settles it.
     let mut padded = jpeg.clone();
     padded.resize(jpeg.len() + CONTENT_EDGE + 10, 0);
     let padded = write(dir.path(), "padded.jpg", &padded);
-    let info = probe_image(&padded, DecodeLevel::Header, &counter).unwrap();
+    let info = probe_image(&padded, DecodeLevel::Header, None, &counter).unwrap();
     assert!(!info.truncated);
 
     // Comment segments push the frame header past the first bytes: read whole, same answer.
@@ -225,7 +225,7 @@ fn end_markers_and_headers_past_the_first_bytes_still_probe() {
     long_header.extend(&jpeg[2..]);
     let path = write(dir.path(), "long-header.jpg", &long_header);
     let before = counter.get();
-    let info = probe_image(&path, DecodeLevel::Header, &counter).unwrap();
+    let info = probe_image(&path, DecodeLevel::Header, None, &counter).unwrap();
     assert_eq!((info.width, info.height, info.truncated), (320, 256, false));
     assert_eq!(
         counter.get() - before,
@@ -234,5 +234,5 @@ fn end_markers_and_headers_past_the_first_bytes_still_probe() {
 
     // Garbage is reported as today, from the first bytes.
     let garbage = write(dir.path(), "garbage.jpg", &noise(BIG, 9));
-    assert!(probe_image(&garbage, DecodeLevel::Header, &counter).is_err());
+    assert!(probe_image(&garbage, DecodeLevel::Header, None, &counter).is_err());
 }

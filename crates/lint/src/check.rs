@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use fusekit_dataset::{
-    ContentSample, Dataset, ImageInfo, IrPartner, LabelLine, OrphanKind, PairRecord, ProbeError,
-    ReadCounter, RowError, RowKind, Scan, content_identities, parse_labels, probe_image,
+    ContentSample, Dataset, ImageInfo, IrNorm, IrPartner, LabelLine, OrphanKind, PairRecord,
+    ProbeError, ReadCounter, RowError, RowKind, Scan, content_identities, parse_labels,
+    probe_image,
 };
 use rayon::prelude::*;
 
@@ -23,6 +24,12 @@ const MIN_IMAGE_SIDE: u32 = 10;
 const MIN_BOX_PIXELS: f64 = 2.0;
 /// Class imbalance ratio above which DS003 reports.
 const IMBALANCE_RATIO: f64 = 50.0;
+/// Fewest grey levels a cached IR plane may use before IMG009 reports.
+const MIN_IR_LEVELS: u16 = 32;
+/// Mean chroma (largest minus smallest channel, in 8-bit levels) above which an IR image has
+/// colour (PAIR008). Grey content through a colour JPEG stays under 1; the generator's night
+/// RGB images, dark and low in colour, measure 6 to 17.
+const IR_CHROMA_LIMIT: f32 = 4.0;
 
 /// A label file whose safe fixes are ready to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +79,8 @@ struct PairOutcome {
     same_pixels: bool,
     /// Content identities of the RGB and IR files, once confirmed over the dataset.
     content: Option<(u64, u64)>,
+    /// Bits per sample of the IR image, when it was probed.
+    ir_bits: Option<u8>,
     class_counts: BTreeMap<u32, usize>,
     fix: Option<PendingFix>,
 }
@@ -117,6 +126,7 @@ pub fn lint_scan(
     findings.extend(ctx.duplicate_pairs(pairs, &outcomes));
     findings.extend(ctx.split_overlaps(pairs));
     findings.extend(ctx.class_usage(&outcomes));
+    findings.extend(ctx.deep_ir(pairs, &outcomes));
     let mut fixes = Vec::new();
     let mut facts = Vec::with_capacity(pairs.len());
     for (pair, outcome) in pairs.iter().zip(outcomes) {
@@ -166,6 +176,11 @@ enum Side {
 impl Context<'_> {
     fn rel(&self, path: &Path) -> String {
         self.dataset.relative(path).display().to_string()
+    }
+
+    /// The IR normalisation the caches will use.
+    fn ir_norm(&self) -> IrNorm {
+        self.options.ir_norm.unwrap_or(self.dataset.ir_norm)
     }
 
     fn finding(&self, code: Code, message: String) -> Finding {
@@ -242,10 +257,6 @@ impl Context<'_> {
                 ),
             ));
         }
-        let samples = rgb
-            .as_ref()
-            .zip(ir.as_ref())
-            .map(|(a, b)| (a.content, b.content));
         let same_pixels = match (
             rgb.as_ref().and_then(|i| i.pixels),
             ir.as_ref().and_then(|i| i.pixels),
@@ -253,12 +264,40 @@ impl Context<'_> {
             (Some(a), Some(b)) => a.pixel_hash == b.pixel_hash,
             _ => false,
         };
+        // An IR image that is the RGB image is PAIR006, not also PAIR008.
+        if let (Some(ir_pixels), Some(ir_path)) =
+            (ir.as_ref().and_then(|i| i.pixels), pair.ir.path())
+            && ir_pixels.chroma > IR_CHROMA_LIMIT
+            && !same_pixels
+        {
+            let rgb_chroma = rgb.as_ref().and_then(|i| i.pixels).map(|p| p.chroma);
+            let swapped = if rgb_chroma.is_some_and(|c| c <= IR_CHROMA_LIMIT) {
+                " and the RGB image is grey: are the RGB and IR folders swapped?"
+            } else {
+                ": a colour photo in the IR folder, or a false-colour palette?"
+            };
+            findings.push(self.image_finding(
+                pair,
+                Side::Ir,
+                ir_path,
+                Code::PAIR008,
+                format!(
+                    "image has colour (mean chroma {:.1} grey levels; grey IR stays under {IR_CHROMA_LIMIT}){swapped}",
+                    ir_pixels.chroma
+                ),
+            ));
+        }
+        let samples = rgb
+            .as_ref()
+            .zip(ir.as_ref())
+            .map(|(a, b)| (a.content, b.content));
         let (class_counts, fix) = self.check_labels(pair, rgb.as_ref(), &mut findings);
         PairOutcome {
             findings,
             samples,
             same_pixels,
             content: None,
+            ir_bits: ir.as_ref().map(|i| i.bits),
             class_counts,
             fix,
         }
@@ -346,7 +385,8 @@ impl Context<'_> {
         let mut push = |code: Code, message: String| {
             findings.push(self.image_finding(pair, side, path, code, message));
         };
-        match probe_image(path, self.options.decode, self.counter) {
+        let ir_norm = (side == Side::Ir).then(|| self.ir_norm());
+        match probe_image(path, self.options.decode, ir_norm, self.counter) {
             Err(ProbeError::Unsupported(what)) => {
                 push(Code::IMG004, format!("image: {what} cannot be read"));
                 None
@@ -375,7 +415,9 @@ impl Context<'_> {
                         ),
                     );
                 }
-                if info.width.min(info.height) < MIN_IMAGE_SIDE {
+                // Too few pixels to judge grey levels by (IMG009) either.
+                let too_small = info.width.min(info.height) < MIN_IMAGE_SIDE;
+                if too_small {
                     push(
                         Code::IMG003,
                         format!(
@@ -395,6 +437,23 @@ impl Context<'_> {
                 }
                 if info.pixels.is_some_and(|p| p.constant) {
                     push(Code::IMG006, "image is one constant colour".into());
+                } else if let Some(levels) = info.pixels.and_then(|p| p.ir_levels)
+                    && levels < MIN_IR_LEVELS
+                    && !too_small
+                {
+                    let norm = self.ir_norm();
+                    push(
+                        Code::IMG009,
+                        format!(
+                            "image would be cached with {levels} grey levels (ir_norm {norm}: {}): the IR stream sees a nearly flat image; {}",
+                            norm.describe(info.bits.min(16)),
+                            if info.bits > 8 {
+                                "use ir_norm auto, minmax or fixed:LO,HI"
+                            } else {
+                                "its content is nearly flat"
+                            }
+                        ),
+                    );
                 }
                 Some(info)
             }
@@ -525,6 +584,32 @@ impl Context<'_> {
             findings.push(finding);
         }
         findings
+    }
+
+    /// IR images with more than 8 bits per sample (IMG008): one finding for the dataset,
+    /// naming the normalisation the caches will use.
+    fn deep_ir(&self, pairs: &[PairRecord], outcomes: &[PairOutcome]) -> Vec<Finding> {
+        let deep: Vec<(&Path, u8)> = pairs
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(pair, outcome)| Some((pair.ir.path()?, outcome.ir_bits?)))
+            .filter(|(_, bits)| *bits > 8)
+            .collect();
+        let Some(&(first, bits)) = deep.first() else {
+            return Vec::new();
+        };
+        let probed = outcomes.iter().filter(|o| o.ir_bits.is_some()).count();
+        let norm = self.ir_norm();
+        vec![self.finding(
+            Code::IMG008,
+            format!(
+                "{} of {probed} IR images have {bits}-bit samples (first: {}); ir_norm {norm} maps them to 8 bits: {} (set `ir_norm:` in the data yaml or --ir-norm)",
+                deep.len(),
+                self.rel(first),
+                // Floating-point samples are read as 16-bit ones.
+                norm.describe(bits.min(16))
+            ),
+        )]
     }
 
     fn split_names(&self, splits: &[usize]) -> String {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fusekit_dataset::DecodeLevel;
+use fusekit_dataset::{DecodeLevel, IrNorm};
 use serde::Deserialize;
 
 use crate::codes::{Code, Severity};
@@ -212,6 +212,9 @@ pub struct LintOptions {
     pub limit: Option<usize>,
     /// Severity of each code.
     pub levels: Levels,
+    /// The IR normalisation the caches will use when it is not the dataset's own `ir_norm`
+    /// (`fusekit cache build --ir-norm`).
+    pub ir_norm: Option<IrNorm>,
 }
 
 impl Default for LintOptions {
@@ -221,6 +224,7 @@ impl Default for LintOptions {
             imgsz: 640,
             limit: None,
             levels: Levels::default(),
+            ir_norm: None,
         }
     }
 }

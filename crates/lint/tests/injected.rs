@@ -88,6 +88,7 @@ fn expected_locations(defect: Defect, stem: &str, root: &Path) -> Vec<Location> 
         | Defect::Img005
         | Defect::Img006 => at(rgb, None),
         Defect::Pair002 => at(format!("imagesIR/ir_only_{stem}.jpg"), None),
+        Defect::Pair008 => at(format!("imagesIR/{stem}.jpg"), None),
         Defect::Pair004 => at(format!("imagesIR/{stem}.png"), None),
         Defect::Pair005 => at(format!("imagesIR/{stem}.jpg"), None),
         Defect::Img003 => [rgb, format!("imagesIR/{stem}.jpg")]

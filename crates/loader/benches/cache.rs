@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fusekit_cache::{BuildOptions, Cache, IrChannels, MapMode, build};
+use fusekit_cache::{BuildOptions, Cache, IrChannels, IrNorm, MapMode, build};
 use fusekit_loader::{Augment, Loader, LoaderOptions};
 use fusekit_synth::{SynthOptions, generate};
 use rayon::prelude::*;
@@ -64,6 +64,7 @@ fn main() {
         imgsz: IMGSZ,
         mode: MapMode::Ram,
         ir_channels: IrChannels::Auto,
+        ir_norm: IrNorm::Auto,
         split: "train".into(),
         names: vec!["person".into()],
         skipped: vec![],

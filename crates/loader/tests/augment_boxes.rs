@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fusekit_cache::format::PAD_VALUE;
-use fusekit_cache::{BuildInput, BuildOptions, Cache, IrChannels, MapMode, build};
+use fusekit_cache::{BuildInput, BuildOptions, Cache, IrChannels, IrNorm, MapMode, build};
 use fusekit_loader::{Augment, Batch, Loader, LoaderOptions};
 
 const IMGSZ: usize = 128;
@@ -101,6 +101,7 @@ fn cache(dir: &Path) -> Arc<Cache> {
         imgsz: IMGSZ as u32,
         mode: MapMode::Disk,
         ir_channels: IrChannels::Auto,
+        ir_norm: IrNorm::Auto,
         split: "train".into(),
         names: vec!["a".into(), "b".into()],
         skipped: vec![],

@@ -129,6 +129,7 @@ fn mirrored_cache(dir: &Path) -> PathBuf {
     let meta = Metadata {
         imgsz: 64,
         ir_channels: 1,
+        ir_norm: Default::default(),
         mode: "disk".into(),
         names: vec!["thing".into()],
         split: "train".into(),

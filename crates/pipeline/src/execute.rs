@@ -689,6 +689,8 @@ pub fn predict_params(
         weights: trained.weights.best.clone(),
         source: Source::Dataset(split_data(pipeline)),
         imgsz: pipeline.imgsz,
+        // The IR normalisation the caches were built with.
+        ir_norm: pipeline.cache.ir_norm,
         nms: fusekit_detect::NmsOptions {
             conf: section.conf,
             iou: section.iou,

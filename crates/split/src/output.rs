@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use atomic_write_file::AtomicWriteFile;
-use fusekit_dataset::{Dataset, Source};
+use fusekit_dataset::{Dataset, IrNorm, Source};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
@@ -245,6 +245,9 @@ struct DerivedYaml<'a> {
     names: BTreeMap<usize, &'a str>,
     ir: String,
     labels: String,
+    /// The data yaml's `ir_norm`, carried over when it is not the default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ir_norm: Option<String>,
 }
 
 /// Writes the split of `plan` into `out` (created if needed), or does nothing when the files
@@ -398,6 +401,7 @@ fn render_files(
             .collect(),
         ir: dataset.ir.to_string(),
         labels: dataset.labels.to_string(),
+        ir_norm: (dataset.ir_norm != IrNorm::default()).then(|| dataset.ir_norm.to_string()),
     };
     let body = serde_saphyr::to_string(&yaml)
         .map_err(|e| SplitError::Refused(format!("cannot write {SPLIT_YAML}: {e}")))?;

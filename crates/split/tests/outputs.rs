@@ -86,6 +86,23 @@ fn split_lists_are_read_back_as_a_dataset_with_the_same_pairs() {
 }
 
 #[test]
+fn split_yaml_keeps_the_ir_normalisation() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = synth(dir.path(), Vec::new());
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, format!("{text}ir_norm: fixed:27000,31000\n")).unwrap();
+    split(&yaml, dir.path(), false).unwrap();
+    let derived = Dataset::open(&dir.path().join("split.yaml"), None).unwrap();
+    assert_eq!(
+        derived.ir_norm,
+        fusekit_dataset::IrNorm::Fixed {
+            lo: 27_000,
+            hi: 31_000
+        }
+    );
+}
+
+#[test]
 fn rerun_is_a_no_op_and_a_change_rewrites() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = synth(dir.path(), vec![]);

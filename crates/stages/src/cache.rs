@@ -7,7 +7,7 @@ use fusekit_cache::{
     BuildInput, BuildOptions, BuildOutcome, Cache, IrChannels, MapMode, available_memory, build,
     estimate_bytes,
 };
-use fusekit_dataset::Dataset;
+use fusekit_dataset::{Dataset, IrNorm};
 use fusekit_hyp::Imgsz;
 use fusekit_lint::LevelSelectors;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,10 @@ pub struct Settings {
     /// IR planes: `1` when the IR images are grey (detected by `auto`), else `3`.
     #[serde(default)]
     pub ir_channels: IrChannels,
+    /// How IR samples become 8-bit planes, when not the data yaml's `ir_norm:` (whose default
+    /// is `auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ir_norm: Option<IrNorm>,
 }
 
 /// Everything a cache build needs.
@@ -77,6 +81,9 @@ pub struct CacheFile {
     pub bytes: u64,
     /// IR planes stored.
     pub ir_planes: u8,
+    /// How IR samples were mapped to 8 bits.
+    #[serde(default)]
+    pub ir_norm: IrNorm,
     /// Size against a YOLOFuse-style 6-channel cache of the same resized pairs.
     pub of_six_channels: f64,
     /// The file was current and kept.
@@ -116,7 +123,8 @@ pub fn default_out_dir(dataset: &Dataset, imgsz: Imgsz) -> PathBuf {
 
 /// Lints the dataset, then builds (or keeps, when current) one cache per split.
 pub fn run(params: &Params, progress: &dyn Progress) -> Result<Outcome, StageError> {
-    let options = usability_options(&params.levels)?;
+    let mut options = usability_options(&params.levels)?;
+    options.ir_norm = params.settings.ir_norm;
     let source = split_or_data(&params.data);
     let (dataset, lint_run) = lint_first(&source, params.names.clone(), &options, progress)?;
     let splits: Vec<usize> = match &params.split {
@@ -167,6 +175,7 @@ pub fn run(params: &Params, progress: &dyn Progress) -> Result<Outcome, StageErr
             imgsz: params.imgsz.get(),
             mode: params.settings.mode,
             ir_channels: params.settings.ir_channels,
+            ir_norm: params.settings.ir_norm.unwrap_or(dataset.ir_norm),
             split: name.clone(),
             names: dataset.names.clone(),
             skipped: left_out.clone(),
@@ -233,6 +242,7 @@ fn build_one(
         pairs: cache.len(),
         bytes,
         ir_planes: cache.meta().ir_channels,
+        ir_norm: cache.meta().ir_norm,
         of_six_channels: bytes as f64 / six_channels.max(1) as f64,
         up_to_date: outcome == BuildOutcome::UpToDate,
         seconds: if outcome == BuildOutcome::UpToDate {
@@ -258,12 +268,13 @@ impl Outcome {
                 let megabytes = file.bytes as f64 / 1e6;
                 let _ = writeln!(
                     s,
-                    "{target}: {} pairs, {megabytes:.1} MB ({:.2} MB per pair, RGB + {} IR plane{}; \
-{:.2}x a 6-channel cache), {:.1} s, {:.1} pairs/s",
+                    "{target}: {} pairs, {megabytes:.1} MB ({:.2} MB per pair, RGB + {} IR plane{} \
+(ir_norm {}); {:.2}x a 6-channel cache), {:.1} s, {:.1} pairs/s",
                     file.pairs,
                     megabytes / file.pairs.max(1) as f64,
                     file.ir_planes,
                     if file.ir_planes == 1 { "" } else { "s" },
+                    file.ir_norm,
                     file.of_six_channels,
                     file.seconds,
                     file.pairs as f64 / file.seconds.max(1e-9)

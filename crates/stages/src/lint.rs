@@ -221,6 +221,7 @@ pub fn run(params: &Params, progress: &dyn Progress) -> Result<Outcome, StageErr
         imgsz: params.imgsz.get(),
         limit: params.limit,
         levels,
+        ir_norm: None,
     };
     let (dataset, mut lint_run) =
         match lint_first(&params.data, params.names.clone(), &options, progress) {

@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use fusekit_cache::{BuildInput, Record, Sample, prepare_pair};
-use fusekit_dataset::Dataset;
+use fusekit_dataset::{Dataset, IrNorm};
 use fusekit_detect::{Detection, NmsOptions, non_max_suppression, weights};
 use fusekit_hyp::Imgsz;
 use fusekit_loader::Letterbox;
@@ -39,6 +39,9 @@ pub struct Params {
     pub source: Source,
     /// Network input size.
     pub imgsz: Imgsz,
+    /// How IR samples become 8 bits, when not the dataset's `ir_norm:` (`auto` for a pair):
+    /// the mode the training cache was built with.
+    pub ir_norm: Option<IrNorm>,
     /// Minimum confidence, NMS IoU threshold, detections per pair.
     pub nms: NmsOptions,
     /// Output folder: `predictions.jsonl` and the pictures.
@@ -104,7 +107,8 @@ pub fn run(params: &Params, each: &mut dyn FnMut(&PairPrediction)) -> Result<Out
     let device = parse_device(&params.device)?;
     let (_vs, model) = weights::load(&params.weights, device)?;
     let config = model.config().clone();
-    let pairs = pairs(&params.source)?;
+    let (pairs, source_ir_norm) = pairs(&params.source)?;
+    let ir_norm = params.ir_norm.unwrap_or(source_ir_norm);
     std::fs::create_dir_all(&params.out).map_err(StageError::io("creating", &params.out))?;
     let jsonl_path = params.out.join("predictions.jsonl");
     let write_error = StageError::io("writing", &jsonl_path);
@@ -117,12 +121,13 @@ pub fn run(params: &Params, each: &mut dyn FnMut(&PairPrediction)) -> Result<Out
     let (mut total, mut pictures) = (0, 0);
     let mut io_result = Ok(());
     for (index, pair) in pairs.iter().enumerate() {
-        let record = prepare_pair(pair, imgsz, config.ir_channels as u8).map_err(|source| {
-            StageError::Build {
-                path: pair.rgb.clone(),
-                source,
-            }
-        })?;
+        let record =
+            prepare_pair(pair, imgsz, config.ir_channels as u8, ir_norm).map_err(|source| {
+                StageError::Build {
+                    path: pair.rgb.clone(),
+                    source,
+                }
+            })?;
         let sample = sample_of(&record);
         let fit = Letterbox::new(
             [record.source_width, record.source_height],
@@ -180,7 +185,8 @@ pub fn run(params: &Params, each: &mut dyn FnMut(&PairPrediction)) -> Result<Out
     })
 }
 
-fn pairs(source: &Source) -> Result<Vec<BuildInput>, StageError> {
+/// The pairs of `source` and the IR normalisation it asks for (a dataset's `ir_norm:`).
+fn pairs(source: &Source) -> Result<(Vec<BuildInput>, IrNorm), StageError> {
     let dataset = match source {
         Source::Pair { rgb, ir } => {
             for path in [rgb, ir] {
@@ -191,12 +197,13 @@ fn pairs(source: &Source) -> Result<Vec<BuildInput>, StageError> {
                     )));
                 }
             }
-            return Ok(vec![BuildInput {
+            let pair = BuildInput {
                 name: rgb.display().to_string(),
                 rgb: rgb.clone(),
                 ir: ir.clone(),
                 label: None,
-            }]);
+            };
+            return Ok((vec![pair], IrNorm::default()));
         }
         Source::Dataset(dataset) => dataset,
     };
@@ -220,7 +227,7 @@ fn pairs(source: &Source) -> Result<Vec<BuildInput>, StageError> {
             dataset.display()
         )));
     }
-    Ok(pairs)
+    Ok((pairs, opened.ir_norm))
 }
 
 fn sample_of(record: &Record) -> Sample<'_> {

@@ -55,12 +55,53 @@ pub struct SynthOptions {
     pub scenes: usize,
     /// Class names; objects are drawn from all of them.
     pub names: Vec<String>,
-    /// IR JPEG channels: 3 (grey content, as LLVIP ships it) or 1.
+    /// IR image channels: 3 (grey content, as LLVIP ships it) or 1.
     pub ir_channels: u8,
+    /// Bits per IR sample: 8, or 16 (raw counts of a radiometric camera, around 28,000;
+    /// needs a PNG or TIFF `format`).
+    pub ir_bits: u8,
+    /// File format of both images of every pair (fusekit pairs files by name and extension).
+    pub format: FileFormat,
     /// JPEG quality, 1 to 100.
     pub quality: u8,
     /// Defects to inject, one pair each.
     pub inject: Vec<Defect>,
+}
+
+/// The file format of generated images: `jpeg`, `png` or `tiff`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Baseline JPEG at the options' quality (8-bit only).
+    #[default]
+    Jpeg,
+    /// PNG, 8- or 16-bit.
+    Png,
+    /// Uncompressed TIFF, 8- or 16-bit.
+    Tiff,
+}
+
+impl FileFormat {
+    /// The file extension: `jpg`, `png` or `tif`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Jpeg => "jpg",
+            FileFormat::Png => "png",
+            FileFormat::Tiff => "tif",
+        }
+    }
+}
+
+impl std::str::FromStr for FileFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "jpeg" | "jpg" => Ok(FileFormat::Jpeg),
+            "png" => Ok(FileFormat::Png),
+            "tiff" | "tif" => Ok(FileFormat::Tiff),
+            other => Err(format!("format must be jpeg, png or tiff, not `{other}`")),
+        }
+    }
 }
 
 /// Parses an image size written `WIDTHxHEIGHT`, such as `1280x1024`.
@@ -86,6 +127,8 @@ impl Default for SynthOptions {
             scenes: 10,
             names: vec!["person".into()],
             ir_channels: 3,
+            ir_bits: 8,
+            format: FileFormat::Jpeg,
             quality: 90,
             inject: Vec::new(),
         }
@@ -133,11 +176,24 @@ pub fn generate(
         .map(|index| {
             let frame = render::render_pair(options, index);
             let stem = pair_stem(options, index);
-            let rgb = out.join("images").join(format!("{stem}.jpg"));
-            let ir = out.join("imagesIR").join(format!("{stem}.jpg"));
+            let ext = options.format.extension();
+            let rgb = out.join("images").join(format!("{stem}.{ext}"));
+            let ir = out.join("imagesIR").join(format!("{stem}.{ext}"));
             let label = out.join("labels").join(format!("{stem}.txt"));
-            write(&rgb, &render::encode_jpeg(&frame.rgb, options.quality))?;
-            write(&ir, &render::encode_jpeg(&frame.ir, options.quality))?;
+            write(
+                &rgb,
+                &render::encode(&frame.rgb, options.format, options.quality),
+            )?;
+            let ir_bytes = match &frame.ir_counts {
+                Some(counts) => render::encode_counts(
+                    counts,
+                    (options.width, options.height),
+                    options.ir_channels,
+                    options.format,
+                ),
+                None => render::encode(&frame.ir, options.format, options.quality),
+            };
+            write(&ir, &ir_bytes)?;
             write(&label, frame.label_text().as_bytes())?;
             progress();
             Ok(frame.objects.len())
@@ -193,6 +249,14 @@ fn validate(options: &SynthOptions) -> Result<(), SynthError> {
     if !(1..=100).contains(&options.quality) {
         return fail("--quality must be 1 to 100");
     }
+    match (options.ir_bits, options.format) {
+        (8, _) | (16, FileFormat::Png | FileFormat::Tiff) => {}
+        (16, FileFormat::Jpeg) => return fail("--ir-bits 16 needs --ir-format png or tiff"),
+        _ => return fail("--ir-bits must be 8 or 16"),
+    }
+    if !options.inject.is_empty() && (options.format, options.ir_bits) != (FileFormat::Jpeg, 8) {
+        return fail("--inject works on 8-bit JPEG datasets (the default format and --ir-bits)");
+    }
     if options.inject.len() > options.pairs {
         return Err(SynthError::Options(format!(
             "{} defects need at least {} pairs",
@@ -240,6 +304,11 @@ fn data_yaml_text(
          # `fusekit split` writes a train/val split of it.\npath: .\ntrain: images\n",
         options.seed, options.pairs, options.scenes
     );
+    if options.ir_bits == 16 {
+        text.push_str(
+            "# IR images are 16-bit raw counts; `ir_norm` (default auto) maps them to 8 bits.\n",
+        );
+    }
     if let Some(val) = val {
         text.push_str(&format!("val: {val}\n"));
     }
@@ -325,6 +394,38 @@ mod tests {
             };
             assert!(!b.exceeds_image() && b.w > 0.0 && b.h > 0.0);
         }
+    }
+
+    #[test]
+    fn sixteen_bit_ir_holds_raw_counts_in_png_and_tiff() {
+        for format in [FileFormat::Png, FileFormat::Tiff] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = SynthOptions {
+                ir_bits: 16,
+                ir_channels: 1,
+                format,
+                ..small()
+            };
+            generate(dir.path(), &options, &|| {}).unwrap();
+            let ext = format.extension();
+            let ir = image::open(dir.path().join(format!("imagesIR/010001.{ext}"))).unwrap();
+            let rgb = image::open(dir.path().join(format!("images/010001.{ext}"))).unwrap();
+            assert!(matches!(rgb, image::DynamicImage::ImageRgb8(_)));
+            let image::DynamicImage::ImageLuma16(counts) = ir else {
+                panic!("{format:?}: {:?}", ir.color())
+            };
+            let (lo, hi) = counts
+                .as_raw()
+                .iter()
+                .fold((u16::MAX, 0), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            assert!(lo > 27_000 && hi < 29_000 && hi - lo > 300, "{lo}..{hi}");
+        }
+        let jpeg16 = SynthOptions {
+            ir_bits: 16,
+            ..small()
+        };
+        let err = generate(tempfile::tempdir().unwrap().path(), &jpeg16, &|| {}).unwrap_err();
+        assert!(err.to_string().contains("png or tiff"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Drawing one night-time street frame in RGB and IR.
 
-use image::ExtendedColorType;
 use image::codecs::jpeg::JpegEncoder;
+use image::{DynamicImage, ExtendedColorType, ImageBuffer, ImageFormat, Luma, Rgb};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::SynthOptions;
+use crate::{FileFormat, SynthOptions};
 
 /// An 8-bit image, row-major, interleaved channels.
 pub(crate) struct Raster {
@@ -28,8 +28,17 @@ pub(crate) struct Object {
 pub(crate) struct Frame {
     pub rgb: Raster,
     pub ir: Raster,
+    /// With `ir_bits` 16: the IR image as raw sensor counts, one grey sample per pixel.
+    pub ir_counts: Option<Vec<u16>>,
     pub objects: Vec<Object>,
 }
+
+/// Raw counts of a 16-bit IR frame: `COUNTS_AT_ZERO + COUNTS_PER_LEVEL * heat`, where heat is
+/// the 8-bit frame's 0-255 scale: the background near 28,000 counts, warm objects a few hundred
+/// above it, as a radiometric camera's raw output.
+const COUNTS_AT_ZERO: f64 = 27_400.0;
+/// See [`COUNTS_AT_ZERO`].
+const COUNTS_PER_LEVEL: f64 = 6.0;
 
 impl Frame {
     /// The YOLO txt label file.
@@ -146,6 +155,7 @@ pub(crate) fn render_pair(options: &SynthOptions, index: usize) -> Frame {
     );
     let mut rgb = vec![0u8; width * height * 3];
     let mut ir = vec![0u8; width * height];
+    let mut ir_counts = (options.ir_bits == 16).then(|| vec![0u16; width * height]);
     for py in 0..height {
         let y = (py as f64 + 0.5) / height as f64;
         for px in 0..width {
@@ -179,6 +189,10 @@ pub(crate) fn render_pair(options: &SynthOptions, index: usize) -> Frame {
                 rgb[i * 3 + c] = v.clamp(0.0, 255.0) as u8;
             }
             ir[i] = (heat + f64::from(noise[3] % 7) - 3.0).clamp(0.0, 255.0) as u8;
+            if let Some(counts) = &mut ir_counts {
+                let noise = f64::from(noise[3] % 25) - 12.0;
+                counts[i] = (COUNTS_AT_ZERO + COUNTS_PER_LEVEL * heat + noise).round() as u16;
+            }
         }
     }
     let ir = if options.ir_channels == 3 {
@@ -199,8 +213,58 @@ pub(crate) fn render_pair(options: &SynthOptions, index: usize) -> Frame {
             channels: options.ir_channels,
             data: ir,
         },
+        ir_counts,
         objects: objects.into_iter().map(|(o, _)| o).collect(),
     }
+}
+
+/// A raster in `format` (`quality` for JPEG).
+pub(crate) fn encode(raster: &Raster, format: FileFormat, quality: u8) -> Vec<u8> {
+    if format == FileFormat::Jpeg {
+        return encode_jpeg(raster, quality);
+    }
+    let (w, h) = (raster.width, raster.height);
+    let data = raster.data.clone();
+    let image = if raster.channels == 1 {
+        DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, data).expect("sized raster"))
+    } else {
+        DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, data).expect("sized raster"))
+    };
+    encode_image(&image, format)
+}
+
+/// 16-bit grey IR counts (`channels` 1, or 3 equal channels) as a PNG or TIFF.
+pub(crate) fn encode_counts(
+    counts: &[u16],
+    (width, height): (u32, u32),
+    channels: u8,
+    format: FileFormat,
+) -> Vec<u8> {
+    let image = if channels == 1 {
+        DynamicImage::ImageLuma16(
+            ImageBuffer::<Luma<u16>, _>::from_raw(width, height, counts.to_vec())
+                .expect("sized counts"),
+        )
+    } else {
+        let data = counts.iter().flat_map(|&v| [v, v, v]).collect();
+        DynamicImage::ImageRgb16(
+            ImageBuffer::<Rgb<u16>, _>::from_raw(width, height, data).expect("sized counts"),
+        )
+    };
+    encode_image(&image, format)
+}
+
+fn encode_image(image: &DynamicImage, format: FileFormat) -> Vec<u8> {
+    let format = match format {
+        FileFormat::Png => ImageFormat::Png,
+        FileFormat::Tiff => ImageFormat::Tiff,
+        FileFormat::Jpeg => ImageFormat::Jpeg,
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, format)
+        .expect("encoding an in-memory image of valid size cannot fail");
+    out.into_inner()
 }
 
 /// Baseline JPEG of a raster.

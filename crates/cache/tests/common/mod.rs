@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fusekit_cache::{BuildInput, BuildOptions, IrChannels, MapMode, build};
+use fusekit_cache::{BuildInput, BuildOptions, IrChannels, IrNorm, MapMode, build};
 use fusekit_synth::{SynthOptions, generate};
 
 /// The build inputs of the pairs `options` generates (or generated) into `dir`.
@@ -14,10 +14,11 @@ pub fn synth_inputs(dir: &Path, options: &SynthOptions) -> Vec<BuildInput> {
     (0..options.pairs)
         .map(|i| {
             let stem = fusekit_synth::pair_stem(options, i);
+            let ext = options.format.extension();
             BuildInput {
-                name: format!("images/{stem}.jpg"),
-                rgb: dir.join(format!("images/{stem}.jpg")),
-                ir: dir.join(format!("imagesIR/{stem}.jpg")),
+                name: format!("images/{stem}.{ext}"),
+                rgb: dir.join(format!("images/{stem}.{ext}")),
+                ir: dir.join(format!("imagesIR/{stem}.{ext}")),
                 label: Some(dir.join(format!("labels/{stem}.txt"))),
             }
         })
@@ -43,6 +44,7 @@ pub fn options(imgsz: u32) -> BuildOptions {
         imgsz,
         mode: MapMode::Disk,
         ir_channels: IrChannels::Auto,
+        ir_norm: IrNorm::Auto,
         split: "train".into(),
         names: vec!["person".into()],
         skipped: vec![],
