@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fusekit_cache::Cache;
-use fusekit_loader::Batch;
+use fusekit_loader::{Batch, BatchBox};
 use fusekit_plots::{BatchView, LabelBox, PlotError};
 
 use crate::validate::FirstBatch;
@@ -54,19 +54,7 @@ impl Plots {
             return;
         }
         self.draw(observer, |dir| {
-            let boxes: Vec<LabelBox> = batch
-                .boxes
-                .iter()
-                .map(|b| LabelBox {
-                    image: b.image as usize,
-                    class: b.class,
-                    x: b.x,
-                    y: b.y,
-                    w: b.w,
-                    h: b.h,
-                    score: None,
-                })
-                .collect();
+            let boxes: Vec<LabelBox> = batch.boxes.iter().map(truth_box).collect();
             let view = BatchView {
                 imgsz: batch.imgsz,
                 planes: batch.planes,
@@ -180,6 +168,19 @@ fn view<'a>(first: &'a FirstBatch, boxes: &'a [LabelBox]) -> BatchView<'a> {
 }
 
 /// The columns `results.png` reads are those `results.csv` is written with.
+/// A batch's ground-truth box as the plots draw it.
+pub(crate) fn truth_box(b: &BatchBox) -> LabelBox {
+    LabelBox {
+        image: b.image as usize,
+        class: b.class,
+        x: b.x,
+        y: b.y,
+        w: b.w,
+        h: b.h,
+        score: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

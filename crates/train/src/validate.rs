@@ -8,6 +8,7 @@ use tch::{Device, Kind};
 
 use crate::TrainError;
 use crate::feed::batch_tensors;
+use crate::plots::truth_box;
 
 /// What one validation pass measured.
 #[derive(Debug, Clone)]
@@ -52,15 +53,7 @@ impl FirstBatch {
             .boxes
             .iter()
             .filter(|b| (b.image as usize) < shown)
-            .map(|b| LabelBox {
-                image: b.image as usize,
-                class: b.class,
-                x: b.x,
-                y: b.y,
-                w: b.w,
-                h: b.h,
-                score: None,
-            })
+            .map(truth_box)
             .collect();
         let predictions = detections
             .iter()
