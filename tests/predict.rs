@@ -27,6 +27,21 @@ fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
 /// rectangles (4:3). One object per image: with several, which object a from-scratch model
 /// learns first in a few hundred steps depends on the initialisation (Ultralytics behaves
 /// the same way), and this test is about the pipeline, not about that race.
+/// Saves an untrained yolov8n of `fusion` (one class, one IR plane) to `path`.
+fn save_untrained(fusion: Fusion, path: &Path) {
+    let vs = VarStore::new(Device::Cpu);
+    let config = ModelConfig {
+        scale: ModelScale::N,
+        fusion,
+        names: vec!["person".into()],
+        ir_channels: 1,
+    };
+    let rng = torch_rng();
+    let _ = Detector::new(&vs.root(), config.clone());
+    drop(rng);
+    weights::save(&vs, &config, path).unwrap();
+}
+
 fn scenes() -> [Vec<(u32, [u32; 4])>; 4] {
     [
         vec![(0, [8, 8, 36, 36])],
@@ -370,18 +385,8 @@ fn predict_reports_bad_weights_and_missing_images() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.safetensors"), "{stderr}");
 
-    let vs = VarStore::new(Device::Cpu);
-    let config = ModelConfig {
-        scale: ModelScale::N,
-        fusion: Fusion::Rgb,
-        names: vec!["person".into()],
-        ir_channels: 1,
-    };
-    let rng = torch_rng();
-    let _ = Detector::new(&vs.root(), config.clone());
-    drop(rng);
     let good = dir.path().join("w.safetensors");
-    weights::save(&vs, &config, &good).unwrap();
+    save_untrained(Fusion::Rgb, &good);
     let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
         .args(["predict", "--weights"])
         .arg(&good)
@@ -427,18 +432,8 @@ fn predict_normalises_16_bit_ir_as_the_cache_does() {
         .save(root.join("ir8.png"))
         .unwrap();
 
-    let vs = VarStore::new(Device::Cpu);
-    let config = ModelConfig {
-        scale: ModelScale::N,
-        fusion: Fusion::Mid,
-        names: vec!["person".into()],
-        ir_channels: 1,
-    };
-    let rng = torch_rng();
-    let _ = Detector::new(&vs.root(), config.clone());
-    drop(rng);
     let path = root.join("w.safetensors");
-    weights::save(&vs, &config, &path).unwrap();
+    save_untrained(Fusion::Mid, &path);
     // The detections and the picture of the stored pair the network was given.
     let predict = |ir: &str, extra: &[&str]| {
         let out = root.join(format!("out-{ir}-{}", extra.join("-")));
