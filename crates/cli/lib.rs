@@ -2,7 +2,7 @@
 //!
 //! - `fusekit` runs the dataset commands (lint, split, cache, rules, import, synth) without
 //!   loading libtorch, so they start in milliseconds and run where libtorch is missing; for
-//!   the commands that need it (train, val, predict, models, device, run) it hands over to
+//!   the commands that need it (train, val, predict, export, models, device, run) it hands over to
 //!   `fusekit-torch`, which it finds beside itself ([`delegate`]);
 //! - `fusekit-torch` runs every command in-process.
 //!
@@ -12,6 +12,8 @@
 mod cache;
 #[cfg(feature = "train")]
 mod device;
+#[cfg(feature = "train")]
+mod export;
 mod import;
 mod lint;
 #[cfg(feature = "train")]
@@ -77,6 +79,9 @@ enum Command {
     /// Detect objects in RGB + IR pairs with trained weights (JSON records and pictures).
     #[cfg(feature = "train")]
     Predict(predict::PredictArgs),
+    /// Export trained weights to ONNX or TorchScript for ONNX Runtime, TensorRT and PyTorch.
+    #[cfg(feature = "train")]
+    Export(export::ExportArgs),
 }
 
 /// The dataset commands, in-process; `None` for a command that needs libtorch.
@@ -114,6 +119,7 @@ pub fn torch_main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Device(args) => device::run(&args),
         Command::Predict(args) => predict::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Val(args) => val::run(&args),
         Command::Train(args) => train::run(&args),

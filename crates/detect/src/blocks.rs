@@ -88,8 +88,9 @@ pub(crate) fn conv1x1_with_bias(path: &nn::Path, c_in: i64, c_out: i64) -> nn::C
 /// `bn.{weight,bias,running_mean,running_var}` below the given path.
 #[derive(Debug)]
 pub struct Conv {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    pub(crate) conv: nn::Conv2D,
+    pub(crate) bn: nn::BatchNorm,
+    pub(crate) stride: i64,
 }
 
 impl Conv {
@@ -110,6 +111,7 @@ impl Conv {
         Self {
             conv: nn::conv2d(path / "conv", c_in, c_out, k, conv_config),
             bn: nn::batch_norm2d(path / "bn", c_out, bn_config),
+            stride: s,
         }
     }
 }
@@ -134,9 +136,9 @@ impl ModuleT for Conv {
 /// Two 3x3 `Conv`s with an optional residual connection (`cv1`, `cv2`).
 #[derive(Debug)]
 pub struct Bottleneck {
-    cv1: Conv,
-    cv2: Conv,
-    add: bool,
+    pub(crate) cv1: Conv,
+    pub(crate) cv2: Conv,
+    pub(crate) add: bool,
 }
 
 impl Bottleneck {
@@ -160,9 +162,9 @@ impl ModuleT for Bottleneck {
 /// YOLOv8's C2f: split, `n` bottlenecks each fed the previous output, concatenate, fuse.
 #[derive(Debug)]
 pub struct C2f {
-    cv1: Conv,
-    cv2: Conv,
-    m: Vec<Bottleneck>,
+    pub(crate) cv1: Conv,
+    pub(crate) cv2: Conv,
+    pub(crate) m: Vec<Bottleneck>,
 }
 
 impl C2f {
@@ -193,8 +195,8 @@ impl ModuleT for C2f {
 /// Spatial pyramid pooling, fast: three chained 5x5 max pools concatenated.
 #[derive(Debug)]
 pub struct Sppf {
-    cv1: Conv,
-    cv2: Conv,
+    pub(crate) cv1: Conv,
+    pub(crate) cv2: Conv,
 }
 
 impl Sppf {

@@ -9,7 +9,9 @@
 mod blocks;
 mod loss;
 mod model;
+pub mod onnx;
 mod postprocess;
+pub mod torchscript;
 pub mod weights;
 mod yolo;
 

@@ -6,6 +6,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::blocks::Conv;
+use crate::onnx::{IR_INPUT, RGB_INPUT};
 use crate::yolo::{Backbone, Head, Neck, decode, level_channels};
 
 /// Everything needed to rebuild a detector; stored in the weights file's metadata.
@@ -35,10 +36,10 @@ impl ModelConfig {
 
 /// One complete YOLOv8 network (backbone, neck, head) under `<prefix>.model.N`.
 #[derive(Debug)]
-struct Stream {
-    backbone: Backbone,
-    neck: Neck,
-    head: Head,
+pub(crate) struct Stream {
+    pub(crate) backbone: Backbone,
+    pub(crate) neck: Neck,
+    pub(crate) head: Head,
 }
 
 impl Stream {
@@ -61,16 +62,16 @@ impl Stream {
 /// Mid fusion: two backbones, a 1x1 Conv per level over the concatenated features, one neck
 /// and head (`head.model.10-22`).
 #[derive(Debug)]
-struct MidFusion {
-    rgb: Backbone,
-    ir: Backbone,
-    fuse: [Conv; 3],
-    neck: Neck,
-    head: Head,
+pub(crate) struct MidFusion {
+    pub(crate) rgb: Backbone,
+    pub(crate) ir: Backbone,
+    pub(crate) fuse: [Conv; 3],
+    pub(crate) neck: Neck,
+    pub(crate) head: Head,
 }
 
 #[derive(Debug)]
-enum Network {
+pub(crate) enum Network {
     Single { input: Input, stream: Box<Stream> },
     Mid(Box<MidFusion>),
     Late { rgb: Box<Stream>, ir: Box<Stream> },
@@ -78,7 +79,7 @@ enum Network {
 
 /// Which input planes a single-stream network reads.
 #[derive(Debug, Clone, Copy)]
-enum Input {
+pub(crate) enum Input {
     Rgb,
     Ir,
     All,
@@ -93,7 +94,7 @@ pub type HeadOutputs = Vec<Vec<Tensor>>;
 #[derive(Debug)]
 pub struct Detector {
     config: ModelConfig,
-    network: Network,
+    pub(crate) network: Network,
 }
 
 impl Detector {
@@ -148,20 +149,60 @@ impl Detector {
 
     /// Raw head outputs for `images` (see [`HeadOutputs`]).
     pub fn forward_t(&self, images: &Tensor, train: bool) -> HeadOutputs {
-        let rgb = || images.narrow(1, 0, 3);
-        let ir = || images.narrow(1, 3, self.config.ir_channels);
+        if let Network::Single {
+            input: Input::All,
+            stream,
+        } = &self.network
+        {
+            // Early fusion reads all planes as they are: no copy into separate inputs.
+            return vec![stream.forward_t(images, train)];
+        }
+        let rgb = images.narrow(1, 0, 3);
+        let ir = images.narrow(1, 3, self.config.ir_channels);
+        let inputs: Vec<&Tensor> = self
+            .input_names()
+            .iter()
+            .map(|name| if *name == RGB_INPUT { &rgb } else { &ir })
+            .collect();
+        self.forward_inputs(&inputs, train)
+    }
+
+    /// The inputs the network reads, in the order [`forward_inputs`](Self::forward_inputs)
+    /// takes them: `rgb` `[batch, 3, h, w]`, `ir` `[batch, ir_channels, h, w]` or both (an
+    /// exported model's inputs).
+    pub fn input_names(&self) -> Vec<&'static str> {
+        match &self.network {
+            Network::Single {
+                input: Input::Rgb, ..
+            } => vec![RGB_INPUT],
+            Network::Single {
+                input: Input::Ir, ..
+            } => vec![IR_INPUT],
+            _ => vec![RGB_INPUT, IR_INPUT],
+        }
+    }
+
+    /// Raw head outputs for separate inputs, as [`input_names`](Self::input_names) lists them.
+    ///
+    /// # Panics
+    /// When the number of inputs differs from the names'.
+    pub fn forward_inputs(&self, inputs: &[&Tensor], train: bool) -> HeadOutputs {
+        assert_eq!(
+            inputs.len(),
+            self.input_names().len(),
+            "one tensor per input"
+        );
         match &self.network {
             Network::Single { input, stream } => {
                 let x = match input {
-                    Input::Rgb => rgb(),
-                    Input::Ir => ir(),
-                    Input::All => images.shallow_clone(),
+                    Input::Rgb | Input::Ir => inputs[0].shallow_clone(),
+                    Input::All => Tensor::cat(inputs, 1),
                 };
                 vec![stream.forward_t(&x, train)]
             }
             Network::Mid(mid) => {
-                let a = mid.rgb.forward_t(&rgb(), train);
-                let b = mid.ir.forward_t(&ir(), train);
+                let a = mid.rgb.forward_t(inputs[0], train);
+                let b = mid.ir.forward_t(inputs[1], train);
                 let fused = [0, 1, 2]
                     .map(|i| mid.fuse[i].forward_t(&Tensor::cat(&[&a[i], &b[i]], 1), train));
                 vec![
@@ -170,7 +211,7 @@ impl Detector {
                 ]
             }
             Network::Late { rgb: r, ir: i } => {
-                vec![r.forward_t(&rgb(), train), i.forward_t(&ir(), train)]
+                vec![r.forward_t(inputs[0], train), i.forward_t(inputs[1], train)]
             }
         }
     }

@@ -48,15 +48,15 @@ pub fn level_channels(scale: ModelScale) -> [i64; 3] {
 /// layers 4, 6 and 9).
 #[derive(Debug)]
 pub struct Backbone {
-    stem: [Conv; 2],
-    c2f2: C2f,
-    conv3: Conv,
-    c2f4: C2f,
-    conv5: Conv,
-    c2f6: C2f,
-    conv7: Conv,
-    c2f8: C2f,
-    sppf9: Sppf,
+    pub(crate) stem: [Conv; 2],
+    pub(crate) c2f2: C2f,
+    pub(crate) conv3: Conv,
+    pub(crate) c2f4: C2f,
+    pub(crate) conv5: Conv,
+    pub(crate) c2f6: C2f,
+    pub(crate) conv7: Conv,
+    pub(crate) c2f8: C2f,
+    pub(crate) sppf9: Sppf,
 }
 
 impl Backbone {
@@ -100,12 +100,12 @@ impl Backbone {
 /// (outputs of layers 15, 18 and 21).
 #[derive(Debug)]
 pub struct Neck {
-    c2f12: C2f,
-    c2f15: C2f,
-    conv16: Conv,
-    c2f18: C2f,
-    conv19: Conv,
-    c2f21: C2f,
+    pub(crate) c2f12: C2f,
+    pub(crate) c2f15: C2f,
+    pub(crate) conv16: Conv,
+    pub(crate) c2f18: C2f,
+    pub(crate) conv19: Conv,
+    pub(crate) c2f21: C2f,
 }
 
 impl Neck {
@@ -144,9 +144,9 @@ impl Neck {
 
 /// One branch of the head: two 3x3 `Conv`s and a 1x1 convolution with bias.
 #[derive(Debug)]
-struct Branch {
-    convs: [Conv; 2],
-    out: nn::Conv2D,
+pub(crate) struct Branch {
+    pub(crate) convs: [Conv; 2],
+    pub(crate) out: nn::Conv2D,
 }
 
 impl Branch {
@@ -178,10 +178,10 @@ impl Branch {
 /// and `cv3` the class logits; `dfl.conv.weight` holds the fixed bin values 0..15.
 #[derive(Debug)]
 pub struct Head {
-    box_branches: Vec<Branch>,
-    class_branches: Vec<Branch>,
-    bins: Tensor,
-    num_classes: i64,
+    pub(crate) box_branches: Vec<Branch>,
+    pub(crate) class_branches: Vec<Branch>,
+    pub(crate) bins: Tensor,
+    pub(crate) num_classes: i64,
 }
 
 impl Head {

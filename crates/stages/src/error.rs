@@ -100,6 +100,14 @@ killed or stopped responding for --dist-timeout {timeout_seconds} s (its own out
     #[cfg(feature = "train")]
     #[error(transparent)]
     Weights(#[from] fusekit_detect::weights::WeightsError),
+    /// The ONNX graph could not be made.
+    #[cfg(feature = "train")]
+    #[error(transparent)]
+    Graph(#[from] fusekit_detect::onnx::GraphError),
+    /// The TorchScript file could not be traced or written.
+    #[cfg(feature = "train")]
+    #[error(transparent)]
+    TorchScript(#[from] fusekit_detect::torchscript::TorchScriptError),
     /// Plots could not be written.
     #[cfg(feature = "train")]
     #[error(transparent)]

@@ -20,6 +20,7 @@
 //! | train | `train::run` (feature `train`) |
 //! | val | `val::run` (feature `train`) |
 //! | predict | `predict::run` (feature `train`) |
+//! | export | `export::run` (feature `train`) |
 //!
 //! The lint, split and cache stages share one preamble, [`lint_first`]: open the dataset and
 //! lint it, so that pairs with error-level findings are left out the same way everywhere.
@@ -32,6 +33,8 @@ pub mod lint;
 mod progress;
 pub mod split;
 
+#[cfg(feature = "train")]
+pub mod export;
 #[cfg(feature = "train")]
 pub mod predict;
 #[cfg(feature = "train")]

@@ -84,6 +84,33 @@ pub fn link_args(lib_dir: &Path, runpath: bool) -> Vec<String> {
     args
 }
 
+/// Compiles the C++ files of a package's libtorch shim (`files`, relative to the package) into
+/// the static library `name`, against the headers of the libtorch torch-sys links (C++17,
+/// libtorch's ABI, its headers as system headers: their warnings are not ours to fix), and links
+/// the package to that libtorch's `torch_cpu` and `c10`.
+pub fn compile_shim(files: &[&str], name: &str) {
+    let lib_dir = std::path::PathBuf::from(
+        std::env::var_os(LIBTORCH_LIB_VAR).expect("torch-sys did not publish DEP_TCH_LIBTORCH_LIB"),
+    );
+    let include = lib_dir.join("../include");
+    let mut shim = cc::Build::new();
+    shim.cpp(true)
+        .std("c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1");
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+        shim.file(file);
+    }
+    for dir in [include.clone(), include.join("torch/csrc/api/include")] {
+        shim.flag("-isystem")
+            .flag(dir.to_str().expect("non-UTF-8 include path"));
+    }
+    shim.compile(name);
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

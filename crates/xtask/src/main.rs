@@ -245,8 +245,12 @@ fn test(root: &Path) -> anyhow::Result<()> {
 /// Versions of the Python reference the parity tests and benchmarks compare against.
 pub(crate) const ULTRALYTICS_VERSION: &str = "8.4.190";
 
-/// A virtual environment with Ultralytics (and pycocotools, safetensors) next to the same
-/// torch, created once under ~/.cache/fusekit; returns its python.
+/// The ONNX checker and ONNX Runtime the export tests load fusekit's `.onnx` files with.
+const ONNX_VERSION: &str = "1.23.2";
+const ONNXRUNTIME_VERSION: &str = "1.32.0";
+
+/// A virtual environment with Ultralytics (and pycocotools, safetensors, onnx, onnxruntime)
+/// next to the same torch, created once under ~/.cache/fusekit; returns its python.
 fn reference_python() -> anyhow::Result<PathBuf> {
     let venv = fusekit_home()?.join("ultralytics-venv");
     let python = venv.join("bin/python");
@@ -254,8 +258,10 @@ fn reference_python() -> anyhow::Result<PathBuf> {
         && run_quiet(Command::new(&python).args([
             "-c",
             &format!(
-                "import ultralytics, pycocotools, safetensors; \
-assert ultralytics.__version__ == '{ULTRALYTICS_VERSION}'"
+                "import ultralytics, pycocotools, safetensors, onnx, onnxruntime; \
+assert ultralytics.__version__ == '{ULTRALYTICS_VERSION}'; \
+assert onnx.__version__ == '{ONNX_VERSION}'; \
+assert onnxruntime.__version__ == '{ONNXRUNTIME_VERSION}'"
             ),
         ]));
     if !ready {
@@ -273,6 +279,8 @@ and benchmarks) into {}",
                 &format!("ultralytics=={ULTRALYTICS_VERSION}"),
                 "pycocotools",
                 "safetensors",
+                &format!("onnx=={ONNX_VERSION}"),
+                &format!("onnxruntime=={ONNXRUNTIME_VERSION}"),
             ])
             .arg(format!("torch=={TORCH_VERSION}")))?;
     }
