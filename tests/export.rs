@@ -325,3 +325,112 @@ fn bad_export_requests_are_refused_with_the_flag_named() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.safetensors"));
 }
+
+/// Writes `count` pairs of `width` x `height` noise images (RGB and grey IR PNGs) under
+/// `root/images` and `root/imagesIR`; returns the (RGB, IR) paths.
+fn write_noise_pairs(
+    root: &Path,
+    count: usize,
+    width: u32,
+    height: u32,
+) -> Vec<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::create_dir_all(root.join("imagesIR")).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 56) as u8
+    };
+    (0..count)
+        .map(|i| {
+            let rgb = image::RgbImage::from_fn(width, height, |_, _| {
+                image::Rgb([next(), next(), next()])
+            });
+            let ir = image::GrayImage::from_fn(width, height, |_, _| image::Luma([next()]));
+            let paths = (
+                root.join(format!("images/n{i}.png")),
+                root.join(format!("imagesIR/n{i}.png")),
+            );
+            rgb.save(&paths.0).unwrap();
+            ir.save(&paths.1).unwrap();
+            paths
+        })
+        .collect()
+}
+
+/// The README's ONNX Runtime example (`examples/onnx_predict.py`: letterbox, run, decode,
+/// NMS) finds the same boxes as `fusekit predict` on the same pairs.
+#[test]
+fn onnx_runtime_example_reproduces_fusekit_predict() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let weights_path = dir.path().join("model.safetensors");
+    save_model(ModelScale::N, Fusion::Mid, 10, &weights_path);
+    let model_path = dir.path().join("model.onnx");
+    export(&weights_path, &model_path, "onnx", &[]);
+    // 64 x 48 at imgsz 64: letterboxing pads, and no resampling filter is compared.
+    let pairs = write_noise_pairs(&dir.path().join("data"), 3, 64, 48);
+    let conf = "0.0004";
+    let mut compared = 0;
+    for (rgb, ir) in &pairs {
+        let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
+            .args(["predict", "--weights"])
+            .arg(&weights_path)
+            .args([rgb, ir])
+            .args([
+                "--imgsz",
+                "64",
+                "--device",
+                "cpu",
+                "--no-images",
+                "--format",
+                "json",
+            ])
+            .args(["--conf", conf, "--out"])
+            .arg(dir.path().join("predict"))
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let output = Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/onnx_predict.py"
+            ))
+            .arg(&model_path)
+            .args([rgb, ir])
+            .args(["--conf", conf])
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let ours = ours["detections"].as_array().unwrap();
+        let theirs = theirs["detections"].as_array().unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{ours:?}\nvs\n{theirs:?}");
+        for (a, b) in ours.iter().zip(theirs) {
+            assert_eq!(a["class"], b["class"]);
+            assert_eq!(a["name"], b["name"]);
+            let score = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs();
+            assert!(score < 1e-5, "scores {a} vs {b}");
+            for k in 0..4 {
+                let side = (a["box"][k].as_f64().unwrap() - b["box"][k].as_f64().unwrap()).abs();
+                assert!(side < 1e-3, "boxes {a} vs {b}");
+            }
+        }
+        compared += ours.len();
+    }
+    assert!(compared > 0, "no detection to compare at conf {conf}");
+    eprintln!("{compared} detections compared");
+}
