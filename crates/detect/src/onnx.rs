@@ -231,8 +231,7 @@ fn bottleneck(g: &mut GraphBuilder, block: &Bottleneck, x: &str) -> Result<Strin
 fn c2f(g: &mut GraphBuilder, block: &C2f, x: &str) -> Result<String, GraphError> {
     let y = conv(g, &block.cv1, x)?;
     let half = block.cv1.conv.ws.size()[0] / 2;
-    let parts = split(g, &y, &[half, half], 1)?;
-    let mut parts = parts;
+    let mut parts = split(g, &y, &[half, half], 1)?;
     for inner in &block.m {
         let next = bottleneck(g, inner, parts.last().expect("two halves"))?;
         parts.push(next);
