@@ -72,14 +72,14 @@ pub fn paired_detections(
             ),
         });
     }
-    let mut picture = RgbImage::from_pixel(2 * w + PAIR_GAP, h, Rgb([255; 3]));
-    image::imageops::replace(&mut picture, rgb, 0, 0);
-    image::imageops::replace(&mut picture, ir, i64::from(w + PAIR_GAP), 0);
     let line = line_width(w, h);
-    for d in detections {
-        for offset in [0, w + PAIR_GAP] {
-            outline(&mut picture, offset, w, d, line);
+    let mut picture = RgbImage::from_pixel(2 * w + PAIR_GAP, h, Rgb([255; 3]));
+    for (image, offset) in [(rgb, 0), (ir, w + PAIR_GAP)] {
+        let mut half = image.clone();
+        for d in detections {
+            draw_outline(&mut half, d.corners, class_rgb(d.class), line);
         }
+        image::imageops::replace(&mut picture, &half, i64::from(offset), 0);
     }
     let (width, height) = picture.dimensions();
     let mut canvas = Canvas::from_rgb(width, height, picture.into_raw())?;
@@ -96,22 +96,26 @@ pub fn paired_detections(
     canvas.save(path)
 }
 
-/// The corners of `d` in whole pixels of a `w`-wide half of `picture`, clipped to it.
-fn pixel_corners(d: &Detected, w: u32, h: u32) -> [u32; 4] {
+/// `corners` (x1, y1, x2, y2) in whole pixels of a `w x h` image, clipped to it.
+fn pixel_corners(corners: [f32; 4], w: u32, h: u32) -> [u32; 4] {
     let clip = |v: f32, side: u32| (v.max(0.0) as u32).min(side - 1);
     [
-        clip(d.corners[0], w),
-        clip(d.corners[1], h),
-        clip(d.corners[2], w),
-        clip(d.corners[3], h),
+        clip(corners[0], w),
+        clip(corners[1], h),
+        clip(corners[2], w),
+        clip(corners[3], h),
     ]
 }
 
-/// Paints `d`'s outline, `line` pixels wide inside its corners, on the half that starts at
-/// column `offset`.
-fn outline(picture: &mut RgbImage, offset: u32, w: u32, d: &Detected, line: u32) {
-    let [x0, y0, x1, y1] = pixel_corners(d, w, picture.height());
-    let colour = Rgb(class_rgb(d.class));
+/// Paints the outline of `corners` (x1, y1, x2, y2 in pixels, clipped to the picture) in
+/// `colour`, `line` pixels wide inside the corners.
+pub fn draw_outline(picture: &mut RgbImage, corners: [f32; 4], colour: [u8; 3], line: u32) {
+    let (w, h) = picture.dimensions();
+    if w == 0 || h == 0 {
+        return;
+    }
+    let [x0, y0, x1, y1] = pixel_corners(corners, w, h);
+    let colour = Rgb(colour);
     let left_band = x0..(x0 + line).min(x1 + 1);
     let right_band = (x1 + 1).saturating_sub(line).max(x0)..=x1;
     for y in y0..=y1 {
@@ -122,7 +126,7 @@ fn outline(picture: &mut RgbImage, offset: u32, w: u32, d: &Detected, line: u32)
             left_band.clone().chain(right_band.clone()).collect()
         };
         for x in columns {
-            picture.put_pixel(offset + x, y, colour);
+            picture.put_pixel(x, y, colour);
         }
     }
 }
@@ -139,7 +143,7 @@ fn label(
     if d.label.is_empty() {
         return Ok(());
     }
-    let [x0, y0, ..] = pixel_corners(d, w, h);
+    let [x0, y0, ..] = pixel_corners(d.corners, w, h);
     let (text_w, text_h) = root
         .estimate_text_size(&d.label, &text(size))
         .map_err(drawing(WHAT))?;

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 pub use batch::{BatchView, MAX_TILES, paired_batch};
 pub use confusion::confusion_matrix;
 pub use curves::curves;
-pub use detections::{Detected, PAIR_GAP, class_rgb, line_width, paired_detections};
+pub use detections::{Detected, PAIR_GAP, class_rgb, draw_outline, line_width, paired_detections};
 pub use labels::labels;
 pub use results::results;
 
