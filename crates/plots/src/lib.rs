@@ -8,6 +8,8 @@
 //! - [`confusion_matrix`]: `confusion_matrix.png` and `confusion_matrix_normalized.png` from a
 //!   [`fusekit_eval::ConfusionMatrix`].
 //! - [`labels`]: `labels.jpg`, instances per class and box centre / size histograms.
+//! - [`schedule`]: the learning rate per parameter group, momentum and accumulation per batch
+//!   (`fusekit train --print-schedule --plot`).
 //! - [`paired_detections`]: a prediction picture, a pair's RGB and IR images at their own
 //!   resolution with labelled boxes (what `fusekit predict` writes).
 //! - [`paired_batch`]: `train_batchN.jpg`, `val_batch0_labels.jpg` and `val_batch0_pred.jpg`,
@@ -24,6 +26,7 @@ mod detections;
 mod font;
 mod labels;
 mod results;
+mod schedule;
 mod style;
 
 use std::path::PathBuf;
@@ -34,6 +37,7 @@ pub use curves::curves;
 pub use detections::{Detected, PAIR_GAP, class_rgb, draw_outline, line_width, paired_detections};
 pub use labels::labels;
 pub use results::results;
+pub use schedule::{ScheduleStep, schedule};
 
 /// `results.png`.
 pub const RESULTS_PNG: &str = "results.png";

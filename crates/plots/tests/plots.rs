@@ -6,8 +6,9 @@ use std::path::Path;
 
 use fusekit_eval::{ConfusionMatrix, Prediction, Truth, evaluate};
 use fusekit_plots::{
-    BatchView, CONFUSION_PNGS, CURVE_PNGS, Detected, LabelBox, PAIR_GAP, PlotError, class_rgb,
-    confusion_matrix, curves, labels, line_width, paired_batch, paired_detections, results,
+    BatchView, CONFUSION_PNGS, CURVE_PNGS, Detected, LabelBox, PAIR_GAP, PlotError, ScheduleStep,
+    class_rgb, confusion_matrix, curves, labels, line_width, paired_batch, paired_detections,
+    results, schedule,
 };
 use image::RgbImage;
 
@@ -482,5 +483,26 @@ fn prediction_pictures_scale_lines_and_labels_with_the_image() {
         &dir.path().join("x.png"),
     )
     .unwrap_err();
+    assert!(matches!(error, PlotError::Input { .. }), "{error}");
+}
+
+#[test]
+fn schedule_plot_draws_every_batch_and_rejects_an_empty_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schedule.png");
+    // Warmup over the first 30 of 60 batches, then a linear decay.
+    let steps: Vec<ScheduleStep> = (0..60)
+        .map(|b| {
+            let warm = (f64::from(b) / 30.0).min(1.0);
+            ScheduleStep {
+                lr: [0.01 * warm, 0.01 * warm, 0.1 - 0.09 * warm],
+                momentum: 0.8 + 0.137 * warm,
+                accumulate: 1 + (3.0 * warm) as u32,
+            }
+        })
+        .collect();
+    schedule(&steps, ["weight", "bn", "bias"], 20, &path).unwrap();
+    assert_drawn(&path, (1400, 1200), 0.02);
+    let error = schedule(&[], ["weight", "bn", "bias"], 20, &path).unwrap_err();
     assert!(matches!(error, PlotError::Input { .. }), "{error}");
 }
