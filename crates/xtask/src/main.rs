@@ -10,9 +10,11 @@
 //!   dataset if missing, lints, splits, caches, trains and predicts).
 //! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
 //! - `bench`: setup, install Ultralytics for the reference numbers, run the benchmarks.
+//! - `docs-pictures`: the README's pictures under `docs/` (see [`docs_pictures`]).
 //! - `gpu-bundle`: setup, then fusekit built for the GPU machine's torch with its device check
 //!   (see [`gpu_bundle`]).
 
+mod docs_pictures;
 mod gpu_bundle;
 
 use std::path::{Path, PathBuf};
@@ -33,13 +35,14 @@ fn main() -> anyhow::Result<()> {
         "demo" => demo(&root),
         "test" => test(&root),
         "bench" => bench(&root),
+        "docs-pictures" => docs_pictures::docs_pictures(&root),
         "gpu-bundle" => {
             let main_torch = setup(&root)?;
             let args: Vec<String> = std::env::args().skip(2).collect();
             gpu_bundle::gpu_bundle(&root, &main_torch, &args)
         }
         _ => bail!(
-            "usage: cargo xtask <setup|demo|test|bench|gpu-bundle>\n\n{}",
+            "usage: cargo xtask <setup|demo|test|bench|docs-pictures|gpu-bundle>\n\n{}",
             include_str!("usage.txt")
         ),
     }
