@@ -299,27 +299,22 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
     let weights_path = dir.path().join("wide.safetensors");
     weights::save(&vs, &config, &weights_path).unwrap();
 
-    let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
-        .args(["predict", "--weights"])
-        .arg(&weights_path)
-        .arg(&input.rgb)
-        .arg(&input.ir)
-        .env("OMP_NUM_THREADS", "1")
-        .args([
-            "--imgsz",
-            "64",
-            "--device",
-            "cpu",
-            "--format",
-            "json",
-            "--save-txt",
-            "--save-conf",
-            "--save-json",
-            "--out",
-        ])
-        .arg(dir.path().join("predict"))
-        .output()
-        .unwrap();
+    let out = dir.path().join("predict");
+    let predict = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_fusekit"))
+            .args(["predict", "--weights"])
+            .arg(&weights_path)
+            .arg(&input.rgb)
+            .arg(&input.ir)
+            .env("OMP_NUM_THREADS", "1")
+            .args(["--imgsz", "64", "--device", "cpu", "--format", "json"])
+            .args(["--save-txt", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = predict(&["--save-conf", "--save-json"]);
     assert!(
         output.status.success(),
         "{}",
@@ -349,7 +344,11 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
         "the top detection {top:?} is not at {truth:?} (IoU {:.2}): {detections:?}",
         iou(*top, truth)
     );
-    assert_saved_outputs(&dir.path().join("predict"), &input.rgb, &record);
+    assert_saved_outputs(&out, &input.rgb, &record);
+    // Predicted again into the same folder with nothing above the threshold: no label file,
+    // not even the earlier one.
+    assert!(predict(&["--conf", "1"]).status.success());
+    assert!(!out.join("labels/wide.txt").exists());
 }
 
 /// A JSON array of numbers.

@@ -196,9 +196,9 @@ pub fn run(params: &Params, each: &mut dyn FnMut(&PairPrediction)) -> Result<Out
             picture(&predicted, ir_norm, &picture_path)?;
             pictures += 1;
         }
-        if params.save.txt && !predicted.detections.is_empty() {
+        if params.save.txt {
             let path = labels_dir.join(format!("{}.txt", stem(&pair.rgb)));
-            write_file(&path, yolo_rows(&predicted, params.save.conf).as_bytes())?;
+            save_yolo_rows(&path, &predicted, params.save.conf)?;
         }
         if params.save.json {
             coco.extend(coco_detections(&predicted));
@@ -313,6 +313,20 @@ fn picture_extension(rgb: &Path) -> &'static str {
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"));
     if jpeg { "jpg" } else { "png" }
+}
+
+/// Writes `predicted`'s YOLO rows to `path`; as Ultralytics, no file for no detections (and
+/// none left from an earlier run into the same folder).
+fn save_yolo_rows(path: &Path, predicted: &PairPrediction, conf: bool) -> Result<(), StageError> {
+    if !predicted.detections.is_empty() {
+        return write_file(path, yolo_rows(predicted, conf).as_bytes());
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StageError::io("removing", path)(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `predicted`'s detections as YOLO label rows, `class cx cy w h` normalised to the source
