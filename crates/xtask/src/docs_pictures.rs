@@ -60,35 +60,15 @@ pub(crate) fn docs_pictures(root: &Path) -> anyhow::Result<()> {
     step(&["split", "ds", "--group", r"^(\d{2})", "--val", "0.2"])?;
     step(&["cache", "build", "ds", "--imgsz", "128", "--out", "cache"])?;
     // The demo's training settings (pipelines/sample.yaml), mid fusion.
-    let train = [
-        "train",
-        "--cache",
-        "cache",
-        "--imgsz",
-        "128",
-        "--batch",
-        "16",
-        "--accumulate",
-        "1",
-        "--lr-scaling",
-        "none",
-        "--lr0",
-        "0.01",
-        "--warmup-epochs",
-        "1",
-        "--close-mosaic",
-        "5",
-        "--fusion",
-        "mid",
-        "--device",
-        "cpu",
-        "--epochs",
-        "10",
-    ];
-    let run_name = ["--project", "runs", "--name", "docs"];
-    step(&[&train[..], &run_name[..]].concat())?;
-    let schedule = ["--print-schedule", "--plot", "schedule.png"];
-    step(&[&train[..], &schedule[..]].concat())?;
+    let train = "train --cache cache --imgsz 128 --batch 16 --accumulate 1 --lr-scaling none \
+--lr0 0.01 --warmup-epochs 1 --close-mosaic 5 --fusion mid --device cpu --epochs 10";
+    for extra in [
+        "--project runs --name docs",
+        "--print-schedule --plot schedule.png",
+    ] {
+        let args = format!("{train} {extra}");
+        step(&args.split(' ').collect::<Vec<_>>())?;
+    }
     step(&[
         "predict",
         "--weights",
