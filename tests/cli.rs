@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use base64::Engine as _;
+use image::RgbImage;
+
 fn fusekit(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_fusekit"))
         .args(args)
@@ -84,6 +87,235 @@ fn findings_exit_1_and_json_lists_every_code() {
     assert_eq!(finding["severity"], "warning");
     assert!(finding["label"].as_str().unwrap().starts_with("labels/"));
     assert_eq!(finding["line"], 3);
+}
+
+/// The stem of the pair added with a name that needs escaping in HTML.
+const ODD_STEM: &str = "odd<b>&'\"";
+
+/// A synthetic dataset with every injectable defect, plus a pair named [`ODD_STEM`] (a copy
+/// of a clean pair) whose label repeats its first row (LBL009 on line 2).
+fn defective_dataset(dir: &Path) -> PathBuf {
+    let data = synth(dir, &["--inject", "all"]);
+    // The last pair is one synth leaves clean (defects go into the first ones).
+    let clean = "040010";
+    for folder in ["images", "imagesIR"] {
+        std::fs::copy(
+            data.join(format!("{folder}/{clean}.jpg")),
+            data.join(format!("{folder}/{ODD_STEM}.jpg")),
+        )
+        .unwrap();
+    }
+    let label = std::fs::read_to_string(data.join(format!("labels/{clean}.txt"))).unwrap();
+    let first = label.lines().next().expect("the clean pair has a box");
+    std::fs::write(
+        data.join(format!("labels/{ODD_STEM}.txt")),
+        format!("{first}\n{label}"),
+    )
+    .unwrap();
+    data
+}
+
+/// Every JPEG data URI of `html`, decoded.
+fn thumbnails(html: &str) -> Vec<RgbImage> {
+    const PREFIX: &str = "data:image/jpeg;base64,";
+    html.match_indices(PREFIX)
+        .map(|(at, _)| {
+            let rest = &html[at + PREFIX.len()..];
+            let end = rest.find('"').expect("a quoted data URI");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&rest[..end])
+                .expect("base64");
+            image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+                .expect("a JPEG thumbnail")
+                .into_rgb8()
+        })
+        .collect()
+}
+
+/// Mean absolute difference of two same-sized pictures, per channel.
+fn mean_difference(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let total: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| u64::from(x.abs_diff(y)))
+        .sum();
+    total as f64 / a.as_raw().len() as f64
+}
+
+#[test]
+fn html_report_lists_every_finding_with_thumbnails_of_the_named_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = defective_dataset(dir.path());
+    let json = fusekit(&["lint", "ds", "--format", "json"], dir.path());
+    assert_eq!(json.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    let by_code = report["summary"]["by_code"].as_object().unwrap();
+    assert!(by_code.len() > 20, "{by_code:?}");
+
+    let html_run = fusekit(
+        &["lint", "ds", "--format", "html", "--out", "report.html"],
+        dir.path(),
+    );
+    assert_eq!(
+        html_run.status.code(),
+        Some(1),
+        "the exit code follows the report"
+    );
+    assert!(html_run.stdout.is_empty(), "the report goes to --out only");
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+
+    // Every finding is listed, under its code's heading with its count.
+    assert_eq!(
+        html.matches("<article class=\"finding\">").count(),
+        findings.len()
+    );
+    for (code, count) in by_code {
+        let start = html
+            .find(&format!("id=\"{code}\" data-code=\"{code}\""))
+            .unwrap_or_else(|| panic!("no section for {code}"));
+        let heading = &html[start..start + html[start..].find("</h2>").unwrap()];
+        assert!(
+            heading.ends_with(&format!("({count})")),
+            "{code}: {heading}"
+        );
+    }
+    // Self-contained: nothing to fetch.
+    for outside in ["http://", "https://", "<link", "<script src", "url("] {
+        assert!(!html.contains(outside), "the report refers to {outside}");
+    }
+    // Names from the dataset are escaped.
+    assert!(!html.contains("odd<b>"));
+    assert!(html.contains("odd&lt;b&gt;&amp;&#39;&quot;"));
+
+    // Thumbnails are small JPEGs; the odd pair's RGB thumbnail is its image, with the
+    // duplicated row (line 2) highlighted in yellow.
+    let all = thumbnails(&html);
+    assert!(all.len() > 20, "{} thumbnails", all.len());
+    assert!(all.iter().all(|t| t.width().max(t.height()) <= 160));
+    let odd = html
+        .find("labels/odd&lt;b&gt;&amp;&#39;&quot;.txt:2")
+        .expect("the odd finding");
+    let article = &html[odd..odd + html[odd..].find("</article>").unwrap()];
+    assert!(article.contains("<mark>"), "the offending line is marked");
+    let odd_thumbnails = thumbnails(article);
+    assert_eq!(odd_thumbnails.len(), 2, "RGB and IR");
+    let named = image::open(data.join(format!("images/{ODD_STEM}.jpg")))
+        .unwrap()
+        .thumbnail(160, 160)
+        .into_rgb8();
+    let other = image::open(data.join("images/020005.jpg"))
+        .unwrap()
+        .thumbnail(160, 160)
+        .into_rgb8();
+    let (same, different) = (
+        mean_difference(&odd_thumbnails[0], &named),
+        mean_difference(&odd_thumbnails[0], &other),
+    );
+    assert!(
+        same < 6.0 && same * 2.0 < different,
+        "the thumbnail differs from its image by {same}, from another by {different}"
+    );
+    let yellow = odd_thumbnails[0]
+        .pixels()
+        .filter(|p| p.0[0] > 200 && p.0[1] > 170 && p.0[2] < 110)
+        .count();
+    assert!(yellow > 20, "{yellow} highlighted pixels");
+
+    // With a cap, every finding is still listed, and each group says its thumbnails are capped.
+    let capped = fusekit(
+        &[
+            "lint",
+            "ds",
+            "--format",
+            "html",
+            "--out",
+            "capped.html",
+            "--thumbnails-per-code",
+            "0",
+        ],
+        dir.path(),
+    );
+    assert_eq!(capped.status.code(), Some(1));
+    let capped = std::fs::read_to_string(dir.path().join("capped.html")).unwrap();
+    assert_eq!(
+        capped.matches("<article class=\"finding\">").count(),
+        findings.len()
+    );
+    assert!(thumbnails(&capped).is_empty());
+    assert_eq!(capped.matches("class=\"capped\"").count(), by_code.len());
+}
+
+/// Chromium, from `cargo xtask setup`; installed here with apt-get when the test runs
+/// without it. `None` (the test then skips, saying so) only outside CI.
+fn chromium() -> Option<&'static str> {
+    let runs = || {
+        Command::new("chromium")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !runs() {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "chromium"])
+            .output();
+    }
+    if runs() {
+        return Some("chromium");
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "chromium is missing in CI: `cargo xtask setup` installs it"
+    );
+    eprintln!(
+        "skipping the Chromium rendering: `chromium` is not installed and apt-get could not \
+install it (`cargo xtask setup` does)"
+    );
+    None
+}
+
+#[test]
+fn html_report_renders_in_headless_chromium() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    defective_dataset(dir.path());
+    let html_run = fusekit(
+        &["lint", "ds", "--format", "html", "--out", "report.html"],
+        dir.path(),
+    );
+    assert_eq!(html_run.status.code(), Some(1));
+    let html = dir.path().join("report.html");
+    let png = dir.path().join("report.png");
+    let screenshot = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,1600",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    assert!(
+        screenshot.status.success() && png.is_file(),
+        "{}",
+        String::from_utf8_lossy(&screenshot.stderr)
+    );
+    let picture = image::open(&png).unwrap().into_rgb8();
+    assert_eq!(picture.dimensions(), (1200, 1600));
+    let colours: std::collections::HashSet<[u8; 3]> = picture.pixels().map(|p| p.0).collect();
+    let ink = picture.pixels().filter(|p| p.0 != [255; 3]).count();
+    assert!(
+        colours.len() > 200 && ink * 20 > picture.as_raw().len() / 3,
+        "a blank page: {} colours, {ink} non-white pixels",
+        colours.len()
+    );
 }
 
 #[test]

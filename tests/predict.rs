@@ -169,18 +169,12 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
     for record in &records {
         let rgb = record["rgb"].as_str().unwrap();
         let i: usize = rgb[rgb.len() - 5..rgb.len() - 4].parse().unwrap();
-        let detections = record["detections"].as_array().unwrap();
+        let detections = detections_of(record);
         for &(class, b) in &scenes()[i] {
             let truth = b.map(f64::from);
-            let found = detections.iter().any(|d| {
-                let bbox: Vec<f64> = d["box"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap())
-                    .collect();
-                d["class"] == class && iou([bbox[0], bbox[1], bbox[2], bbox[3]], truth) > 0.5
-            });
+            let found = detections
+                .iter()
+                .any(|&(c, _, bbox)| c == u64::from(class) && iou(bbox, truth) > 0.5);
             assert!(
                 found,
                 "pair {i}: no detection of class {class} at {b:?} in {detections:?}"
@@ -195,10 +189,10 @@ fn overfit_four_pairs_then_predict_finds_their_boxes() {
                 .unwrap()
                 .path()
                 .extension()
-                .is_some_and(|x| x == "jpg")
+                .is_some_and(|x| x == "png")
         })
         .count();
-    assert_eq!(pictures, 4);
+    assert_eq!(pictures, 4, "a PNG picture per PNG source");
 }
 
 /// A source unlike the network input (200 x 120 predicted at 64, so stored as 64 x 39 and
@@ -305,25 +299,22 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
     let weights_path = dir.path().join("wide.safetensors");
     weights::save(&vs, &config, &weights_path).unwrap();
 
-    let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))
-        .args(["predict", "--weights"])
-        .arg(&weights_path)
-        .arg(&input.rgb)
-        .arg(&input.ir)
-        .env("OMP_NUM_THREADS", "1")
-        .args([
-            "--imgsz",
-            "64",
-            "--device",
-            "cpu",
-            "--format",
-            "json",
-            "--no-images",
-            "--out",
-        ])
-        .arg(dir.path().join("predict"))
-        .output()
-        .unwrap();
+    let out = dir.path().join("predict");
+    let predict = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_fusekit"))
+            .args(["predict", "--weights"])
+            .arg(&weights_path)
+            .arg(&input.rgb)
+            .arg(&input.ir)
+            .env("OMP_NUM_THREADS", "1")
+            .args(["--imgsz", "64", "--device", "cpu", "--format", "json"])
+            .args(["--save-txt", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let output = predict(&["--save-conf", "--save-json"]);
     assert!(
         output.status.success(),
         "{}",
@@ -335,31 +326,17 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
         (record["width"].as_u64(), record["height"].as_u64()),
         (Some(200), Some(120))
     );
-    // (score, box) of each detection.
-    let detections: Vec<(f64, [f64; 4])> = record["detections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            let b: Vec<f64> = d["box"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            (d["score"].as_f64().unwrap(), [b[0], b[1], b[2], b[3]])
-        })
-        .collect();
-    for (_, b) in &detections {
+    let detections = detections_of(&record);
+    for (_, _, b) in &detections {
         assert!(
             b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w && b[3] <= h && b[0] < b[2] && b[1] < b[3],
             "box {b:?} is not inside the 200 x 120 source"
         );
     }
     // The most confident detection is the object, where it was painted.
-    let (_, top) = detections
+    let (_, _, top) = detections
         .iter()
-        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or_else(|| panic!("no detection: {record}"));
     let truth = [x0, y0, x1, y1];
     assert!(
@@ -367,6 +344,127 @@ fn predict_reports_boxes_in_source_pixels_for_a_source_unlike_imgsz() {
         "the top detection {top:?} is not at {truth:?} (IoU {:.2}): {detections:?}",
         iou(*top, truth)
     );
+    assert_saved_outputs(&out, &input.rgb, &record);
+    // Predicted again into the same folder with nothing above the threshold: no label file,
+    // not even the earlier one.
+    assert!(predict(&["--conf", "1"]).status.success());
+    assert!(!out.join("labels/wide.txt").exists());
+}
+
+/// A JSON array of numbers.
+fn numbers(array: &serde_json::Value) -> Vec<f64> {
+    array
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+/// The class, score and corners of each detection of a predictions.jsonl record.
+fn detections_of(record: &serde_json::Value) -> Vec<(u64, f64, [f64; 4])> {
+    record["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let b = numbers(&d["box"]);
+            (
+                d["class"].as_u64().unwrap(),
+                d["score"].as_f64().unwrap(),
+                [b[0], b[1], b[2], b[3]],
+            )
+        })
+        .collect()
+}
+
+/// What `predict --save-txt --save-conf --save-json` wrote into `out` for the single pair of
+/// `record` (RGB image `rgb`): a picture of the source's size (RGB and IR side by side) with
+/// every detection outlined on both halves in its class colour and nothing changed away from
+/// the boxes, YOLO rows and COCO detections that say what the record says.
+fn assert_saved_outputs(out: &Path, rgb: &Path, record: &serde_json::Value) {
+    let detections = detections_of(record);
+    assert!(!detections.is_empty(), "{record}");
+    let source = image::open(rgb).unwrap().into_rgb8();
+    let (width, height) = source.dimensions();
+    let stem = rgb.file_stem().unwrap().to_str().unwrap();
+
+    let picture = image::open(out.join(format!("00000_{stem}.png")))
+        .unwrap()
+        .into_rgb8();
+    let gap = fusekit_plots::PAIR_GAP;
+    assert_eq!(picture.dimensions(), (2 * width + gap, height));
+    for &(class, _, b) in &detections {
+        let x0 = (b[0].max(0.0) as u32).min(width - 1);
+        let y = ((b[1] + b[3]) / 2.0) as u32;
+        for half in [0, width + gap] {
+            assert_eq!(
+                picture.get_pixel(half + x0, y).0,
+                fusekit_plots::class_rgb(class as u32),
+                "the left edge of class {class} box {b:?} at ({}, {y})",
+                half + x0
+            );
+        }
+    }
+    // Away from every box and its label, the RGB half is the source itself.
+    let far = |&(x, y): &(u32, u32)| {
+        detections.iter().all(|&(_, _, b)| {
+            let (x, y) = (f64::from(x), f64::from(y));
+            x < b[0] - 100.0 || x > b[2] + 100.0 || y < b[1] - 30.0 || y > b[3] + 4.0
+        })
+    };
+    let far: Vec<(u32, u32)> = (0..height)
+        .flat_map(|y| (0..width).map(move |x| (x, y)))
+        .filter(far)
+        .collect();
+    assert!(
+        far.len() > 1000,
+        "{} pixels far from {detections:?}",
+        far.len()
+    );
+    assert!(
+        far.iter()
+            .all(|&(x, y)| picture.get_pixel(x, y) == source.get_pixel(x, y)),
+        "pixels far from every box were changed"
+    );
+
+    let rows = std::fs::read_to_string(out.join(format!("labels/{stem}.txt"))).unwrap();
+    let rows: Vec<Vec<f64>> = rows
+        .lines()
+        .map(|l| l.split(' ').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), detections.len());
+    let (w, h) = (f64::from(width), f64::from(height));
+    for (row, &(class, score, b)) in rows.iter().zip(&detections) {
+        let expected = [
+            class as f64,
+            (b[0] + b[2]) / 2.0 / w,
+            (b[1] + b[3]) / 2.0 / h,
+            (b[2] - b[0]) / w,
+            (b[3] - b[1]) / h,
+            score,
+        ];
+        assert_eq!(row.len(), 6, "{row:?}");
+        for (got, want) in row.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-5, "row {row:?} vs {expected:?}");
+        }
+    }
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("predictions.json")).unwrap())
+            .unwrap();
+    let entries = json.as_array().unwrap();
+    assert_eq!(entries.len(), detections.len());
+    for (entry, &(class, score, b)) in entries.iter().zip(&detections) {
+        assert_eq!(entry["image_id"], stem);
+        assert_eq!(entry["category_id"].as_u64(), Some(class));
+        assert!((entry["score"].as_f64().unwrap() - score).abs() < 1e-6);
+        let bbox = numbers(&entry["bbox"]);
+        let expected = [b[0], b[1], b[2] - b[0], b[3] - b[1]];
+        for (got, want) in bbox.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-3, "bbox {bbox:?} vs {expected:?}");
+        }
+    }
 }
 
 #[test]
@@ -456,7 +554,7 @@ fn predict_normalises_16_bit_ir_as_the_cache_does() {
             String::from_utf8_lossy(&output.stderr)
         );
         let record: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        let picture = std::fs::read(out.join("00000_rgb.jpg")).unwrap();
+        let picture = std::fs::read(out.join("00000_rgb.png")).unwrap();
         (record["detections"].clone(), picture)
     };
     let mapped_first = predict("ir8.png", &[]);

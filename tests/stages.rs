@@ -318,6 +318,7 @@ fn train_val_and_predict_run_from_their_params() {
             out: dir.path().join("predict"),
             device: "cpu".into(),
             pictures: false,
+            save: predict::SaveOptions::default(),
         },
         &mut |_| seen += 1,
     )

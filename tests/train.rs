@@ -88,6 +88,8 @@ fn prints_the_batch_arithmetic_and_the_schedule() {
             "--print-schedule",
             "--epochs",
             "2",
+            "--plot",
+            "schedule.png",
         ]),
         dir.path(),
     ));
@@ -101,6 +103,24 @@ fn prints_the_batch_arithmetic_and_the_schedule() {
         .filter(|l| l.trim_start().starts_with(char::is_numeric))
         .count();
     assert!(rows >= 4, "{out}");
+    // The plot: three panels (learning rates, momentum, accumulation), each group's line in
+    // its own colour in the top one.
+    let plot = image::open(dir.path().join("schedule.png"))
+        .unwrap()
+        .into_rgb8();
+    assert_eq!(plot.dimensions(), (1400, 1200));
+    let colours: std::collections::HashSet<[u8; 3]> = plot.pixels().map(|p| p.0).collect();
+    assert!(colours.len() > 50, "{} colours", colours.len());
+    let top_panel = |colour: [u8; 3]| {
+        (0..400)
+            .flat_map(|y| (0..1400).map(move |x| (x, y)))
+            .filter(|&(x, y)| plot.get_pixel(x, y).0 == colour)
+            .count()
+    };
+    for group in 0..3 {
+        let colour = fusekit_plots::class_rgb(group);
+        assert!(top_panel(colour) > 200, "group {group}'s line is missing");
+    }
 
     let auto = ok(&fusekit(
         &train_args(&["--batch", "4", "--print-schedule"]),

@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use fusekit_dataset::DecodeLevel;
 use fusekit_hyp::Imgsz;
-use fusekit_lint::{LevelSelectors, LintSection, find_config, parse_decode, read_config};
+use fusekit_lint::{
+    HtmlOptions, LevelSelectors, LintSection, find_config, parse_decode, read_config,
+};
 use fusekit_stages::lint::{FailOn, Params, Settings};
 
 use crate::output::ReportFormat;
@@ -25,9 +27,17 @@ working directory): deny, warn and allow lists, decode, imgsz and strict. Flags 
 pub struct LintArgs {
     /// A data yaml, or a dataset folder (with data.yaml, or images/ imagesIR/ labels/).
     data: PathBuf,
-    /// Output format: human text, JSON (stable, versioned) or SARIF 2.1.0 for CI annotations.
+    /// Output format: human text, JSON (stable, versioned), SARIF 2.1.0 for CI annotations, or
+    /// one self-contained HTML page (with --out) with thumbnails of the pairs, filterable by
+    /// code and severity.
     #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
     format: ReportFormat,
+    /// Write the report to FILE (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// HTML report: findings per code shown with thumbnails (the rest are listed without).
+    #[arg(long, default_value_t = fusekit_lint::THUMBNAILS_PER_CODE, value_name = "N")]
+    thumbnails_per_code: usize,
     /// `header` reads headers, end markers and a partial content hash (the first and last
     /// 64 KiB of each file; fast); `full` decodes every pixel of both images (finds corrupt
     /// data and constant images).
@@ -146,20 +156,27 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
     let outcome = fusekit_stages::lint::run(&params, &Bars::default())?;
     let header = outcome.header(&args.data, config.as_deref());
     let report = &outcome.report;
-    match args.format {
-        ReportFormat::Human => print!("{}", report.to_human(&header, args.max_per_code)),
-        ReportFormat::Json => println!("{}", report.to_json()),
+    let text = match args.format {
+        ReportFormat::Human => report.to_human(&header, args.max_per_code),
+        ReportFormat::Json => report.to_json() + "\n",
         ReportFormat::Sarif => {
             let root = outcome
                 .root
                 .as_deref()
                 .and_then(|r| std::fs::canonicalize(r).ok())
                 .unwrap_or_default();
-            println!(
-                "{}",
-                report.to_sarif(&format!("file://{}/", root.display()))
-            );
+            report.to_sarif(&format!("file://{}/", root.display())) + "\n"
         }
+        ReportFormat::Html => report.to_html(&HtmlOptions {
+            header: &header,
+            root: outcome.root.as_deref(),
+            ir_norm: outcome.ir_norm,
+            thumbnails_per_code: args.thumbnails_per_code,
+        }),
+    };
+    match &args.out {
+        Some(path) => fusekit_stages::lint::write_file(path, text.as_bytes())?,
+        None => print!("{text}"),
     }
     Ok(ExitCode::from(outcome.exit_code()))
 }

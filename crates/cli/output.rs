@@ -11,7 +11,7 @@ pub enum Format {
     Json,
 }
 
-/// `--format` of `fusekit lint`, whose report also comes as SARIF.
+/// `--format` of `fusekit lint`, whose report also comes as SARIF and HTML.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
     /// Text for people.
@@ -20,4 +20,6 @@ pub enum ReportFormat {
     Json,
     /// SARIF 2.1.0, for CI code annotations.
     Sarif,
+    /// One self-contained HTML page with thumbnails, filterable by code and severity.
+    Html,
 }

@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 use fusekit_detect::NmsOptions;
 use fusekit_hyp::Imgsz;
-use fusekit_stages::predict::{PairPrediction, Params, Source};
+use fusekit_stages::predict::{PairPrediction, Params, SaveOptions, Source};
 
 use crate::output::Format;
 
@@ -16,8 +16,9 @@ use crate::output::Format;
 /// Give one pair as two paths, or `--source` a dataset (folder or data yaml) to predict every
 /// RGB image that has an IR partner. Each pair is resized and letterboxed exactly as the cache
 /// does; boxes are reported in original image pixels. Writes `predictions.jsonl` (one record
-/// per pair) and, unless `--no-images`, a picture per pair with the boxes drawn on the RGB
-/// and IR images side by side, into `--out`.
+/// per pair) and, unless `--no-images`, a picture per pair at the source resolution: the RGB
+/// and IR images side by side, each box outlined on both in its class colour with its class
+/// name and score (JPEG for a JPEG source, PNG otherwise), into `--out`.
 #[derive(Args)]
 pub struct PredictArgs {
     /// Weights (`.safetensors` written by fusekit, model configuration included).
@@ -55,6 +56,17 @@ pub struct PredictArgs {
     /// Only write predictions.jsonl, no pictures.
     #[arg(long)]
     no_images: bool,
+    /// Write `labels/<stem>.txt` per pair with detections: YOLO rows `class cx cy w h`,
+    /// normalised to the source image.
+    #[arg(long)]
+    save_txt: bool,
+    /// With --save-txt, append each detection's score to its row.
+    #[arg(long, requires = "save_txt")]
+    save_conf: bool,
+    /// Write `predictions.json`: COCO-style detections (image_id = the RGB file's stem,
+    /// category_id, bbox x y w h in source pixels, score).
+    #[arg(long)]
+    save_json: bool,
     /// `human` prints a line per pair; `json` prints the JSONL records.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
@@ -85,6 +97,11 @@ impl PredictArgs {
             out: self.out.clone(),
             device: self.device.clone(),
             pictures: !self.no_images,
+            save: SaveOptions {
+                txt: self.save_txt,
+                conf: self.save_conf,
+                json: self.save_json,
+            },
         })
     }
 }

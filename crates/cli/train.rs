@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// Print the learning rate of each group and the momentum at every batch, then exit.
     #[arg(long)]
     print_schedule: bool,
+    /// With --print-schedule, also draw it into FILE (PNG): the learning rate per parameter
+    /// group, the momentum and the accumulation per batch.
+    #[arg(long, value_name = "FILE", requires = "print_schedule")]
+    plot: Option<PathBuf>,
     /// `human` prints progress; `json` prints one summary object at the end.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
@@ -193,7 +197,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let params = args.params()?;
     let bars = Bars::default();
     if args.print_schedule {
-        print!("{}", fusekit_stages::train::schedule(&params, &bars)?);
+        let planned = fusekit_stages::train::schedule(&params, &bars)?;
+        print!("{}", planned.table());
+        if let Some(path) = &args.plot {
+            planned.plot(path)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let human = args.format == Format::Human;

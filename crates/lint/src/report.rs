@@ -77,7 +77,8 @@ impl Finding {
             .or(self.rgb.as_deref())
     }
 
-    fn location(&self) -> String {
+    /// `path:line`, `path` or `dataset`: where the finding is.
+    pub(crate) fn location(&self) -> String {
         match (self.primary_path(), self.line) {
             (Some(path), Some(line)) => format!("{path}:{line}"),
             (Some(path), None) => path.to_owned(),

@@ -80,18 +80,6 @@ impl Letterbox {
         [x(bbox[0]), y(bbox[1]), x(bbox[2]), y(bbox[3])]
     }
 
-    /// `bbox` (x1, y1, x2, y2 in network pixels) in stored image pixels (not clipped), for
-    /// drawing on the stored planes.
-    pub fn to_stored(&self, bbox: [f32; 4]) -> [f32; 4] {
-        let pad = self.pad();
-        [
-            bbox[0] - pad[0],
-            bbox[1] - pad[1],
-            bbox[2] - pad[0],
-            bbox[3] - pad[1],
-        ]
-    }
-
     /// Copies `sample` (stored at this letterbox's stored size) into `out` (`planes x size x
     /// size`), centred at [`offsets`](Self::offsets), padding with [`PAD_VALUE`]; no scaling.
     pub fn place(&self, sample: &Sample<'_>, out: &mut [u8]) {
@@ -192,21 +180,6 @@ mod tests {
                 [0.0, 0.0, inner[0], inner[1]],
                 0.5,
             );
-        }
-    }
-
-    #[test]
-    fn stored_pixels_are_network_pixels_less_the_padding() {
-        for (original, scaled) in CASES {
-            let fit = Letterbox::new(original, scaled, 64);
-            let [left, top] = fit.pad();
-            // The stored image's corners are the letterboxed image's corners.
-            let [sw, sh] = scaled.map(|v| v as f32);
-            assert_eq!(
-                fit.to_stored([left, top, left + sw, top + sh]),
-                [0.0, 0.0, sw, sh]
-            );
-            assert_eq!(fit.offsets().map(|v| v as f32), [left, top]);
         }
     }
 }

@@ -703,6 +703,7 @@ pub fn predict_params(
             .as_ref()
             .map_or("auto".to_owned(), |t| t.device.clone()),
         pictures: section.images,
+        save: fusekit_stages::predict::SaveOptions::default(),
     })
 }
 

@@ -8,6 +8,10 @@
 //! - [`confusion_matrix`]: `confusion_matrix.png` and `confusion_matrix_normalized.png` from a
 //!   [`fusekit_eval::ConfusionMatrix`].
 //! - [`labels`]: `labels.jpg`, instances per class and box centre / size histograms.
+//! - [`schedule`]: the learning rate per parameter group, momentum and accumulation per batch
+//!   (`fusekit train --print-schedule --plot`).
+//! - [`paired_detections`]: a prediction picture, a pair's RGB and IR images at their own
+//!   resolution with labelled boxes (what `fusekit predict` writes).
 //! - [`paired_batch`]: `train_batchN.jpg`, `val_batch0_labels.jpg` and `val_batch0_pred.jpg`,
 //!   each image of a batch as RGB and IR side by side with its boxes, class names and (for
 //!   predictions) scores.
@@ -18,9 +22,11 @@ mod batch;
 mod canvas;
 mod confusion;
 mod curves;
+mod detections;
 mod font;
 mod labels;
 mod results;
+mod schedule;
 mod style;
 
 use std::path::PathBuf;
@@ -28,8 +34,10 @@ use std::path::PathBuf;
 pub use batch::{BatchView, MAX_TILES, paired_batch};
 pub use confusion::confusion_matrix;
 pub use curves::curves;
+pub use detections::{Detected, PAIR_GAP, class_rgb, draw_outline, line_width, paired_detections};
 pub use labels::labels;
 pub use results::results;
+pub use schedule::{ScheduleStep, schedule};
 
 /// `results.png`.
 pub const RESULTS_PNG: &str = "results.png";

@@ -117,21 +117,37 @@ fn draw_panel(
         .label("smooth")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], SMOOTH_ORANGE.stroke_width(2)));
     if legend {
-        chart
-            .configure_series_labels()
-            .label_font(text(14.0))
-            .background_style(WHITE.mix(0.8))
-            .border_style(RGBColor(200, 200, 200))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(drawing(WHAT))?;
+        draw_legend(&mut chart, 14.0, WHAT)?;
     }
     Ok(())
 }
 
+/// A chart of `f64` against `f64` on the plots' bitmap.
+pub(crate) type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The series' legend in the upper right corner of `chart`, text `size` pixels high.
+pub(crate) fn draw_legend<'a>(
+    chart: &mut Chart<'a, 'a>,
+    size: f64,
+    what: &'static str,
+) -> Result<(), PlotError> {
+    chart
+        .configure_series_labels()
+        .label_font(text(size))
+        .background_style(WHITE.mix(0.8))
+        .border_style(RGBColor(200, 200, 200))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(drawing(what))
+}
+
 /// The range of `values` with 5 % room on each side (a unit-wide one around a single value,
 /// `0..1` without values).
-fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+pub(crate) fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use fusekit_eval::{ConfusionMatrix, Prediction, Truth, evaluate};
 use fusekit_plots::{
-    BatchView, CONFUSION_PNGS, CURVE_PNGS, LabelBox, PlotError, confusion_matrix, curves, labels,
-    paired_batch, results,
+    BatchView, CONFUSION_PNGS, CURVE_PNGS, Detected, LabelBox, PAIR_GAP, PlotError, ScheduleStep,
+    class_rgb, confusion_matrix, curves, labels, line_width, paired_batch, paired_detections,
+    results, schedule,
 };
 use image::RgbImage;
 
@@ -401,4 +402,107 @@ fn paired_batch_rejects_bad_input() {
         Err(PlotError::Input { .. })
     ));
     assert!(!path.exists());
+}
+
+/// Near-white pixels (every channel at least 200) in rows `rows` and columns `columns` of
+/// `picture`.
+fn count_white(
+    picture: &RgbImage,
+    rows: std::ops::Range<u32>,
+    columns: std::ops::Range<u32>,
+) -> usize {
+    rows.flat_map(|y| columns.clone().map(move |x| (x, y)))
+        .filter(|&(x, y)| picture.get_pixel(x, y).0.iter().all(|&c| c >= 200))
+        .count()
+}
+
+#[test]
+fn prediction_pictures_scale_lines_and_labels_with_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    // (image size, expected line width) per Ultralytics' max(round((W + H) / 2 * 0.003), 2).
+    for ((w, h), line) in [
+        ((200u32, 120u32), 2u32),
+        ((1280, 1024), 3),
+        ((3000, 2000), 8),
+    ] {
+        assert_eq!(line_width(w, h), line);
+        let rgb = RgbImage::from_pixel(w, h, image::Rgb([40, 40, 40]));
+        let ir = RgbImage::from_pixel(w, h, image::Rgb([90, 90, 90]));
+        // A box in the lower half, with room for its label above it.
+        let corners = [
+            w as f32 * 0.25,
+            h as f32 * 0.5,
+            w as f32 * 0.75,
+            h as f32 * 0.9,
+        ];
+        let detected = Detected {
+            class: 1,
+            corners,
+            label: "car 0.91".into(),
+        };
+        let path = dir.path().join(format!("{w}.png"));
+        paired_detections(&rgb, &ir, std::slice::from_ref(&detected), &path).unwrap();
+        let picture = decode(&path);
+        assert_eq!(picture.dimensions(), (2 * w + PAIR_GAP, h));
+        let colour = class_rgb(1);
+        let (x0, y_mid) = (corners[0] as u32, (corners[1] + corners[3]) as u32 / 2);
+        for half in [0, w + PAIR_GAP] {
+            // The left edge is `line` pixels of the class colour, then the image again.
+            let row: Vec<[u8; 3]> = (0..=line)
+                .map(|dx| picture.get_pixel(half + x0 + dx, y_mid).0)
+                .collect();
+            assert!(
+                row[..line as usize].iter().all(|&p| p == colour),
+                "{w}: {row:?}"
+            );
+            assert_ne!(row[line as usize], colour, "{w}: {row:?}");
+            // The label: a band of the class colour above the box, its height growing with
+            // the image (text at least 12 px, Ultralytics' (W + H) / 2 * 0.035 beyond).
+            let band_rows = (0..corners[1] as u32)
+                .filter(|&y| picture.get_pixel(half + x0 + 1, y).0 == colour)
+                .count() as f64;
+            let text = (f64::from(w + h) / 2.0 * 0.035).max(12.0);
+            assert!(
+                band_rows >= text * 0.8 && band_rows <= text * 2.0,
+                "{w}: a label band of {band_rows} rows for {text} px text"
+            );
+            // White text on the band.
+            let white = count_white(
+                &picture,
+                corners[1] as u32 - band_rows as u32..corners[1] as u32,
+                half + x0..half + x0 + (text * 3.0) as u32,
+            );
+            assert!(white as f64 > text, "{w}: {white} white text pixels");
+        }
+    }
+    let small = RgbImage::new(10, 10);
+    let error = paired_detections(
+        &RgbImage::new(12, 10),
+        &small,
+        &[],
+        &dir.path().join("x.png"),
+    )
+    .unwrap_err();
+    assert!(matches!(error, PlotError::Input { .. }), "{error}");
+}
+
+#[test]
+fn schedule_plot_draws_every_batch_and_rejects_an_empty_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schedule.png");
+    // Warmup over the first 30 of 60 batches, then a linear decay.
+    let steps: Vec<ScheduleStep> = (0..60)
+        .map(|b| {
+            let warm = (f64::from(b) / 30.0).min(1.0);
+            ScheduleStep {
+                lr: [0.01 * warm, 0.01 * warm, 0.1 - 0.09 * warm],
+                momentum: 0.8 + 0.137 * warm,
+                accumulate: 1 + (3.0 * warm) as u32,
+            }
+        })
+        .collect();
+    schedule(&steps, ["weight", "bn", "bias"], 20, &path).unwrap();
+    assert_drawn(&path, (1400, 1200), 0.02);
+    let error = schedule(&[], ["weight", "bn", "bias"], 20, &path).unwrap_err();
+    assert!(matches!(error, PlotError::Input { .. }), "{error}");
 }

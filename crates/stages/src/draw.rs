@@ -3,8 +3,7 @@
 use fusekit_cache::Sample;
 use image::{Rgb, RgbImage};
 
-/// Gap between the RGB and IR halves, in pixels.
-const GAP: u32 = 8;
+use fusekit_plots::PAIR_GAP as GAP;
 
 /// A picture of `sample`'s RGB (left) and IR (right) planes as stored.
 pub fn side_by_side(sample: &Sample<'_>, ir_planes: usize) -> RgbImage {
@@ -53,17 +52,5 @@ pub fn draw_box(picture: &mut RgbImage, bbox: [f32; 4], colour: [u8; 3]) {
     }
 }
 
-/// A distinct colour per class.
-pub fn class_colour(class: u32) -> [u8; 3] {
-    const PALETTE: [[u8; 3]; 8] = [
-        [0, 255, 0],
-        [255, 56, 56],
-        [255, 157, 151],
-        [255, 178, 29],
-        [72, 249, 10],
-        [0, 194, 255],
-        [255, 55, 199],
-        [146, 204, 23],
-    ];
-    PALETTE[class as usize % PALETTE.len()]
-}
+/// The colour of class `class`: the plots' palette.
+pub use fusekit_plots::class_rgb as class_colour;

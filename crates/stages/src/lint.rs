@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fusekit_dataset::{Dataset, DecodeLevel};
+use fusekit_dataset::{Dataset, DecodeLevel, IrNorm};
 use fusekit_hyp::Imgsz;
 use fusekit_lint::{
     LevelSelectors, Levels, LintOptions, LintSection, Report, Severity, Summary, apply_fixes,
@@ -170,6 +170,9 @@ pub struct Outcome {
     /// The dataset root, when the description could be used.
     #[serde(skip)]
     pub root: Option<PathBuf>,
+    /// The dataset's `ir_norm:` (how its IR images become 8 bits, for pictures of them).
+    #[serde(skip)]
+    pub ir_norm: IrNorm,
 }
 
 impl Outcome {
@@ -255,7 +258,7 @@ pub fn run(params: &Params, progress: &dyn Progress) -> Result<Outcome, StageErr
         lint_run.report,
         pairs_per_split,
         fixed_files,
-        Some(dataset.root),
+        Some((dataset.root, dataset.ir_norm)),
         started,
     )
 }
@@ -296,9 +299,13 @@ fn finish(
     report: Report,
     pairs_per_split: Vec<(String, usize)>,
     fixed_files: usize,
-    root: Option<PathBuf>,
+    dataset: Option<(PathBuf, IrNorm)>,
     started: Instant,
 ) -> Result<Outcome, StageError> {
+    let (root, ir_norm) = match dataset {
+        Some((root, ir_norm)) => (Some(root), ir_norm),
+        None => (None, IrNorm::default()),
+    };
     let settings = &params.settings;
     let mut blocking: Vec<String> = Vec::new();
     let mut accepted = 0;
@@ -325,6 +332,7 @@ fn finish(
         reports: Vec::new(),
         report,
         root,
+        ir_norm,
     };
     if let Some(dir) = &params.report_dir {
         let text = dir.join("report.txt");
@@ -337,8 +345,8 @@ fn finish(
     Ok(outcome)
 }
 
-/// Writes a whole file atomically.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
+/// Writes a whole file atomically (a temporary file in the same folder, then a rename).
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
     use std::io::Write as _;
     let mut file =
         atomic_write_file::AtomicWriteFile::open(path).map_err(StageError::io("writing", path))?;

@@ -5,16 +5,18 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use fusekit_cache::{BuildInput, Record, Sample, prepare_pair};
-use fusekit_dataset::{Dataset, IrNorm};
-use fusekit_detect::{Detection, NmsOptions, non_max_suppression, weights};
+use fusekit_dataset::{Dataset, IrNorm, normalise_ir};
+use fusekit_detect::{NmsOptions, non_max_suppression, weights};
 use fusekit_hyp::Imgsz;
 use fusekit_loader::Letterbox;
+use fusekit_plots::{Detected, paired_detections};
 use fusekit_train::parse_device;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::StageError;
+use crate::lint::write_file;
 use crate::train::device_name;
-use crate::{StageError, draw};
 
 /// What to predict on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,22 @@ pub struct Params {
     pub device: String,
     /// Write a picture per pair.
     pub pictures: bool,
+    /// Labels and COCO-style JSON written beside the pictures.
+    pub save: SaveOptions,
+}
+
+/// What a prediction run writes besides `predictions.jsonl` and the pictures (Ultralytics'
+/// `save_txt`, `save_conf` and `save_json`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaveOptions {
+    /// `labels/<stem>.txt` per pair with detections: YOLO rows `class cx cy w h`, normalised
+    /// to the source image.
+    pub txt: bool,
+    /// Append each detection's score to its YOLO row.
+    pub conf: bool,
+    /// `predictions.json`: COCO-style detections (`image_id`, `category_id`, `bbox` as x, y,
+    /// width, height in source pixels, `score`).
+    pub json: bool,
 }
 
 /// One detection, in original image pixels.
@@ -92,6 +110,12 @@ pub struct Outcome {
     pub predictions: PathBuf,
     /// Pictures written.
     pub pictures: usize,
+    /// The folder of YOLO label files, when asked for.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    /// `predictions.json`, when asked for.
+    #[serde(default)]
+    pub json: Option<PathBuf>,
     /// `cpu` or `cuda:N`.
     pub device: String,
 }
@@ -119,6 +143,11 @@ pub fn run(params: &Params, each: &mut dyn FnMut(&PairPrediction)) -> Result<Out
     let planes = config.input_planes() as usize;
     let mut input = vec![0u8; planes * size * size];
     let (mut total, mut pictures) = (0, 0);
+    let labels_dir = params.out.join("labels");
+    if params.save.txt {
+        std::fs::create_dir_all(&labels_dir).map_err(StageError::io("creating", &labels_dir))?;
+    }
+    let mut coco = Vec::new();
     let mut io_result = Ok(());
     for (index, pair) in pairs.iter().enumerate() {
         let record =
@@ -159,28 +188,38 @@ pub fn run(params: &Params, each: &mut dyn FnMut(&PairPrediction)) -> Result<Out
         let line = serde_json::to_string(&predicted).expect("a prediction serialises");
         io_result = io_result.and_then(|()| writeln!(jsonl, "{line}"));
         if params.pictures {
-            let picture_path = params
-                .out
-                .join(format!("{index:05}_{}.jpg", stem(&pair.rgb)));
-            picture(&sample, config.ir_channels as usize, &detections, &fit)
-                .save(&picture_path)
-                .map_err(|e| StageError::Io {
-                    action: "writing",
-                    path: picture_path.clone(),
-                    source: std::io::Error::other(e),
-                })?;
+            let picture_path = params.out.join(format!(
+                "{index:05}_{}.{}",
+                stem(&pair.rgb),
+                picture_extension(&pair.rgb)
+            ));
+            picture(&predicted, ir_norm, &picture_path)?;
             pictures += 1;
+        }
+        if params.save.txt {
+            let path = labels_dir.join(format!("{}.txt", stem(&pair.rgb)));
+            save_yolo_rows(&path, &predicted, params.save.conf)?;
+        }
+        if params.save.json {
+            coco.extend(coco_detections(&predicted));
         }
         each(&predicted);
     }
     io_result
         .and_then(|()| jsonl.flush())
         .map_err(write_error)?;
+    let json_path = params.out.join("predictions.json");
+    if params.save.json {
+        let text = serde_json::to_string(&coco).expect("detections serialise");
+        write_file(&json_path, text.as_bytes())?;
+    }
     Ok(Outcome {
         pairs: pairs.len(),
         detections: total,
         predictions: jsonl_path,
         pictures,
+        labels: params.save.txt.then_some(labels_dir),
+        json: params.save.json.then_some(json_path),
         device: device_name(device),
     })
 }
@@ -239,22 +278,100 @@ fn sample_of(record: &Record) -> Sample<'_> {
     }
 }
 
-/// The stored images side by side with the detections (network pixels) drawn.
-fn picture(
-    sample: &Sample<'_>,
-    ir_planes: usize,
-    detections: &[Detection],
-    fit: &Letterbox,
-) -> image::RgbImage {
-    let mut picture = draw::side_by_side(sample, ir_planes);
-    for d in detections {
-        draw::draw_box(
-            &mut picture,
-            fit.to_stored(d.bbox),
-            draw::class_colour(d.class),
-        );
+/// Writes `predicted`'s pair at its source resolution, RGB and IR (mapped to 8 bits by
+/// `ir_norm`, as the network saw it) side by side, each detection outlined with its class name
+/// and score.
+fn picture(predicted: &PairPrediction, ir_norm: IrNorm, path: &Path) -> Result<(), StageError> {
+    let open = |image_path: &Path| {
+        image::open(image_path).map_err(|e| StageError::Io {
+            action: "decoding",
+            path: image_path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
+    };
+    let rgb = open(&predicted.rgb)?.into_rgb8();
+    let ir = normalise_ir(open(&predicted.ir)?, ir_norm).into_rgb8();
+    let detected: Vec<Detected> = predicted
+        .detections
+        .iter()
+        .map(|d| Detected {
+            class: d.class,
+            corners: d.bbox,
+            label: match &d.name {
+                Some(name) => format!("{name} {:.2}", d.score),
+                None => format!("{} {:.2}", d.class, d.score),
+            },
+        })
+        .collect();
+    Ok(paired_detections(&rgb, &ir, &detected, path)?)
+}
+
+/// The picture of a pair keeps a JPEG source's format and is a PNG otherwise.
+fn picture_extension(rgb: &Path) -> &'static str {
+    let jpeg = rgb
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"));
+    if jpeg { "jpg" } else { "png" }
+}
+
+/// Writes `predicted`'s YOLO rows to `path`; as Ultralytics, no file for no detections (and
+/// none left from an earlier run into the same folder).
+fn save_yolo_rows(path: &Path, predicted: &PairPrediction, conf: bool) -> Result<(), StageError> {
+    if !predicted.detections.is_empty() {
+        return write_file(path, yolo_rows(predicted, conf).as_bytes());
     }
-    picture
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StageError::io("removing", path)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `predicted`'s detections as YOLO label rows, `class cx cy w h` normalised to the source
+/// image, with the score appended when `conf`.
+fn yolo_rows(predicted: &PairPrediction, conf: bool) -> String {
+    let (w, h) = (predicted.width as f32, predicted.height as f32);
+    let mut text = String::new();
+    for d in &predicted.detections {
+        let [x0, y0, x1, y1] = d.bbox;
+        text.push_str(&format!(
+            "{} {:.6} {:.6} {:.6} {:.6}",
+            d.class,
+            (x0 + x1) / 2.0 / w,
+            (y0 + y1) / 2.0 / h,
+            (x1 - x0) / w,
+            (y1 - y0) / h
+        ));
+        if conf {
+            text.push_str(&format!(" {:.6}", d.score));
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// `predicted`'s detections as COCO results: `image_id` is the RGB file's stem (a number when
+/// it is one, as Ultralytics writes it), `bbox` is x, y, width, height in source pixels.
+fn coco_detections(predicted: &PairPrediction) -> Vec<serde_json::Value> {
+    let stem = stem(&predicted.rgb);
+    let image_id = stem
+        .parse::<u64>()
+        .map_or_else(|_| serde_json::Value::from(stem.clone()), Into::into);
+    predicted
+        .detections
+        .iter()
+        .map(|d| {
+            let [x0, y0, x1, y1] = d.bbox;
+            serde_json::json!({
+                "image_id": image_id,
+                "category_id": d.class,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": d.score,
+            })
+        })
+        .collect()
 }
 
 fn stem(path: &Path) -> String {

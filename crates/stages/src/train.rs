@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use fusekit_cache::{Cache, MapMode};
 use fusekit_dist::{Backend, DistError, ProcessGroup};
-use fusekit_hyp::{BatchPlan, Fusion, Hyp, Imgsz, Schedule, render_table};
+use fusekit_hyp::{BatchPlan, Fusion, Hyp, Imgsz, PARAM_GROUPS, Schedule, render_table};
+use fusekit_plots::ScheduleStep;
 use fusekit_train::{
     EpochRecord, Event, Faults, RunFiles, SimulatedOom, TrainError, TrainOptions, TrainSummary,
     parse_devices, train,
@@ -285,9 +286,42 @@ never validates on the training set)",
     })
 }
 
-/// The learning rate of each group and the momentum at every batch, as a table, and the
-/// batch arithmetic above it; nothing is trained.
-pub fn schedule(params: &Params, progress: &dyn Progress) -> Result<String, StageError> {
+/// A run's batch arithmetic and its per-batch schedule, worked out without training.
+#[derive(Debug, Clone)]
+pub struct PlannedSchedule {
+    /// Batch, accumulation and the scaled learning rate and weight decay.
+    pub plan: BatchPlan,
+    /// Learning rates, momentum and accumulation at every batch.
+    pub schedule: Schedule,
+}
+
+impl PlannedSchedule {
+    /// The batch arithmetic, then a table row per batch (what `--print-schedule` prints).
+    pub fn table(&self) -> String {
+        format!("{}\n{}", self.plan, render_table(self.schedule.rows()))
+    }
+
+    /// Draws the learning rate of each parameter group, the momentum and the accumulation
+    /// per batch into `path` (PNG).
+    pub fn plot(&self, path: &Path) -> Result<(), StageError> {
+        let steps: Vec<ScheduleStep> = self
+            .schedule
+            .rows()
+            .map(|row| ScheduleStep {
+                lr: row.step.lr,
+                momentum: row.step.momentum,
+                accumulate: row.step.accumulate,
+            })
+            .collect();
+        let groups = PARAM_GROUPS.map(|g| g.label());
+        fusekit_plots::schedule(&steps, groups, self.schedule.batches_per_epoch(), path)?;
+        Ok(())
+    }
+}
+
+/// The batch arithmetic and the learning rate of each group, the momentum and the
+/// accumulation at every batch of the run `params` describes; nothing is trained.
+pub fn schedule(params: &Params, progress: &dyn Progress) -> Result<PlannedSchedule, StageError> {
     let prepared = prepare(params, progress)?;
     let hyp = &prepared.hyp;
     let samples = prepared.samples;
@@ -298,7 +332,7 @@ pub fn schedule(params: &Params, progress: &dyn Progress) -> Result<String, Stag
     let plan = BatchPlan::from_hyp(hyp, 1)?;
     let batches = images.div_ceil(hyp.batch as usize) as u64;
     let schedule = Schedule::new(hyp, &plan, batches, hyp.epochs)?.with_min_warmup(MIN_WARMUP);
-    Ok(format!("{plan}\n{}", render_table(schedule.rows())))
+    Ok(PlannedSchedule { plan, schedule })
 }
 
 /// Whether a `--device` value names one CUDA device (`cuda:N` or `N`) rather than leaving

@@ -4,14 +4,17 @@
 //!   `$FUSEKIT_HOME`) and link it as `.libtorch`, where `.cargo/config.toml` points torch-sys;
 //!   unpack Debian's `libgloo-dev` headers beside it for fusekit-dist's c10d shim, and (for a
 //!   CUDA torch) install the CUDA headers its NCCL backend compiles with that the wheel lacks;
-//!   install Debian's `nasm` (when apt-get can) for libjpeg-turbo's SIMD JPEG decoding.
+//!   install Debian's `nasm` (when apt-get can) for libjpeg-turbo's SIMD JPEG decoding, and
+//!   Debian's `chromium`, which renders the HTML lint report in its test.
 //! - `demo`: setup, build fusekit and run `pipelines/sample.yaml` (which generates the sample
 //!   dataset if missing, lints, splits, caches, trains and predicts).
 //! - `test`: setup, then formatting, clippy and the whole test suite (what CI runs).
 //! - `bench`: setup, install Ultralytics for the reference numbers, run the benchmarks.
+//! - `docs-pictures`: the README's pictures under `docs/` (see [`docs_pictures`]).
 //! - `gpu-bundle`: setup, then fusekit built for the GPU machine's torch with its device check
 //!   (see [`gpu_bundle`]).
 
+mod docs_pictures;
 mod gpu_bundle;
 
 use std::path::{Path, PathBuf};
@@ -32,13 +35,14 @@ fn main() -> anyhow::Result<()> {
         "demo" => demo(&root),
         "test" => test(&root),
         "bench" => bench(&root),
+        "docs-pictures" => docs_pictures::docs_pictures(&root),
         "gpu-bundle" => {
             let main_torch = setup(&root)?;
             let args: Vec<String> = std::env::args().skip(2).collect();
             gpu_bundle::gpu_bundle(&root, &main_torch, &args)
         }
         _ => bail!(
-            "usage: cargo xtask <setup|demo|test|bench|gpu-bundle>\n\n{}",
+            "usage: cargo xtask <setup|demo|test|bench|docs-pictures|gpu-bundle>\n\n{}",
             include_str!("usage.txt")
         ),
     }
@@ -85,9 +89,14 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
         target.display()
     );
     gloo_headers()?;
-    if let Err(error) = nasm() {
+    if let Err(error) = apt_tool("nasm", "-v", "libjpeg-turbo's SIMD decoding") {
         // mozjpeg-sys then builds libjpeg-turbo without SIMD and says so once in a build warning.
         eprintln!("xtask: note: {error:#}; JPEG decoding for caches builds without SIMD (slower)");
+    }
+    if let Err(error) = apt_tool("chromium", "--version", "rendering the HTML lint report") {
+        eprintln!(
+            "xtask: note: {error:#}; the HTML lint report test skips its rendering outside CI"
+        );
     }
     if target.join("torch/lib/libtorch_cuda.so").is_file() {
         // Only NCCL needs them: without them fusekit-dist builds with Gloo alone.
@@ -147,22 +156,23 @@ pub(crate) fn pip_install_into(target: &Path, requirement: &[&str]) -> anyhow::R
         .with_context(|| format!("moving {} into place", partial.display()))
 }
 
-/// Installs Debian's `nasm` unless it is on the PATH: mozjpeg-sys assembles libjpeg-turbo's
-/// SIMD decoding paths with it (without it, the plain C paths are built).
-fn nasm() -> anyhow::Result<()> {
-    if run_quiet(Command::new("nasm").arg("-v")) {
+/// Installs the Debian package `tool` (with apt-get) unless `tool probe` runs: `nasm`, with
+/// which mozjpeg-sys assembles libjpeg-turbo's SIMD decoding paths (without it, the plain C
+/// paths are built), and `chromium`, which the HTML lint report's test renders with.
+fn apt_tool(tool: &str, probe: &str, why: &str) -> anyhow::Result<()> {
+    if run_quiet(Command::new(tool).arg(probe)) {
         return Ok(());
     }
-    eprintln!("xtask: installing nasm (apt-get) for libjpeg-turbo's SIMD decoding");
-    let install = || run_quiet(Command::new("apt-get").args(["install", "-y", "-qq", "nasm"]));
+    eprintln!("xtask: installing {tool} (apt-get) for {why}");
+    let install = || run_quiet(Command::new("apt-get").args(["install", "-y", "-qq", tool]));
     if !install() {
         // A fresh machine may not have the package lists yet.
         run_quiet(Command::new("apt-get").args(["update", "-qq"]));
-        ensure!(install(), "apt-get install nasm failed");
+        ensure!(install(), "apt-get install {tool} failed");
     }
     ensure!(
-        run_quiet(Command::new("nasm").arg("-v")),
-        "nasm is still not on the PATH after apt-get install"
+        run_quiet(Command::new(tool).arg(probe)),
+        "{tool} is still not on the PATH after apt-get install"
     );
     Ok(())
 }
