@@ -7,6 +7,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use crate::content::{ContentSample, Edges, ReadCounter, read_edges};
 use crate::ir::{IrNorm, grey_levels, normalise_ir};
+use crate::thumbnail::Thumbnail;
 
 /// Extensions treated as images and readable by fusekit (Ultralytics' list, less the ones below).
 pub const SUPPORTED_EXTENSIONS: &[&str] =
@@ -68,6 +69,9 @@ pub struct ImageInfo {
     pub content: ContentSample,
     /// Present after a full decode.
     pub pixels: Option<PixelSummary>,
+    /// The decoded image reduced to a small brightness image, after a full decode of an image
+    /// large enough for one (see [`Thumbnail::of`]).
+    pub thumbnail: Option<Thumbnail>,
 }
 
 /// Why an image could not be probed.
@@ -158,8 +162,8 @@ pub fn probe_bytes(
         .into_decoder()
         .map_err(decode_error)?;
     let header = read_header(&mut decoder);
-    let pixels = match level {
-        DecodeLevel::Header => None,
+    let (pixels, thumbnail) = match level {
+        DecodeLevel::Header => (None, None),
         DecodeLevel::Full => {
             let (width, height) = (header.width, header.height);
             if u64::from(width) * u64::from(height) > MAX_FULL_DECODE_PIXELS {
@@ -170,12 +174,15 @@ pub fn probe_bytes(
             }
             let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
             let mut summary = summarise_pixels(&image);
+            let thumbnail = Thumbnail::of(&image);
             summary.ir_levels =
                 ir_norm.map(|norm| grey_levels(&normalise_ir(image, norm)).min(256) as u16);
-            Some(summary)
+            (Some(summary), thumbnail)
         }
     };
-    Ok(header.info(format, truncated, ContentSample::of_bytes(bytes), pixels))
+    let mut info = header.info(format, truncated, ContentSample::of_bytes(bytes), pixels);
+    info.thumbnail = thumbnail;
+    Ok(info)
 }
 
 /// Probes a file's header from its first bytes and its end marker from its last ones; `None`
@@ -255,6 +262,7 @@ impl Header {
             truncated,
             content,
             pixels,
+            thumbnail: None,
         }
     }
 }
