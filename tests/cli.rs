@@ -20,15 +20,20 @@ fn stderr(output: &Output) -> String {
 }
 
 fn synth(dir: &Path, extra: &[&str]) -> PathBuf {
+    synth_sized(dir, "96x80", "40", extra)
+}
+
+/// A synth dataset of `pairs` pairs of `size` (WIDTHxHEIGHT) in `dir/ds`.
+fn synth_sized(dir: &Path, size: &str, pairs: &str, extra: &[&str]) -> PathBuf {
     let out = dir.join("ds");
     let mut args = vec![
         "synth",
         "--out",
         out.to_str().unwrap(),
         "--pairs",
-        "40",
+        pairs,
         "--size",
-        "96x80",
+        size,
         "--scenes",
         "4",
     ];
@@ -36,6 +41,21 @@ fn synth(dir: &Path, extra: &[&str]) -> PathBuf {
     let output = fusekit(&args, dir);
     assert!(output.status.success(), "{}", stderr(&output));
     out
+}
+
+/// `fusekit lint DATA --format json --decode full`, run in `cwd`.
+fn lint_full_json(data: &Path, cwd: &Path) -> Output {
+    fusekit(
+        &[
+            "lint",
+            data.to_str().unwrap(),
+            "--format",
+            "json",
+            "--decode",
+            "full",
+        ],
+        cwd,
+    )
 }
 
 fn json(output: &Output) -> serde_json::Value {
@@ -58,23 +78,14 @@ fn clean_sample_lints_clean_with_exit_0() {
 #[test]
 fn findings_exit_1_and_json_lists_every_code() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), &["--inject", "all"]);
-    let output = fusekit(
-        &[
-            "lint",
-            data.to_str().unwrap(),
-            "--format",
-            "json",
-            "--decode",
-            "full",
-        ],
-        dir.path(),
-    );
+    // Large enough for the IR shift of PAIR007 to be measured (at least 96 px a side).
+    let data = synth_sized(dir.path(), "640x512", "40", &["--inject", "all"]);
+    let output = lint_full_json(&data, dir.path());
     assert_eq!(output.status.code(), Some(1));
     let report = json(&output);
     assert_eq!(report["version"], 1);
     let by_code = report["summary"]["by_code"].as_object().unwrap();
-    assert_eq!(by_code.len(), 30, "{by_code:?}");
+    assert_eq!(by_code.len(), 31, "{by_code:?}");
     let finding = report["findings"]
         .as_array()
         .unwrap()
@@ -84,6 +95,45 @@ fn findings_exit_1_and_json_lists_every_code() {
     assert_eq!(finding["severity"], "warning");
     assert!(finding["label"].as_str().unwrap().starts_with("labels/"));
     assert_eq!(finding["line"], 3);
+}
+
+#[test]
+fn shifted_ir_is_reported_with_its_offset_and_max_offset_is_read_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_sized(dir.path(), "640x512", "12", &["--inject", "PAIR007"]);
+    let lint_json = |data: &Path| json(&lint_full_json(data, dir.path()));
+    let report = lint_json(&data);
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(findings[0]["code"], "PAIR007");
+    assert_eq!(findings[0]["ir"], "imagesIR/010001.jpg");
+    // Injected: 4% of 640 right (26 px), 2% of 512 up (10 px).
+    let offset: Vec<i64> = findings[0]["offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(
+        (offset[0] - 26).abs() <= 2 && (offset[1] + 10).abs() <= 2,
+        "{offset:?}"
+    );
+    std::fs::write(data.join("fusekit.toml"), "[lint]\nmax_offset = \"40px\"\n").unwrap();
+    assert_eq!(lint_json(&data)["findings"], serde_json::json!([]));
+
+    let shifted = synth_sized(dir.path(), "640x512", "12", &["--inject", "DS005"]);
+    let report = lint_json(&shifted);
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(findings[0]["code"], "DS005");
+    // 3% of 640 right (19 px), 2% of 512 up (10 px), in every pair.
+    assert!(
+        findings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("px in 100% of pairs"),
+        "{report}"
+    );
 }
 
 #[test]

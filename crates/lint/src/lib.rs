@@ -8,6 +8,7 @@
 mod check;
 mod codes;
 mod fix;
+mod register;
 mod report;
 mod settings;
 
@@ -16,6 +17,6 @@ pub use codes::{Code, Severity};
 pub use fix::{FixError, apply_fixes};
 pub use report::{Finding, REPORT_VERSION, Report, Subject, Summary};
 pub use settings::{
-    CONFIG_FILE, Level, LevelSelectors, Levels, LintOptions, LintSection, SettingsError,
+    CONFIG_FILE, Level, LevelSelectors, Levels, LintOptions, LintSection, MaxOffset, SettingsError,
     find_config, parse_decode, read_config,
 };
