@@ -50,16 +50,16 @@ impl Thumbnail {
             thumb_height: (height / scale) as usize,
         };
         let values = match image {
-            DynamicImage::ImageLuma8(i) => plan.reduce(i.as_raw()),
-            DynamicImage::ImageRgb8(i) => plan.reduce(i.as_raw()),
-            DynamicImage::ImageLuma16(i) => plan.reduce(i.as_raw()),
-            DynamicImage::ImageRgb16(i) => plan.reduce(i.as_raw()),
+            DynamicImage::ImageLuma8(i) => plan.reduce_8_bit(i.as_raw()),
+            DynamicImage::ImageRgb8(i) => plan.reduce_8_bit(i.as_raw()),
+            DynamicImage::ImageLuma16(i) => plan.reduce::<u16, u32>(i.as_raw()),
+            DynamicImage::ImageRgb16(i) => plan.reduce::<u16, u32>(i.as_raw()),
             // Alpha and floating-point images: their colour channels, as 16-bit samples.
             other => Plan {
                 channels: 3,
                 ..plan
             }
-            .reduce(other.to_rgb16().as_raw()),
+            .reduce::<u16, u32>(other.to_rgb16().as_raw()),
         };
         Some(Thumbnail {
             width: plan.thumb_width,
@@ -81,24 +81,48 @@ struct Plan {
 }
 
 impl Plan {
+    /// [`Plan::reduce`] of 8-bit samples, with 16-bit column sums (twice as many per vector
+    /// instruction) while `scale` rows of 255 fit in them.
+    fn reduce_8_bit(&self, samples: &[u8]) -> Vec<f32> {
+        if self.scale * usize::from(u8::MAX) <= usize::from(u16::MAX) {
+            self.reduce::<u8, u16>(samples)
+        } else {
+            self.reduce::<u8, u32>(samples)
+        }
+    }
+
     /// Block means of `samples` (interleaved, `channels` per pixel, no alpha); the pixels
-    /// past the last whole block of a row or column are left out.
-    fn reduce<T: Copy + Into<u32>>(&self, samples: &[T]) -> Vec<f32> {
+    /// past the last whole block of a row or column are left out. Each band of `scale` rows
+    /// is first summed per column in `Sum` (a loop the compiler vectorises; `Sum` must hold
+    /// `scale` samples), then per block.
+    fn reduce<T, Sum>(&self, samples: &[T]) -> Vec<f32>
+    where
+        T: Copy + Into<Sum>,
+        Sum: Copy + Default + std::ops::AddAssign + Into<u64>,
+    {
         let row_len = self.width * self.channels;
         let block_len = self.scale * self.channels;
-        let mut sums = vec![0u64; self.thumb_width * self.thumb_height];
-        for (y, row) in samples
-            .chunks_exact(row_len)
-            .take(self.thumb_height * self.scale)
-            .enumerate()
+        let used = self.thumb_width * block_len;
+        let per_block = (self.scale * block_len) as f32;
+        let mut column_sums = vec![Sum::default(); used];
+        let mut values = Vec::with_capacity(self.thumb_width * self.thumb_height);
+        for band in samples
+            .chunks_exact(row_len * self.scale)
+            .take(self.thumb_height)
         {
-            let out = &mut sums[(y / self.scale) * self.thumb_width..][..self.thumb_width];
-            for (sum, block) in out.iter_mut().zip(row.chunks_exact(block_len)) {
-                *sum += u64::from(block.iter().map(|&v| v.into()).sum::<u32>());
+            column_sums.fill(Sum::default());
+            for row in band.chunks_exact(row_len) {
+                for (sum, &sample) in column_sums.iter_mut().zip(&row[..used]) {
+                    *sum += sample.into();
+                }
             }
+            values.extend(
+                column_sums
+                    .chunks_exact(block_len)
+                    .map(|block| block.iter().map(|&s| s.into()).sum::<u64>() as f32 / per_block),
+            );
         }
-        let per_block = (self.scale * self.scale * self.channels) as f32;
-        sums.into_iter().map(|s| s as f32 / per_block).collect()
+        values
     }
 }
 
