@@ -317,8 +317,11 @@ fn bare_folder_with_names_flag_and_limit() {
 fn rules_lists_every_code() {
     let output = fusekit(&["rules", "--format", "json"], Path::new("."));
     let rules = json(&output);
-    assert_eq!(rules.as_array().unwrap().len(), 33);
-    assert!(stdout(&fusekit(&["rules"], Path::new("."))).contains("LBL012   warning  polygon row"));
+    assert_eq!(rules.as_array().unwrap().len(), 35);
+    let human = stdout(&fusekit(&["rules"], Path::new(".")));
+    assert!(human.contains("LBL012   warning  polygon row"));
+    assert!(human.contains("PAIR007  warning  IR image is shifted"));
+    assert!(human.contains("DS005    warning  IR is shifted by one offset"));
 }
 
 #[test]

@@ -213,7 +213,11 @@ pub fn grey_levels(image: &DynamicImage) -> usize {
 /// [`grey_levels`] counted on every `row_step`-th row only (a lower bound of the whole
 /// image's count), then, when that finds fewer than `exact_below`, on every row: exact below
 /// `exact_below`, and a quarter of the work for `row_step` 4 on images with more levels.
-pub(crate) fn sampled_grey_levels(image: &DynamicImage, row_step: usize, exact_below: usize) -> usize {
+pub(crate) fn sampled_grey_levels(
+    image: &DynamicImage,
+    row_step: usize,
+    exact_below: usize,
+) -> usize {
     let sampled = grey_levels_of_rows(image, row_step);
     if sampled < exact_below {
         grey_levels_of_rows(image, 1)
