@@ -23,15 +23,20 @@ fn stderr(output: &Output) -> String {
 }
 
 fn synth(dir: &Path, extra: &[&str]) -> PathBuf {
+    synth_sized(dir, "96x80", "40", extra)
+}
+
+/// A synth dataset of `pairs` pairs of `size` (WIDTHxHEIGHT) in `dir/ds`.
+fn synth_sized(dir: &Path, size: &str, pairs: &str, extra: &[&str]) -> PathBuf {
     let out = dir.join("ds");
     let mut args = vec![
         "synth",
         "--out",
         out.to_str().unwrap(),
         "--pairs",
-        "40",
+        pairs,
         "--size",
-        "96x80",
+        size,
         "--scenes",
         "4",
     ];
@@ -39,6 +44,21 @@ fn synth(dir: &Path, extra: &[&str]) -> PathBuf {
     let output = fusekit(&args, dir);
     assert!(output.status.success(), "{}", stderr(&output));
     out
+}
+
+/// `fusekit lint DATA --format json --decode full`, run in `cwd`.
+fn lint_full_json(data: &Path, cwd: &Path) -> Output {
+    fusekit(
+        &[
+            "lint",
+            data.to_str().unwrap(),
+            "--format",
+            "json",
+            "--decode",
+            "full",
+        ],
+        cwd,
+    )
 }
 
 fn json(output: &Output) -> serde_json::Value {
@@ -61,23 +81,14 @@ fn clean_sample_lints_clean_with_exit_0() {
 #[test]
 fn findings_exit_1_and_json_lists_every_code() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synth(dir.path(), &["--inject", "all"]);
-    let output = fusekit(
-        &[
-            "lint",
-            data.to_str().unwrap(),
-            "--format",
-            "json",
-            "--decode",
-            "full",
-        ],
-        dir.path(),
-    );
+    // Large enough for the IR shift of PAIR007 to be measured (at least 96 px a side).
+    let data = synth_sized(dir.path(), "640x512", "40", &["--inject", "all"]);
+    let output = lint_full_json(&data, dir.path());
     assert_eq!(output.status.code(), Some(1));
     let report = json(&output);
     assert_eq!(report["version"], 1);
     let by_code = report["summary"]["by_code"].as_object().unwrap();
-    assert_eq!(by_code.len(), 30, "{by_code:?}");
+    assert_eq!(by_code.len(), 31, "{by_code:?}");
     let finding = report["findings"]
         .as_array()
         .unwrap()
@@ -319,6 +330,45 @@ fn html_report_renders_in_headless_chromium() {
 }
 
 #[test]
+fn shifted_ir_is_reported_with_its_offset_and_max_offset_is_read_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_sized(dir.path(), "640x512", "12", &["--inject", "PAIR007"]);
+    let lint_json = |data: &Path| json(&lint_full_json(data, dir.path()));
+    let report = lint_json(&data);
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(findings[0]["code"], "PAIR007");
+    assert_eq!(findings[0]["ir"], "imagesIR/010001.jpg");
+    // Injected: 4% of 640 right (26 px), 2% of 512 up (10 px).
+    let offset: Vec<i64> = findings[0]["offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(
+        (offset[0] - 26).abs() <= 2 && (offset[1] + 10).abs() <= 2,
+        "{offset:?}"
+    );
+    std::fs::write(data.join("fusekit.toml"), "[lint]\nmax_offset = \"40px\"\n").unwrap();
+    assert_eq!(lint_json(&data)["findings"], serde_json::json!([]));
+
+    let shifted = synth_sized(dir.path(), "640x512", "12", &["--inject", "DS005"]);
+    let report = lint_json(&shifted);
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{report}");
+    assert_eq!(findings[0]["code"], "DS005");
+    // 3% of 640 right (19 px), 2% of 512 up (10 px), in every pair.
+    assert!(
+        findings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("px in 100% of pairs"),
+        "{report}"
+    );
+}
+
+#[test]
 fn sarif_is_valid_2_1_0() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), &["--inject", "PAIR001,LBL003"]);
@@ -499,8 +549,11 @@ fn bare_folder_with_names_flag_and_limit() {
 fn rules_lists_every_code() {
     let output = fusekit(&["rules", "--format", "json"], Path::new("."));
     let rules = json(&output);
-    assert_eq!(rules.as_array().unwrap().len(), 33);
-    assert!(stdout(&fusekit(&["rules"], Path::new("."))).contains("LBL012   warning  polygon row"));
+    assert_eq!(rules.as_array().unwrap().len(), 35);
+    let human = stdout(&fusekit(&["rules"], Path::new(".")));
+    assert!(human.contains("LBL012   warning  polygon row"));
+    assert!(human.contains("PAIR007  warning  IR image is shifted"));
+    assert!(human.contains("DS005    warning  IR is shifted by one offset"));
 }
 
 #[test]

@@ -44,16 +44,41 @@ pub struct SynthArgs {
     /// JPEG quality.
     #[arg(long, default_value_t = 90)]
     quality: u8,
-    /// Lint codes to inject one defect each for (comma-separated), or `all`.
+    /// Lint codes to inject one defect each for (comma-separated), or `all` (every per-pair
+    /// defect). `DS005` instead shifts the IR content of every pair by 3% of the width right
+    /// and 2% of the height up (a misaligned camera rig); name it on its own or with others.
     #[arg(long, value_delimiter = ',')]
     inject: Vec<String>,
+    /// Pixels DX,DY (right, down; negative for left, up) by which the IR content of every
+    /// pair is shifted against the RGB content.
+    #[arg(long, value_parser = parse_shift, allow_hyphen_values = true)]
+    ir_shift: Option<(i32, i32)>,
+}
+
+/// Parses `DX,DY` pixel shifts.
+fn parse_shift(text: &str) -> Result<(i32, i32), String> {
+    let (dx, dy) = text
+        .split_once(',')
+        .ok_or("expected DX,DY in pixels, such as 12,-4")?;
+    let pixels = |v: &str| {
+        v.trim()
+            .parse::<i32>()
+            .map_err(|_| format!("`{v}` is not a whole number of pixels"))
+    };
+    Ok((pixels(dx)?, pixels(dy)?))
 }
 
 /// Generates the dataset and prints where it is.
 pub fn run(args: &SynthArgs) -> anyhow::Result<ExitCode> {
     let mut inject = Vec::new();
+    let mut ir_shift = args.ir_shift.unwrap_or((0, 0));
     for code in &args.inject {
-        if code.eq_ignore_ascii_case("all") {
+        if code.eq_ignore_ascii_case("DS005") {
+            if args.ir_shift.is_some() {
+                bail!("--inject DS005 shifts every pair by its own offset; drop it or --ir-shift");
+            }
+            ir_shift = fusekit_synth::dataset_shift(args.size.0, args.size.1);
+        } else if code.eq_ignore_ascii_case("all") {
             inject.extend_from_slice(Defect::ALL);
         } else if let Some(defect) = Defect::parse(code) {
             inject.push(defect);
@@ -79,6 +104,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<ExitCode> {
         }),
         quality: args.quality,
         inject,
+        ir_shift,
     };
     let started = std::time::Instant::now();
     let bar = progress::bar("synth", options.pairs as u64, "pairs");
@@ -95,6 +121,10 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<ExitCode> {
     );
     for (defect, stem) in &summary.injected {
         eprintln!("  injected {} into {stem}", defect.code());
+    }
+    if options.ir_shift != (0, 0) {
+        let (dx, dy) = options.ir_shift;
+        eprintln!("  IR of every pair shifted by {dx:+},{dy:+} px");
     }
     Ok(ExitCode::SUCCESS)
 }

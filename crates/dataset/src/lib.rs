@@ -9,6 +9,8 @@
 //!   files into exact content identities, reading whole only the files whose samples collide.
 //! - [`normalise_ir`] maps an IR image of any bit depth onto the 8-bit plane fusekit caches,
 //!   by the dataset's [`IrNorm`].
+//! - [`Thumbnail`] is the small brightness image a full decode keeps of each picture, for
+//!   comparing the geometry of the two images of a pair.
 //! - [`parse_labels`] parses a YOLO txt label file row by row, keeping every problem.
 
 mod config;
@@ -18,6 +20,7 @@ mod label;
 mod probe;
 mod scan;
 mod swap;
+mod thumbnail;
 
 pub use config::{ConfigError, DATA_YAML, Dataset, Source, Split};
 pub use content::{CONTENT_EDGE, ContentSample, ReadCounter, content_identities};
@@ -33,3 +36,4 @@ pub use scan::{
     IrPartner, MissingListed, Orphan, OrphanKind, PairRecord, Scan, StemClash, images_by_stem,
 };
 pub use swap::ComponentSwap;
+pub use thumbnail::{MIN_THUMBNAIL_SIDE, THUMBNAIL_SIDE, Thumbnail};

@@ -2,6 +2,8 @@
 //! generated 1280x1024 JPEG pairs, and the bytes each mode reads per pair (the lint report's
 //! `summary.bytes_read`), side by side with its references measured in the same run:
 //! - the decode floor: every image read and decoded once with the same decoder on all cores;
+//! - full decode with the misregistration estimate (PAIR007, DS005) turned off, which shows
+//!   what that estimate costs;
 //! - Ultralytics' label scan (`verify_image_label` over the RGB images, on its own thread pool),
 //!   when `FUSEKIT_BENCH_PYTHON` names a Python with ultralytics installed.
 //!
@@ -12,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fusekit_dataset::{Dataset, DecodeLevel};
-use fusekit_lint::{LintOptions, lint};
+use fusekit_lint::{Level, Levels, LintOptions, lint};
 use fusekit_synth::{SynthOptions, generate};
 use rayon::prelude::*;
 
@@ -64,8 +66,9 @@ fn main() {
             image::load_from_memory(&file).expect("decodable");
         })
     });
-    let (header, header_read) = best(|| check_clean(&dataset, DecodeLevel::Header));
-    let (full, full_read) = best(|| check_clean(&dataset, DecodeLevel::Full));
+    let (header, header_read) = best(|| check_clean(&dataset, DecodeLevel::Header, true));
+    let (full, full_read) = best(|| check_clean(&dataset, DecodeLevel::Full, true));
+    let (unregistered, _) = best(|| check_clean(&dataset, DecodeLevel::Full, false));
     let ultralytics = ultralytics_images_per_second(&data);
 
     let threads = rayon::current_num_threads();
@@ -93,6 +96,11 @@ fn main() {
         full.as_secs_f64(),
         rate(full)
     );
+    println!(
+        "| fusekit lint --decode full, PAIR007 and DS005 allowed (no shift estimate) | {:.3} s | {:.0} pairs/s |",
+        unregistered.as_secs_f64(),
+        rate(unregistered)
+    );
     match ultralytics {
         Some(images_per_second) => {
             println!("| Ultralytics label scan (RGB only) | | {images_per_second:.0} images/s |");
@@ -111,6 +119,10 @@ fn main() {
         full.as_secs_f64() / floor.as_secs_f64()
     );
     println!(
+        "shift estimate (PAIR007, DS005): {:.2}x the full decode without it",
+        full.as_secs_f64() / unregistered.as_secs_f64()
+    );
+    println!(
         "header mode reads {:.0} KB per pair of {:.0} KB on disk ({:.1}%)",
         per_pair(header_read),
         per_pair(bytes),
@@ -118,12 +130,21 @@ fn main() {
     );
 }
 
-/// Lints the dataset, checks it is clean, and returns the bytes read from image files.
-fn check_clean(dataset: &Dataset, decode: DecodeLevel) -> u64 {
+/// Lints the dataset (`registration`: with PAIR007 and DS005, whose shift estimate the
+/// full decode otherwise skips), checks it is clean, and returns the bytes read from image
+/// files.
+fn check_clean(dataset: &Dataset, decode: DecodeLevel, registration: bool) -> u64 {
+    let mut levels = Levels::default();
+    if !registration {
+        for code in ["PAIR007", "DS005"] {
+            levels.set(code, Level::Allow).expect("known codes");
+        }
+    }
     let run = lint(
         dataset,
         &LintOptions {
             decode,
+            levels,
             ..LintOptions::default()
         },
         &|| {},
@@ -131,6 +152,10 @@ fn check_clean(dataset: &Dataset, decode: DecodeLevel) -> u64 {
     assert_eq!(
         run.report.summary.errors, 0,
         "the benchmark dataset lints clean"
+    );
+    assert_eq!(
+        run.report.summary.warnings, 0,
+        "the benchmark dataset's pairs are registered: no PAIR007 / DS005"
     );
     run.report.summary.bytes_read
 }

@@ -11,6 +11,7 @@ use fusekit_dataset::{
 use rayon::prelude::*;
 
 use crate::codes::{Code, Severity};
+use crate::register::{Offset, estimate_offset};
 use crate::report::{Finding, Report, Subject};
 use crate::settings::LintOptions;
 
@@ -30,6 +31,10 @@ const MIN_IR_LEVELS: u16 = 32;
 /// colour (PAIR008). Grey content through a colour JPEG stays under 1; the generator's night
 /// RGB images, dark and low in colour, measure 6 to 17.
 const IR_CHROMA_LIMIT: f32 = 4.0;
+/// Pairs whose IR shift is within this many pixels of the dataset's median shift share it
+/// (DS005), or within half of `max_offset` when that is more: measurements of one rig's
+/// offset scatter by a pixel or two, and by more in large images measured at reduced size.
+const SHARED_OFFSET_TOLERANCE: f32 = 2.0;
 
 /// A label file whose safe fixes are ready to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +76,14 @@ pub struct LintRun {
     pub pairs: Vec<PairFacts>,
 }
 
+/// A pair's measured IR shift and the largest shift its size allows.
+#[derive(Clone, Copy)]
+struct Registration {
+    offset: Offset,
+    /// `max_offset` in pixels for the pair's width.
+    limit: f32,
+}
+
 struct PairOutcome {
     findings: Vec<Finding>,
     /// Content samples of the RGB and IR files, when both were probed.
@@ -81,6 +94,9 @@ struct PairOutcome {
     content: Option<(u64, u64)>,
     /// Bits per sample of the IR image, when it was probed.
     ir_bits: Option<u8>,
+    /// The IR image's shift against the RGB image, when both were decoded in full and it
+    /// could be measured.
+    registration: Option<Registration>,
     class_counts: BTreeMap<u32, usize>,
     fix: Option<PendingFix>,
 }
@@ -127,6 +143,7 @@ pub fn lint_scan(
     findings.extend(ctx.split_overlaps(pairs));
     findings.extend(ctx.class_usage(&outcomes));
     findings.extend(ctx.deep_ir(pairs, &outcomes));
+    findings.extend(ctx.misregistration(pairs, &outcomes));
     let mut fixes = Vec::new();
     let mut facts = Vec::with_capacity(pairs.len());
     for (pair, outcome) in pairs.iter().zip(outcomes) {
@@ -287,6 +304,7 @@ impl Context<'_> {
                 ),
             ));
         }
+        let registration = self.registration(rgb.as_ref(), ir.as_ref());
         let samples = rgb
             .as_ref()
             .zip(ir.as_ref())
@@ -298,9 +316,83 @@ impl Context<'_> {
             same_pixels,
             content: None,
             ir_bits: ir.as_ref().map(|i| i.bits),
+            registration,
             class_counts,
             fix,
         }
+    }
+
+    /// The IR image's shift against the RGB image, when both were decoded in full (their
+    /// thumbnails kept), PAIR007 or DS005 is reported, and the shift could be measured.
+    fn registration(
+        &self,
+        rgb: Option<&ImageInfo>,
+        ir: Option<&ImageInfo>,
+    ) -> Option<Registration> {
+        let levels = &self.options.levels;
+        if !levels.enabled(Code::PAIR007) && !levels.enabled(Code::DS005) {
+            return None;
+        }
+        let (rgb, ir) = (rgb?, ir?);
+        let offset = estimate_offset(rgb.thumbnail.as_ref()?, ir.thumbnail.as_ref()?)?;
+        Some(Registration {
+            offset,
+            limit: self.options.max_offset.pixels(rgb.width) as f32,
+        })
+    }
+
+    /// IR images shifted against their RGB images by more than `max_offset`: one DS005 for
+    /// the dataset when most measured pairs share one shift (see [`shared_offset`]), and a
+    /// PAIR007 for each other pair shifted too far.
+    fn misregistration(&self, pairs: &[PairRecord], outcomes: &[PairOutcome]) -> Vec<Finding> {
+        let measured: Vec<(&PairRecord, Registration)> = pairs
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(pair, outcome)| Some((pair, outcome.registration?)))
+            .collect();
+        let registrations: Vec<Registration> = measured.iter().map(|(_, r)| *r).collect();
+        let shared = shared_offset(&registrations);
+        let mut findings = Vec::new();
+        if let Some(shared) = &shared {
+            let [dx, dy] = shared.offset.rounded();
+            let mut finding = self.finding(
+                Code::DS005,
+                format!(
+                    "IR is shifted by {dx:+},{dy:+} px in {:.0}% of pairs ({} of the {} pairs whose shift could be measured are within {:.1} px of it; max_offset {}): the cameras are misaligned as a whole; shift the IR images back, or ignore it (`allow = [\"DS005\"]`) when the labels fit the IR images",
+                    100.0 * shared.pairs as f64 / measured.len() as f64,
+                    shared.pairs,
+                    measured.len(),
+                    shared.tolerance,
+                    self.options.max_offset,
+                ),
+            );
+            finding.offset = Some([dx, dy]);
+            findings.push(finding);
+        }
+        for (pair, registration) in measured {
+            let Registration { offset, limit } = registration;
+            let shares = shared.as_ref().is_some_and(|s| s.covers(offset));
+            if offset.length() <= limit || shares {
+                continue;
+            }
+            let Some(ir_path) = pair.ir.path() else {
+                continue;
+            };
+            let [dx, dy] = offset.rounded();
+            let mut finding = self.image_finding(
+                pair,
+                Side::Ir,
+                ir_path,
+                Code::PAIR007,
+                format!(
+                    "image is shifted by {dx:+},{dy:+} px against the RGB image (more than max_offset {} = {limit:.1} px): boxes drawn on one image miss the object in the other",
+                    self.options.max_offset
+                ),
+            );
+            finding.offset = Some([dx, dy]);
+            findings.push(finding);
+        }
+        findings
     }
 
     /// Turns the pairs' content samples into exact identities (reading whole only the files
@@ -727,6 +819,54 @@ impl Context<'_> {
         }
         findings
     }
+}
+
+/// One shift shared by most pairs of a dataset (DS005).
+struct SharedOffset {
+    /// The median shift of the measured pairs.
+    offset: Offset,
+    /// How far from it a pair's shift may be and still share it.
+    tolerance: f32,
+    /// Measured pairs that share it.
+    pairs: usize,
+}
+
+impl SharedOffset {
+    fn covers(&self, offset: Offset) -> bool {
+        Offset {
+            dx: offset.dx - self.offset.dx,
+            dy: offset.dy - self.offset.dy,
+        }
+        .length()
+            <= self.tolerance
+    }
+}
+
+/// The shift most pairs share, when there is one beyond `max_offset`: the median shift
+/// (per axis) of the measured pairs, when it exceeds the median `max_offset` in pixels and at
+/// least half of the measured pairs (two at least) are within [`SHARED_OFFSET_TOLERANCE`]
+/// pixels (or half of `max_offset`, when more) of it.
+fn shared_offset(measured: &[Registration]) -> Option<SharedOffset> {
+    let median = |value: fn(&Registration) -> f32| {
+        let mut values: Vec<f32> = measured.iter().map(value).collect();
+        values.sort_by(f32::total_cmp);
+        values.get(values.len() / 2).copied()
+    };
+    let offset = Offset {
+        dx: median(|r| r.offset.dx)?,
+        dy: median(|r| r.offset.dy)?,
+    };
+    let limit = median(|r| r.limit)?;
+    if offset.length() <= limit {
+        return None;
+    }
+    let mut shared = SharedOffset {
+        offset,
+        tolerance: SHARED_OFFSET_TOLERANCE.max(limit / 2.0),
+        pairs: 0,
+    };
+    shared.pairs = measured.iter().filter(|r| shared.covers(r.offset)).count();
+    (shared.pairs >= 2 && 2 * shared.pairs >= measured.len()).then_some(shared)
 }
 
 /// A label file's text, or the finding that it has none (LBL001) or is unreadable (LBL013).

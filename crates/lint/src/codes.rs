@@ -68,6 +68,7 @@ codes! {
     PAIR004 => (Warning, false, "partner exists only under another extension"),
     PAIR005 => (Error, false, "two files in one folder share a stem"),
     PAIR006 => (Error, false, "IR file is identical to (or a plain copy of) the RGB file"),
+    PAIR007 => (Warning, false, "IR image is shifted against the RGB image (misregistered pair)"),
     PAIR008 => (Warning, false, "IR image has colour: a colour photo, or RGB and IR swapped"),
     IMG001 => (Error, false, "image cannot be decoded"),
     IMG002 => (Error, false, "truncated image"),
@@ -95,6 +96,7 @@ codes! {
     DS002 => (Warning, false, "val is the same set as train, or a pair is in both"),
     DS003 => (Info, false, "class in `names` never used, or class imbalance over 50:1"),
     DS004 => (Error, false, "image listed in a split does not exist"),
+    DS005 => (Warning, false, "IR is shifted by one offset in most pairs of the dataset"),
 }
 
 impl Code {

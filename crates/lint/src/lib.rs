@@ -9,6 +9,7 @@ mod check;
 mod codes;
 mod fix;
 mod html;
+mod register;
 mod report;
 mod settings;
 
@@ -18,6 +19,6 @@ pub use fix::{FixError, apply_fixes};
 pub use html::{HtmlOptions, THUMBNAILS_PER_CODE};
 pub use report::{Finding, REPORT_VERSION, Report, Subject, Summary};
 pub use settings::{
-    CONFIG_FILE, Level, LevelSelectors, Levels, LintOptions, LintSection, SettingsError,
+    CONFIG_FILE, Level, LevelSelectors, Levels, LintOptions, LintSection, MaxOffset, SettingsError,
     find_config, parse_decode, read_config,
 };

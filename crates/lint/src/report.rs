@@ -29,6 +29,10 @@ pub struct Finding {
     pub label: Option<String>,
     /// 1-based line in the label (or list) file.
     pub line: Option<usize>,
+    /// The IR image's shift against the RGB image in original pixels, `[dx, dy]` (right and
+    /// down positive), for PAIR007 and DS005.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<[i32; 2]>,
     /// Which of the files the finding is about (where it is shown and annotated).
     #[serde(skip)]
     pub subject: Subject,
@@ -59,6 +63,7 @@ impl Finding {
             ir: None,
             label: None,
             line: None,
+            offset: None,
             subject: Subject::Dataset,
         }
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use fusekit_dataset::{DecodeLevel, IrNorm};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codes::{Code, Severity};
 
@@ -148,6 +148,8 @@ pub struct LintSection {
     pub imgsz: Option<u32>,
     /// Warnings fail too.
     pub strict: Option<bool>,
+    /// The largest RGB-IR shift that is not reported as PAIR007 / DS005.
+    pub max_offset: Option<MaxOffset>,
 }
 
 impl LintSection {
@@ -201,6 +203,102 @@ pub fn parse_decode(text: &str) -> Result<DecodeLevel, String> {
     }
 }
 
+/// The largest shift between the RGB and IR images of a pair that lint accepts (PAIR007,
+/// DS005): written as a number below 1 (a fraction of the image width, `0.02`), a percentage
+/// of the width (`"2%"`) or pixels (`"12px"`). The default is 2% of the width.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "MaxOffsetText", into = "String")]
+pub enum MaxOffset {
+    /// A fraction of the image width, in (0, 1).
+    Fraction(f64),
+    /// Pixels of the original image, above 0.
+    Pixels(f64),
+}
+
+// Parsing refuses every value that is not finite and positive, so no NaN is ever held.
+impl Eq for MaxOffset {}
+
+impl Default for MaxOffset {
+    fn default() -> Self {
+        MaxOffset::Fraction(0.02)
+    }
+}
+
+impl MaxOffset {
+    /// The limit in pixels for an image `width` pixels wide.
+    pub fn pixels(self, width: u32) -> f64 {
+        match self {
+            MaxOffset::Fraction(fraction) => fraction * f64::from(width),
+            MaxOffset::Pixels(pixels) => pixels,
+        }
+    }
+}
+
+impl std::fmt::Display for MaxOffset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxOffset::Fraction(fraction) => write!(f, "{}%", (fraction * 1e4).round() / 1e2),
+            MaxOffset::Pixels(pixels) => write!(f, "{pixels}px"),
+        }
+    }
+}
+
+impl std::str::FromStr for MaxOffset {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let number = |digits: &str| {
+            digits
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| {
+                    format!("max_offset `{text}` is not a positive number (e.g. 0.02, \"2%\" or \"12px\")")
+                })
+        };
+        if let Some(pixels) = text.strip_suffix("px") {
+            return Ok(MaxOffset::Pixels(number(pixels)?));
+        }
+        let fraction = match text.strip_suffix('%') {
+            Some(percent) => number(percent)? / 100.0,
+            None => number(text)?,
+        };
+        if fraction >= 1.0 {
+            return Err(format!(
+                "max_offset `{text}` is a whole image width or more: write a fraction below 1 (0.02), a percentage (\"2%\") or pixels (\"12px\")"
+            ));
+        }
+        Ok(MaxOffset::Fraction(fraction))
+    }
+}
+
+impl From<MaxOffset> for String {
+    fn from(value: MaxOffset) -> String {
+        value.to_string()
+    }
+}
+
+/// `max_offset` as written in a file: a number or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MaxOffsetText {
+    Number(f64),
+    Text(String),
+}
+
+impl TryFrom<MaxOffsetText> for MaxOffset {
+    type Error = String;
+
+    fn try_from(value: MaxOffsetText) -> Result<Self, Self::Error> {
+        match value {
+            MaxOffsetText::Number(number) => number.to_string().parse(),
+            MaxOffsetText::Text(text) => text.parse(),
+        }
+    }
+}
+
 /// Everything that shapes a lint run.
 #[derive(Debug, Clone)]
 pub struct LintOptions {
@@ -215,6 +313,8 @@ pub struct LintOptions {
     /// The IR normalisation the caches will use when it is not the dataset's own `ir_norm`
     /// (`fusekit cache build --ir-norm`).
     pub ir_norm: Option<IrNorm>,
+    /// The largest RGB-IR shift not reported (PAIR007, DS005; full decode only).
+    pub max_offset: MaxOffset,
 }
 
 impl Default for LintOptions {
@@ -225,6 +325,7 @@ impl Default for LintOptions {
             limit: None,
             levels: Levels::default(),
             ir_norm: None,
+            max_offset: MaxOffset::default(),
         }
     }
 }
@@ -258,6 +359,25 @@ mod tests {
         assert_eq!(
             find_config(&[Path::new("/nonexistent"), dir.path()]),
             Some(path.clone())
+        );
+        std::fs::write(&path, "[lint]\nmax_offset = \"12px\"\n").unwrap();
+        assert_eq!(
+            read_config(&path).unwrap().max_offset,
+            Some(MaxOffset::Pixels(12.0))
+        );
+        std::fs::write(&path, "[lint]\nmax_offset = 0.03\n").unwrap();
+        assert_eq!(
+            read_config(&path)
+                .unwrap()
+                .max_offset
+                .map(|m| m.pixels(200)),
+            Some(6.0)
+        );
+        std::fs::write(&path, "[lint]\nmax_offset = 2\n").unwrap();
+        let err = read_config(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("whole image width") && err.contains("line 2"),
+            "{err}"
         );
         std::fs::write(&path, "[lint]\ndeny = [\"XYZ\"]\n").unwrap();
         assert!(matches!(

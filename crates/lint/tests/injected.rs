@@ -8,10 +8,14 @@ use fusekit_lint::{Code, Finding, LintOptions, LintRun, Subject, apply_fixes, li
 use fusekit_synth::{Defect, SynthOptions, generate};
 
 fn synth(dir: &Path, inject: Vec<Defect>) -> std::path::PathBuf {
+    synth_sized(dir, inject, (96, 80))
+}
+
+fn synth_sized(dir: &Path, inject: Vec<Defect>, (width, height): (u32, u32)) -> std::path::PathBuf {
     let options = SynthOptions {
         pairs: 40,
-        width: 96,
-        height: 80,
+        width,
+        height,
         scenes: 4,
         inject,
         ..SynthOptions::default()
@@ -87,8 +91,8 @@ fn expected_locations(defect: Defect, stem: &str, root: &Path) -> Vec<Location> 
         | Defect::Img004
         | Defect::Img005
         | Defect::Img006 => at(rgb, None),
+        Defect::Pair007 | Defect::Pair008 => at(format!("imagesIR/{stem}.jpg"), None),
         Defect::Pair002 => at(format!("imagesIR/ir_only_{stem}.jpg"), None),
-        Defect::Pair008 => at(format!("imagesIR/{stem}.jpg"), None),
         Defect::Pair004 => at(format!("imagesIR/{stem}.png"), None),
         Defect::Pair005 => at(format!("imagesIR/{stem}.jpg"), None),
         Defect::Img003 => [rgb, format!("imagesIR/{stem}.jpg")]
@@ -119,7 +123,8 @@ fn expected_locations(defect: Defect, stem: &str, root: &Path) -> Vec<Location> 
 #[test]
 fn every_injected_defect_is_found_at_its_pair_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = synth(dir.path(), Defect::ALL.to_vec());
+    // Large enough for the RGB-IR shift to be measured (PAIR007; at least 96 px a side).
+    let yaml = synth_sized(dir.path(), Defect::ALL.to_vec(), (640, 512));
     let options = SynthOptions {
         pairs: 40,
         scenes: 4,

@@ -6,7 +6,8 @@ use std::time::Instant;
 use fusekit_dataset::{Dataset, DecodeLevel, IrNorm};
 use fusekit_hyp::Imgsz;
 use fusekit_lint::{
-    LevelSelectors, Levels, LintOptions, LintSection, Report, Severity, Summary, apply_fixes,
+    LevelSelectors, Levels, LintOptions, LintSection, MaxOffset, Report, Severity, Summary,
+    apply_fixes,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,9 @@ pub struct Settings {
     /// pairs with error-level findings are still left out of the split and the caches).
     #[serde(default)]
     pub accept: Vec<String>,
+    /// The largest RGB-IR shift not reported as PAIR007 / DS005 (default 2% of the width).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_offset: Option<MaxOffset>,
 }
 
 impl Settings {
@@ -70,6 +74,7 @@ impl Settings {
                 FailOn::Error
             },
             accept: Vec::new(),
+            max_offset: section.max_offset,
         };
         Ok((settings, section.imgsz))
     }
@@ -225,6 +230,7 @@ pub fn run(params: &Params, progress: &dyn Progress) -> Result<Outcome, StageErr
         limit: params.limit,
         levels,
         ir_norm: None,
+        max_offset: params.settings.max_offset.unwrap_or_default(),
     };
     let (dataset, mut lint_run) =
         match lint_first(&params.data, params.names.clone(), &options, progress) {

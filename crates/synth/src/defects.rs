@@ -30,7 +30,7 @@ macro_rules! defects {
 
 defects! {
     Pair001 => "PAIR001", Pair002 => "PAIR002", Pair003 => "PAIR003", Pair004 => "PAIR004",
-    Pair005 => "PAIR005", Pair006 => "PAIR006", Pair008 => "PAIR008",
+    Pair005 => "PAIR005", Pair006 => "PAIR006", Pair007 => "PAIR007", Pair008 => "PAIR008",
     Img001 => "IMG001", Img002 => "IMG002", Img003 => "IMG003", Img004 => "IMG004",
     Img005 => "IMG005", Img006 => "IMG006", Img007 => "IMG007",
     Lbl001 => "LBL001", Lbl002 => "LBL002", Lbl003 => "LBL003", Lbl004 => "LBL004",
@@ -51,7 +51,7 @@ impl Defect {
 
     /// Whether lint needs `--decode full` to see it.
     pub fn needs_full_decode(self) -> bool {
-        matches!(self, Defect::Img006 | Defect::Pair008)
+        matches!(self, Defect::Img006 | Defect::Pair007 | Defect::Pair008)
     }
 }
 
@@ -86,6 +86,8 @@ pub(crate) fn apply(
         }
         Defect::Pair005 => write(&ir.with_extension("png"), &encode(&open(&ir)?, ImageFormat::Png)),
         Defect::Pair006 => copy(&rgb, &ir),
+        // Rendered with its IR content shifted (see `pair_shift`).
+        Defect::Pair007 => Ok(()),
         // The RGB and IR files trade places: the IR folder holds a colour photo.
         Defect::Pair008 => {
             let (colour, grey) = (read(&rgb)?, read(&ir)?);

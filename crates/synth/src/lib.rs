@@ -66,6 +66,38 @@ pub struct SynthOptions {
     pub quality: u8,
     /// Defects to inject, one pair each.
     pub inject: Vec<Defect>,
+    /// Pixels (right, down) by which the IR camera of every pair sees the scene moved against
+    /// the RGB camera: a misaligned rig (lint's DS005). See [`dataset_shift`].
+    pub ir_shift: (i32, i32),
+}
+
+/// The IR shift `fusekit synth --inject DS005` gives every pair: 3% of the width to the
+/// right and 2% of the height up.
+pub fn dataset_shift(width: u32, height: u32) -> (i32, i32) {
+    (
+        (0.03 * f64::from(width)).round() as i32,
+        -(0.02 * f64::from(height)).round() as i32,
+    )
+}
+
+/// The IR shift of the pair injected with [`Defect::Pair007`], on top of
+/// [`SynthOptions::ir_shift`]: 4% of the width to the right and 2% of the height up.
+pub fn pair_shift(width: u32, height: u32) -> (i32, i32) {
+    (
+        (0.04 * f64::from(width)).round() as i32,
+        -(0.02 * f64::from(height)).round() as i32,
+    )
+}
+
+/// The IR shift of pair `index`: the dataset's, plus [`pair_shift`] for a PAIR007 pair.
+fn ir_shift_of(options: &SynthOptions, index: usize) -> (i32, i32) {
+    let (dx, dy) = options.ir_shift;
+    if options.inject.get(index) == Some(&Defect::Pair007) {
+        let (px, py) = pair_shift(options.width, options.height);
+        (dx + px, dy + py)
+    } else {
+        (dx, dy)
+    }
 }
 
 /// The file format of generated images: `jpeg`, `png` or `tiff`.
@@ -131,6 +163,7 @@ impl Default for SynthOptions {
             format: FileFormat::Jpeg,
             quality: 90,
             inject: Vec::new(),
+            ir_shift: (0, 0),
         }
     }
 }
@@ -174,7 +207,7 @@ pub fn generate(
     let objects = (0..options.pairs)
         .into_par_iter()
         .map(|index| {
-            let frame = render::render_pair(options, index);
+            let frame = render::render_pair(options, index, ir_shift_of(options, index));
             let stem = pair_stem(options, index);
             let ext = options.format.extension();
             let rgb = out.join("images").join(format!("{stem}.{ext}"));
@@ -256,6 +289,10 @@ fn validate(options: &SynthOptions) -> Result<(), SynthError> {
     }
     if !options.inject.is_empty() && (options.format, options.ir_bits) != (FileFormat::Jpeg, 8) {
         return fail("--inject works on 8-bit JPEG datasets (the default format and --ir-bits)");
+    }
+    let (dx, dy) = options.ir_shift;
+    if dx.unsigned_abs() >= options.width / 2 || dy.unsigned_abs() >= options.height / 2 {
+        return fail("the IR shift must be less than half the image size");
     }
     if options.inject.len() > options.pairs {
         return Err(SynthError::Options(format!(

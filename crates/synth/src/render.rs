@@ -122,8 +122,9 @@ fn scene(options: &SynthOptions, scene: u64) -> Scene {
     }
 }
 
-/// Renders pair `index` of the dataset described by `options`.
-pub(crate) fn render_pair(options: &SynthOptions, index: usize) -> Frame {
+/// Renders pair `index` of the dataset described by `options`, its IR content moved by
+/// `ir_shift` pixels (right, down) against the RGB content.
+pub(crate) fn render_pair(options: &SynthOptions, index: usize, ir_shift: (i32, i32)) -> Frame {
     let per_scene = options.pairs.div_ceil(options.scenes.max(1)).max(1);
     let (scene_id, frame) = (index / per_scene, index % per_scene);
     let scene = scene(options, scene_id as u64);
@@ -156,31 +157,44 @@ pub(crate) fn render_pair(options: &SynthOptions, index: usize) -> Frame {
     let mut rgb = vec![0u8; width * height * 3];
     let mut ir = vec![0u8; width * height];
     let mut ir_counts = (options.ir_bits == 16).then(|| vec![0u16; width * height]);
+    // Light (RGB) and heat (IR) of the scene at a point in normalised coordinates.
+    let shade = |x: f64, y: f64| -> (f64, f64) {
+        let (mut light, mut heat) = if y < scene.horizon {
+            (14.0 + 10.0 * y, 45.0 + 20.0 * y)
+        } else {
+            (26.0 + 8.0 * y, 105.0 + 15.0 * y)
+        };
+        for b in &scene.buildings {
+            if x >= b[0] && x < b[1] && y >= b[2] && y < scene.horizon {
+                light = 20.0 * b[3];
+                heat = 90.0 + b[4];
+            }
+        }
+        for l in &scene.lamps {
+            let d2 = ((x - l[0]).powi(2) + (y - l[1]).powi(2)) / (l[2] * l[2]);
+            light += 120.0 * (-d2).exp();
+        }
+        for (o, warmth) in &objects {
+            let d2 = ((x - o.x) / (o.w / 2.0)).powi(2) + ((y - o.y) / (o.h / 2.0)).powi(2);
+            if d2 < 1.0 {
+                light += 7.0;
+                heat = heat.max(warmth * (1.0 - 0.35 * d2));
+            }
+        }
+        (light, heat)
+    };
+    // The IR camera sees the scene moved by `ir_shift` pixels.
+    let (shift_x, shift_y) = (
+        f64::from(ir_shift.0) / width as f64,
+        f64::from(ir_shift.1) / height as f64,
+    );
     for py in 0..height {
         let y = (py as f64 + 0.5) / height as f64;
         for px in 0..width {
             let x = (px as f64 + 0.5) / width as f64;
-            let (mut light, mut heat) = if y < scene.horizon {
-                (14.0 + 10.0 * y, 45.0 + 20.0 * y)
-            } else {
-                (26.0 + 8.0 * y, 105.0 + 15.0 * y)
-            };
-            for b in &scene.buildings {
-                if x >= b[0] && x < b[1] && y >= b[2] && y < scene.horizon {
-                    light = 20.0 * b[3];
-                    heat = 90.0 + b[4];
-                }
-            }
-            for l in &scene.lamps {
-                let d2 = ((x - l[0]).powi(2) + (y - l[1]).powi(2)) / (l[2] * l[2]);
-                light += 120.0 * (-d2).exp();
-            }
-            for (o, warmth) in &objects {
-                let d2 = ((x - o.x) / (o.w / 2.0)).powi(2) + ((y - o.y) / (o.h / 2.0)).powi(2);
-                if d2 < 1.0 {
-                    light += 7.0;
-                    heat = heat.max(warmth * (1.0 - 0.35 * d2));
-                }
+            let (light, mut heat) = shade(x, y);
+            if ir_shift != (0, 0) {
+                heat = shade(x - shift_x, y - shift_y).1;
             }
             let noise = rng.next_u32().to_le_bytes();
             let i = py * width + px;
