@@ -295,17 +295,55 @@ fn train_val_and_predict_run_from_their_params() {
     assert!(err.contains("training run"), "{err}");
     assert!(!dir.path().join("runs/other").exists(), "no run folder");
 
-    let validated = val::run(&val::Params {
+    let through_cache = val::Params {
         weights: trained.weights.best.clone(),
-        cache: dir.path().join("cache/val.fkc"),
+        source: val::Source::Cache(dir.path().join("cache/val.fkc")),
         batch: 8,
         nms: Default::default(),
         device: "cpu".into(),
         plots: None,
-    })
-    .unwrap();
+    };
+    let validated = val::run(&through_cache, &Silent).unwrap();
     assert!(validated.images > 0);
     assert_eq!(validated.names, ["person"]);
+    // Straight from the dataset: the same split decoded into a temporary cache, the same
+    // numbers, and nothing left behind.
+    let before = temporary_val_folders();
+    let from_data = val::run(
+        &val::Params {
+            source: val::Source::Dataset {
+                data: data.clone(),
+                split: "val".into(),
+                imgsz: imgsz(64),
+                ir_norm: None,
+            },
+            ..through_cache.clone()
+        },
+        &Silent,
+    )
+    .unwrap();
+    assert_eq!(from_data.images, validated.images);
+    assert_eq!(from_data.metrics, validated.metrics);
+    assert_eq!(from_data.val_loss, validated.val_loss);
+    assert_eq!(
+        temporary_val_folders(),
+        before,
+        "the temporary cache is removed"
+    );
+    let missing = val::run(
+        &val::Params {
+            source: val::Source::Dataset {
+                data: data.clone(),
+                split: "holdout".into(),
+                imgsz: imgsz(64),
+                ir_norm: None,
+            },
+            ..through_cache
+        },
+        &Silent,
+    )
+    .unwrap_err();
+    assert!(missing.to_string().contains("holdout"), "{missing}");
 
     let mut seen = 0;
     let predicted = predict::run(
@@ -393,4 +431,18 @@ fn a_pipelines_imgsz_and_batch_reach_every_stage_without_files_between() {
             "{name}: parameters are passed in memory"
         );
     }
+}
+
+/// The temporary caches of `val` from a dataset in the system's temporary folder.
+fn temporary_val_folders() -> usize {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("fusekit-val-")
+        })
+        .count()
 }

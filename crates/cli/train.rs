@@ -234,16 +234,19 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(val) = &trained.val_cache {
         // Ultralytics' closing table: the best weights, per class.
         println!("validating {}", trained.weights.best.display());
-        let validated = fusekit_stages::val::run(&fusekit_stages::val::Params {
-            weights: trained.weights.best.clone(),
-            cache: val.clone(),
-            batch: VAL_BATCH,
-            nms: NmsOptions::default(),
-            device: trained.device.clone(),
-            // The run's curves and matrices, now of the best weights, as Ultralytics' final
-            // validation draws them.
-            plots: (!trained.plots.is_empty()).then(|| trained.run.clone()),
-        })?;
+        let validated = fusekit_stages::val::run(
+            &fusekit_stages::val::Params {
+                weights: trained.weights.best.clone(),
+                source: fusekit_stages::val::Source::Cache(val.clone()),
+                batch: VAL_BATCH,
+                nms: NmsOptions::default(),
+                device: trained.device.clone(),
+                // The run's curves and matrices, now of the best weights, as Ultralytics' final
+                // validation draws them.
+                plots: (!trained.plots.is_empty()).then(|| trained.run.clone()),
+            },
+            &fusekit_stages::Silent,
+        )?;
         print_table(&validated);
     }
     println!(

@@ -1,25 +1,46 @@
-//! `fusekit val`: validate weights on a cache.
+//! `fusekit val`: validate weights on a cache or straight from a dataset.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 use fusekit_detect::NmsOptions;
-use fusekit_stages::val::{Outcome, Params};
+use fusekit_hyp::Imgsz;
+use fusekit_stages::val::{Outcome, Params, Source};
 use serde_json::json;
 
 use crate::output::Format;
 
-/// Validate weights on a cache: precision, recall, mAP50, mAP50-95 (Ultralytics' and COCO's)
-/// and per-class AP, with Ultralytics' validation settings by default.
+/// Validate weights on a cache, or straight from a dataset: precision, recall, mAP50,
+/// mAP50-95 (Ultralytics' and COCO's) and per-class AP, with Ultralytics' validation settings
+/// by default.
+///
+/// With `--data`, the split is decoded exactly as `fusekit cache build` decodes it (in
+/// parallel, IR mapped by `--ir-norm`, pairs with error-level lint findings left out) into a
+/// temporary cache in the system's temporary folder, removed afterwards: the numbers are those
+/// of a cache built from the same dataset.
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["cache", "data"]))]
 pub struct ValArgs {
     /// Weights written by `fusekit train`.
     #[arg(long)]
     weights: PathBuf,
     /// The cache to validate on (e.g. cache/NAME-640/val.fkc).
     #[arg(long)]
-    cache: PathBuf,
+    cache: Option<PathBuf>,
+    /// A data yaml or dataset folder (its split.yaml first) to validate on without a cache.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// With --data: the split to validate on.
+    #[arg(long, default_value = "val", requires = "data")]
+    split: String,
+    /// With --data: the size images are stored and letterboxed at (a multiple of 32).
+    #[arg(long, default_value_t = Imgsz::DEFAULT, requires = "data")]
+    imgsz: Imgsz,
+    /// With --data: how IR samples become 8 bits (auto, minmax, fixed:LO,HI or none), as the
+    /// training cache was built. Default: the data yaml's `ir_norm:`, else auto.
+    #[arg(long, value_name = "MODE", requires = "data")]
+    ir_norm: Option<fusekit_dataset::IrNorm>,
     /// Images per batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -47,9 +68,19 @@ pub struct ValArgs {
 
 /// Runs `fusekit val`.
 pub fn run(args: &ValArgs) -> anyhow::Result<ExitCode> {
+    let source = match (&args.cache, &args.data) {
+        (Some(cache), _) => Source::Cache(cache.clone()),
+        (None, Some(data)) => Source::Dataset {
+            data: data.clone(),
+            split: args.split.clone(),
+            imgsz: args.imgsz,
+            ir_norm: args.ir_norm,
+        },
+        (None, None) => anyhow::bail!("give --cache or --data"),
+    };
     let params = Params {
         weights: args.weights.clone(),
-        cache: args.cache.clone(),
+        source,
         batch: args.batch,
         nms: NmsOptions {
             conf: args.conf,
@@ -60,7 +91,7 @@ pub fn run(args: &ValArgs) -> anyhow::Result<ExitCode> {
         device: args.device.clone(),
         plots: args.out.clone(),
     };
-    let outcome = fusekit_stages::val::run(&params)?;
+    let outcome = fusekit_stages::val::run(&params, &crate::progress::Bars::default())?;
     match args.format {
         Format::Json => println!(
             "{}",
