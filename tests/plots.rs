@@ -65,7 +65,7 @@ fn assert_picture(path: &Path, size: (u32, u32)) {
 
 /// Every plot and its size (train batch 4: 2 x 2 tiles of two 64-pixel squares; the 6 val
 /// images: 3 x 2 tiles). Those of a validation are the 3rd to the 10th.
-const RUN_PLOTS: [(&str, (u32, u32)); 14] = [
+const RUN_PLOTS: [(&str, (u32, u32)); 15] = [
     ("results.png", (2400, 1200)),
     ("labels.jpg", (1600, 1600)),
     ("BoxPR_curve.png", (1800, 1200)),
@@ -79,6 +79,7 @@ const RUN_PLOTS: [(&str, (u32, u32)); 14] = [
     ("train_batch0.jpg", (256, 128)),
     ("train_batch1.jpg", (256, 128)),
     ("train_batch2.jpg", (256, 128)),
+    ("labels_val.jpg", (1600, 1600)),
     // Listed last: the first batches are the only ones drawn.
     ("train_batch3.jpg", (0, 0)),
 ];

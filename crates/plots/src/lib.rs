@@ -50,8 +50,11 @@ pub const CURVE_PNGS: [&str; 4] = [
 ];
 /// The two confusion-matrix files, in the order [`confusion_matrix`] writes them.
 pub const CONFUSION_PNGS: [&str; 2] = ["confusion_matrix.png", "confusion_matrix_normalized.png"];
-/// `labels.jpg`.
+/// `labels.jpg`: the training split's labels.
 pub const LABELS_JPG: &str = "labels.jpg";
+/// The same picture of the validation split's labels (Ultralytics draws the training split's
+/// only), to compare the two splits' class balance, positions and sizes at a glance.
+pub const LABELS_VAL_JPG: &str = "labels_val.jpg";
 
 /// Training batches a run draws, as Ultralytics: the first three of its first epoch.
 pub const TRAIN_BATCH_PLOTS: usize = 3;

@@ -445,15 +445,19 @@ fn train_error(err: TrainError, run: &Path, timeout: Duration) -> StageError {
 /// The plot files present in `run_dir`, in a fixed order.
 fn plot_files(run_dir: &Path) -> Vec<PathBuf> {
     let batches = (0..fusekit_plots::TRAIN_BATCH_PLOTS).map(fusekit_plots::train_batch_name);
-    let fixed = [fusekit_plots::RESULTS_PNG, fusekit_plots::LABELS_JPG]
-        .into_iter()
-        .chain(fusekit_plots::CURVE_PNGS)
-        .chain(fusekit_plots::CONFUSION_PNGS)
-        .chain([
-            fusekit_plots::VAL_BATCH_LABELS_JPG,
-            fusekit_plots::VAL_BATCH_PRED_JPG,
-        ])
-        .map(str::to_owned);
+    let fixed = [
+        fusekit_plots::RESULTS_PNG,
+        fusekit_plots::LABELS_JPG,
+        fusekit_plots::LABELS_VAL_JPG,
+    ]
+    .into_iter()
+    .chain(fusekit_plots::CURVE_PNGS)
+    .chain(fusekit_plots::CONFUSION_PNGS)
+    .chain([
+        fusekit_plots::VAL_BATCH_LABELS_JPG,
+        fusekit_plots::VAL_BATCH_PRED_JPG,
+    ])
+    .map(str::to_owned);
     fixed
         .chain(batches)
         .map(|name| run_dir.join(name))

@@ -66,20 +66,21 @@ impl Plots {
         });
     }
 
-    /// `labels.jpg` from the boxes of the first `samples` samples of the training cache.
-    /// Called after the first epoch, whose loader has verified those samples already, so
-    /// reading their boxes does not hash their pixels again.
+    /// `file` (`labels.jpg`, `labels_val.jpg`) from the boxes of the first `samples` samples
+    /// of `cache`. Called after the first epoch, whose loaders have verified those samples
+    /// already, so reading their boxes does not hash their pixels again.
     pub(crate) fn labels(
         &mut self,
         cache: &Cache,
         samples: usize,
+        file: &'static str,
         observer: &mut dyn FnMut(Event<'_>),
     ) {
         self.draw(observer, |dir| {
             let mut boxes = Vec::new();
             for i in 0..samples.min(cache.len()) {
                 let sample = cache.sample(i).map_err(|e| PlotError::Input {
-                    what: "labels.jpg",
+                    what: file,
                     message: e.to_string(),
                 })?;
                 boxes.extend(sample.boxes.iter().map(|&[class, x, y, w, h]| LabelBox {
@@ -92,7 +93,7 @@ impl Plots {
                     score: None,
                 }));
             }
-            let path = dir.join(fusekit_plots::LABELS_JPG);
+            let path = dir.join(file);
             fusekit_plots::labels(&boxes, &cache.meta().names, &path)
         });
     }

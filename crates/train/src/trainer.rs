@@ -509,8 +509,18 @@ impl<'a> Trainer<'a> {
             observer(Event::Epoch(&record));
             self.plots.results(&self.files.results, observer);
             if record.epoch == 1 {
-                self.plots
-                    .labels(&self.train_cache, self.loader.len(), observer);
+                let train_samples = self.loader.len();
+                self.plots.labels(
+                    &self.train_cache,
+                    train_samples,
+                    fusekit_plots::LABELS_JPG,
+                    observer,
+                );
+                if let Some(val) = &self.val_loader {
+                    let cache = val.cache();
+                    self.plots
+                        .labels(cache, cache.len(), fusekit_plots::LABELS_VAL_JPG, observer);
+                }
             }
             last_record = Some(record);
             last_validation = validation.or(last_validation);
