@@ -19,6 +19,8 @@ const F32_TOLERANCE: f64 = 1e-4;
 /// The same for `--half` (float16 weights and arithmetic).
 const HALF_TOLERANCE: f64 = 1e-2;
 
+/// libtorch's random generator is global: tests hold this from a seed to the model's
+/// initialisation, and while drawing inputs, so that each model is the same on every run.
 static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Saves a yolov8 `scale` of `fusion` (two classes, one IR plane) whose BatchNorm statistics
@@ -78,8 +80,14 @@ fn export(weights: &Path, out: &Path, format: &str, extra: &[&str]) -> Value {
 /// Writes one test case: random inputs of `batch` x `size` for the model's inputs, and what
 /// fusekit's forward pass makes of them.
 fn write_case(model: &Detector, dir: &Path, case: usize, batch: i64, size: i64) -> Vec<Tensor> {
-    let rgb = Tensor::rand([batch, 3, size, size], (Kind::Float, Device::Cpu));
-    let ir = Tensor::rand([batch, 1, size, size], (Kind::Float, Device::Cpu));
+    // Drawn under the lock, so that no model initialised alongside sees a different stream.
+    let (rgb, ir) = {
+        let _rng = TORCH_RNG.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            Tensor::rand([batch, 3, size, size], (Kind::Float, Device::Cpu)),
+            Tensor::rand([batch, 1, size, size], (Kind::Float, Device::Cpu)),
+        )
+    };
     let expected = model.predict(&Tensor::cat(&[&rgb, &ir], 1));
     expected
         .write_npy(dir.join(format!("case{case}_expected.npy")))
@@ -370,7 +378,10 @@ fn onnx_runtime_example_reproduces_fusekit_predict() {
     export(&weights_path, &model_path, "onnx", &[]);
     // 64 x 48 at imgsz 64: letterboxing pads, and no resampling filter is compared.
     let pairs = write_noise_pairs(&dir.path().join("data"), 3, 64, 48);
-    let conf = "0.0004";
+    // An untrained head scores near its bias priors (about 0.0004, 0.0016 and 0.006 for the
+    // three strides with two classes): a threshold between two of them, not at one, keeps the
+    // comparison from hinging on the last bit of a score.
+    let conf = "0.001";
     let mut compared = 0;
     for (rgb, ir) in &pairs {
         let output = Command::new(env!("CARGO_BIN_EXE_fusekit"))

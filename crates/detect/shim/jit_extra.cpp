@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <optional>
 #include <string>
 
 extern "C" int fk_jit_save_with_extra(const char* source, const char* target, const char* name,
@@ -26,7 +27,7 @@ extern "C" long fk_jit_read_extra(const char* path, const char* name, char* cont
                                   size_t contents_len) {
   try {
     torch::jit::ExtraFilesMap extra{{name, ""}};
-    torch::jit::load(path, c10::nullopt, extra);
+    torch::jit::load(path, std::nullopt, extra);
     const std::string& value = extra[name];
     std::snprintf(contents, contents_len, "%s", value.c_str());
     return static_cast<long>(value.size());
