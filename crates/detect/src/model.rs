@@ -225,6 +225,16 @@ impl Detector {
         }
     }
 
+    /// Anchors of the decoded output at `imgsz` x `imgsz`: one per cell of the three levels,
+    /// per detector (late fusion has two).
+    pub fn anchors(&self, imgsz: i64) -> i64 {
+        let cells: i64 = crate::STRIDES
+            .iter()
+            .map(|s| (imgsz / s) * (imgsz / s))
+            .sum();
+        cells * self.heads().len() as i64
+    }
+
     /// Decoded predictions `[batch, 4 + nc, anchors]` (centre-xywh in input pixels, class
     /// probabilities). Late fusion concatenates both detectors' anchors so that NMS merges
     /// their detections.

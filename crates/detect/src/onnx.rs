@@ -112,15 +112,10 @@ pub fn to_onnx(detector: &Detector, options: &GraphOptions) -> Result<ModelProto
             Dim::Named("anchors".into()),
         ]
     } else {
-        let cells: i64 = STRIDES
-            .iter()
-            .map(|s| (options.imgsz / s) * (options.imgsz / s))
-            .sum();
-        let detectors = detector.heads().len() as i64;
         vec![
             Dim::Fixed(options.batch),
             Dim::Fixed(outputs),
-            Dim::Fixed(cells * detectors),
+            Dim::Fixed(detector.anchors(options.imgsz)),
         ]
     };
     g.output(&decoded, OUTPUT, &output_dims);

@@ -13,15 +13,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use atomic_write_file::AtomicWriteFile;
 use fusekit_cache::format::PAD_VALUE;
 use fusekit_detect::onnx::{GraphOptions, OUTPUT};
-use fusekit_detect::{ModelConfig, STRIDES, torchscript, weights};
+use fusekit_detect::{Detector, STRIDES, torchscript, weights};
 use fusekit_hyp::Imgsz;
 use fusekit_train::parse_device;
 use serde::{Deserialize, Serialize};
@@ -131,12 +129,11 @@ pub fn run(params: &Params) -> Result<Outcome, StageError> {
     let (mut vs, model) = weights::load(&params.weights, device)?;
     // Inference only: tracing refuses weights that require gradients.
     vs.freeze();
-    let config = model.config().clone();
     let path = params
         .out
         .clone()
         .unwrap_or_else(|| params.weights.with_extension(params.format.extension()));
-    let metadata = metadata(&config, params);
+    let metadata = metadata(&model, params);
     let imgsz = i64::from(params.imgsz.get());
     match params.format {
         Format::Onnx => {
@@ -150,7 +147,7 @@ pub fn run(params: &Params) -> Result<Outcome, StageError> {
                 producer_version: env!("CARGO_PKG_VERSION").into(),
             };
             let graph = fusekit_detect::onnx::to_onnx(&model, &options)?;
-            write_atomically(&path, &fusekit_onnx::encode(&graph))?;
+            crate::lint::write_file(&path, &fusekit_onnx::encode(&graph))?;
         }
         Format::Torchscript => {
             let json = serde_json::to_string(&metadata).expect("metadata serialises");
@@ -215,7 +212,8 @@ module on a GPU)"
 
 /// The metadata, with Ultralytics' keys (its `names` a Python dict literal, as it writes
 /// them) and fusekit's own: `fusion`, `ir_channels`, `inputs`, `input_range`, `pad_value`.
-fn metadata(config: &ModelConfig, params: &Params) -> BTreeMap<String, String> {
+fn metadata(model: &Detector, params: &Params) -> BTreeMap<String, String> {
+    let config = model.config();
     let names = config
         .names
         .iter()
@@ -245,7 +243,7 @@ fn metadata(config: &ModelConfig, params: &Params) -> BTreeMap<String, String> {
         ("fusion", config.fusion.to_string()),
         ("scale", config.scale.to_string()),
         ("ir_channels", config.ir_channels.to_string()),
-        ("inputs", input_names(config).join(",")),
+        ("inputs", model.input_names().join(",")),
         ("input_range", "0-1".into()),
         ("pad_value", PAD_VALUE.to_string()),
     ];
@@ -261,16 +259,7 @@ fn python_string(text: &str) -> String {
     format!("'{escaped}'")
 }
 
-fn input_names(config: &ModelConfig) -> Vec<&'static str> {
-    use fusekit_detect::onnx::{IR_INPUT, RGB_INPUT};
-    match config.fusion {
-        fusekit_detect::Fusion::Rgb => vec![RGB_INPUT],
-        fusekit_detect::Fusion::Ir => vec![IR_INPUT],
-        _ => vec![RGB_INPUT, IR_INPUT],
-    }
-}
-
-fn specs(model: &fusekit_detect::Detector, params: &Params) -> (Vec<TensorSpec>, TensorSpec) {
+fn specs(model: &Detector, params: &Params) -> (Vec<TensorSpec>, TensorSpec) {
     let imgsz = params.imgsz.get().to_string();
     let dim = |name: &str, fixed: String| {
         if params.dynamic {
@@ -300,9 +289,7 @@ fn specs(model: &fusekit_detect::Detector, params: &Params) -> (Vec<TensorSpec>,
             }
         })
         .collect();
-    let side = i64::from(params.imgsz.get());
-    let cells: i64 = STRIDES.iter().map(|s| (side / s) * (side / s)).sum();
-    let anchors = cells * model.heads().len() as i64;
+    let anchors = model.anchors(i64::from(params.imgsz.get()));
     let output = TensorSpec {
         name: OUTPUT.into(),
         shape: vec![
@@ -320,12 +307,4 @@ fn partial_path(path: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     path.with_file_name(format!(".{name}.partial"))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    let error = StageError::io("writing", path);
-    let mut file = AtomicWriteFile::open(path).map_err(StageError::io("writing", path))?;
-    file.write_all(bytes)
-        .and_then(|()| file.commit())
-        .map_err(error)
 }
