@@ -51,21 +51,8 @@ pub struct SynthArgs {
     inject: Vec<String>,
     /// Pixels DX,DY (right, down; negative for left, up) by which the IR content of every
     /// pair is shifted against the RGB content.
-    #[arg(long, value_parser = parse_shift, allow_hyphen_values = true)]
+    #[arg(long, value_parser = fusekit_synth::parse_shift, allow_hyphen_values = true)]
     ir_shift: Option<(i32, i32)>,
-}
-
-/// Parses `DX,DY` pixel shifts.
-fn parse_shift(text: &str) -> Result<(i32, i32), String> {
-    let (dx, dy) = text
-        .split_once(',')
-        .ok_or("expected DX,DY in pixels, such as 12,-4")?;
-    let pixels = |v: &str| {
-        v.trim()
-            .parse::<i32>()
-            .map_err(|_| format!("`{v}` is not a whole number of pixels"))
-    };
-    Ok((pixels(dx)?, pixels(dy)?))
 }
 
 /// Generates the dataset and prints where it is.

@@ -138,15 +138,39 @@ impl std::str::FromStr for FileFormat {
 
 /// Parses an image size written `WIDTHxHEIGHT`, such as `1280x1024`.
 pub fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let (w, h) = text
-        .split_once(['x', 'X'])
-        .ok_or("expected WIDTHxHEIGHT, such as 1280x1024")?;
+    parse_pair(
+        text,
+        &['x', 'X'],
+        "expected WIDTHxHEIGHT, such as 1280x1024",
+        "a pixel count",
+    )
+}
+
+/// Parses a shift in pixels written `DX,DY`, such as `12,-4` (`--ir-shift`).
+pub fn parse_shift(text: &str) -> Result<(i32, i32), String> {
+    parse_pair(
+        text,
+        &[','],
+        "expected DX,DY in pixels, such as 12,-4",
+        "a whole number of pixels",
+    )
+}
+
+/// Two numbers separated by one of `separators`; `form` is the error when there is no
+/// separator, `each` says what a number must be.
+fn parse_pair<T: std::str::FromStr>(
+    text: &str,
+    separators: &[char],
+    form: &str,
+    each: &str,
+) -> Result<(T, T), String> {
+    let (a, b) = text.split_once(separators).ok_or(form)?;
     let parse = |v: &str| {
         v.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("`{v}` is not a pixel count"))
+            .parse::<T>()
+            .map_err(|_| format!("`{v}` is not {each}"))
     };
-    Ok((parse(w)?, parse(h)?))
+    Ok((parse(a)?, parse(b)?))
 }
 
 impl Default for SynthOptions {
@@ -362,6 +386,26 @@ fn data_yaml_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_shifts_parse_or_say_what_is_wrong() {
+        assert_eq!(parse_size("1280x1024"), Ok((1280, 1024)));
+        assert_eq!(parse_size(" 64 X 48 "), Ok((64, 48)));
+        assert_eq!(
+            parse_size("1280"),
+            Err("expected WIDTHxHEIGHT, such as 1280x1024".into())
+        );
+        assert_eq!(parse_size("12x-4"), Err("`-4` is not a pixel count".into()));
+        assert_eq!(parse_shift("12,-4"), Ok((12, -4)));
+        assert_eq!(
+            parse_shift("12 -4"),
+            Err("expected DX,DY in pixels, such as 12,-4".into())
+        );
+        assert_eq!(
+            parse_shift("1.5,2"),
+            Err("`1.5` is not a whole number of pixels".into())
+        );
+    }
 
     fn small() -> SynthOptions {
         SynthOptions {
