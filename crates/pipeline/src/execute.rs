@@ -703,7 +703,11 @@ pub fn predict_params(
             .as_ref()
             .map_or("auto".to_owned(), |t| t.device.clone()),
         pictures: section.images,
-        save: fusekit_stages::predict::SaveOptions::default(),
+        save: fusekit_stages::predict::SaveOptions {
+            txt: section.save_txt,
+            conf: section.save_conf,
+            json: section.save_json,
+        },
     })
 }
 

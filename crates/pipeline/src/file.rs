@@ -126,6 +126,20 @@ pub struct PredictSection {
     /// Detections kept per pair.
     #[serde(default = "default_max_det")]
     pub max_det: usize,
+    /// Ultralytics' `save_txt`: YOLO rows per pair under `labels/`. Like the other `save_*`
+    /// keys, left out of the stage's fingerprint when off, so files without them keep theirs.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub save_txt: bool,
+    /// Ultralytics' `save_conf`: each `save_txt` row ends with its score.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub save_conf: bool,
+    /// Ultralytics' `save_json`: COCO-style `predictions.json`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub save_json: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn default_max_det() -> usize {
@@ -538,7 +552,29 @@ predict:
         assert_eq!(p.imgsz.get(), 64);
         assert_eq!(train.hyp.imgsz, 64, "imgsz is the pipeline's");
         assert_eq!(train.limit, Some(8));
-        assert_eq!(p.predict.unwrap().conf, 0.1);
+        let predict = p.predict.unwrap();
+        assert_eq!(predict.conf, 0.1);
+        assert!(!predict.save_txt && !predict.save_conf && !predict.save_json);
+    }
+
+    #[test]
+    fn predict_save_keys_are_read_and_stay_out_of_the_fingerprint_when_off() {
+        let on = parse(&SAMPLE.replace(
+            "  conf: 0.1\n",
+            "  conf: 0.1\n  save_txt: true\n  save_conf: true\n  save_json: true\n",
+        ))
+        .unwrap()
+        .predict
+        .unwrap();
+        assert!(on.save_txt && on.save_conf && on.save_json);
+        let off = parse(SAMPLE).unwrap().predict.unwrap();
+        let keys = serde_json::to_value(&off).unwrap();
+        assert_eq!(
+            keys.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["conf", "images", "iou", "max_det"],
+            "a section without save_* serialises as before"
+        );
+        assert_ne!(serde_json::to_value(&on).unwrap(), keys);
     }
 
     #[test]
