@@ -7,16 +7,20 @@
 //!   [`equal_epoch_order`] are the orders it draws.
 //! - [`Augment`]: mosaic, scale and translation, flip and colour jitter, every geometric change
 //!   applied to all planes at once.
+//! - [`Background`]: items made on a thread of their own, a bounded number ahead (the loader's
+//!   prefetch; fusekit-train's pinning thread).
 //! - [`Letterbox`]: the one owner of letterbox geometry, from the pixel copy into the network
 //!   input to mapping detections back to stored or original image pixels.
 //!
 //! Modules depend one way: `loader` uses `augment` and `letterbox`, `augment` uses `letterbox`.
 
 mod augment;
+mod background;
 mod letterbox;
 mod loader;
 
 pub use augment::Augment;
+pub use background::Background;
 pub use letterbox::Letterbox;
 pub use loader::{
     Batch, BatchBox, EpochBatches, Loader, LoaderOptions, epoch_order, equal_epoch_order,

@@ -3,8 +3,6 @@
 //! ahead of the consumer.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
-use std::thread::JoinHandle;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -14,6 +12,7 @@ use rayon::prelude::*;
 use fusekit_cache::{Cache, CacheError};
 
 use crate::augment::{Augment, augment_sample};
+use crate::background::Background;
 use crate::letterbox::Letterbox;
 
 /// How batches are formed.
@@ -331,48 +330,22 @@ impl Loader {
 
     /// The batches of `epoch`, built ahead on a background thread.
     pub fn epoch(&self, epoch: u64) -> EpochBatches {
-        let o = &self.options;
         let order = self.order(epoch);
-        let (sender, receiver) = sync_channel(o.prefetch.max(1));
+        let size = self.options.batch.max(1);
         let loader = self.clone();
-        let producer = std::thread::Builder::new()
-            .name("fusekit-loader".into())
-            .spawn(move || {
-                for chunk in order.chunks(loader.options.batch) {
-                    let batch = loader.make_batch(chunk, epoch);
-                    let failed = batch.is_err();
-                    if sender.send(batch).is_err() || failed {
-                        return;
-                    }
-                }
-            })
-            .expect("spawning the loader thread");
-        EpochBatches {
-            receiver: Some(receiver),
-            producer: Some(producer),
-        }
+        Background::spawn(
+            "fusekit-loader",
+            self.options.prefetch,
+            0..order.len().div_ceil(size),
+            move |i| {
+                let chunk = &order[i * size..((i + 1) * size).min(order.len())];
+                let batch = loader.make_batch(chunk, epoch);
+                let failed = batch.is_err();
+                (batch, failed)
+            },
+        )
     }
 }
 
 /// The batches of one epoch; dropping it stops the background thread.
-pub struct EpochBatches {
-    receiver: Option<Receiver<Result<Batch, CacheError>>>,
-    producer: Option<JoinHandle<()>>,
-}
-
-impl Iterator for EpochBatches {
-    type Item = Result<Batch, CacheError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.receiver.as_ref()?.recv().ok()
-    }
-}
-
-impl Drop for EpochBatches {
-    fn drop(&mut self) {
-        drop(self.receiver.take());
-        if let Some(producer) = self.producer.take() {
-            let _ = producer.join();
-        }
-    }
-}
+pub type EpochBatches = Background<Result<Batch, CacheError>>;
