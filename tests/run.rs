@@ -52,6 +52,7 @@ train:
 predict:
   conf: 0.01
   images: false
+  save_json: true
 "
     )
 }
@@ -97,6 +98,14 @@ fn runs_skips_reruns_what_changed_and_plans() {
         stage_dir(d, "predict-mid")
             .join("predictions.jsonl")
             .is_file()
+    );
+    // save_json: Ultralytics' COCO-style file beside it.
+    let coco =
+        std::fs::read_to_string(stage_dir(d, "predict-mid").join("predictions.json")).unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&coco)
+            .unwrap()
+            .is_array()
     );
     assert_eq!(record(d, "train-mid")["outcome"]["epochs"], 1);
 

@@ -308,20 +308,17 @@ fn train_val_and_predict_run_from_their_params() {
     assert_eq!(validated.names, ["person"]);
     // Straight from the dataset: the same split decoded into a temporary cache, the same
     // numbers, and nothing left behind.
-    let before = temporary_val_folders();
-    let from_data = val::run(
-        &val::Params {
-            source: val::Source::Dataset {
-                data: data.clone(),
-                split: "val".into(),
-                imgsz: imgsz(64),
-                ir_norm: None,
-            },
-            ..through_cache.clone()
+    let from_split = |split: &str| val::Params {
+        source: val::Source::Dataset {
+            data: data.clone(),
+            split: split.into(),
+            imgsz: imgsz(64),
+            ir_norm: None,
         },
-        &Silent,
-    )
-    .unwrap();
+        ..through_cache.clone()
+    };
+    let before = temporary_val_folders();
+    let from_data = val::run(&from_split("val"), &Silent).unwrap();
     assert_eq!(from_data.images, validated.images);
     assert_eq!(from_data.metrics, validated.metrics);
     assert_eq!(from_data.val_loss, validated.val_loss);
@@ -330,19 +327,7 @@ fn train_val_and_predict_run_from_their_params() {
         before,
         "the temporary cache is removed"
     );
-    let missing = val::run(
-        &val::Params {
-            source: val::Source::Dataset {
-                data: data.clone(),
-                split: "holdout".into(),
-                imgsz: imgsz(64),
-                ir_norm: None,
-            },
-            ..through_cache
-        },
-        &Silent,
-    )
-    .unwrap_err();
+    let missing = val::run(&from_split("holdout"), &Silent).unwrap_err();
     assert!(missing.to_string().contains("holdout"), "{missing}");
 
     let mut seen = 0;

@@ -322,18 +322,20 @@ pub fn reporter(mut out: impl Write + Sync, human: bool) -> impl FnMut(Report<'_
             warmup,
             start_epoch,
             precision,
+            feed,
         }) if shown => {
             let _ = writeln!(out, "{plan}");
             let _ = writeln!(
                 out,
                 "model: yolov8{} {} fusion, {} classes, {} IR plane{}, {:.2}M parameters, on {device} \
-in {precision}",
+in {precision}, {} feed",
                 config.scale,
                 config.fusion,
                 config.names.len(),
                 config.ir_channels,
                 if config.ir_channels == 1 { "" } else { "s" },
                 parameters as f64 / 1e6,
+                feed.as_str(),
             );
             let _ = writeln!(
                 out,

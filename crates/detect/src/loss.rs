@@ -494,9 +494,12 @@ fn pad_targets(
             padded[at..at + 5].copy_from_slice(row);
         }
     }
+    // Non-blocking: a host-to-device copy from pageable memory is staged before the call
+    // returns, so the device need not be synchronised (a blocking copy would wait for the
+    // forward pass queued before it).
     let padded = Tensor::from_slice(&padded)
         .view([batch, max_boxes as i64, 5])
-        .to_device(device);
+        .to_device_(device, Kind::Float, true, false);
     let split = padded.split_with_sizes([1, 4], -1);
     Ok((split[0].shallow_clone(), split[1].shallow_clone()))
 }

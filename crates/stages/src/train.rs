@@ -189,6 +189,10 @@ pub struct Outcome {
     pub data_wait: f64,
     /// The forward passes' arithmetic: `f32`, `bf16` or `fp16` (`--amp` on this device).
     pub precision: String,
+    /// How batches reached the device: `view` (CPU), `pinned` (side-stream copies one batch
+    /// ahead) or `pageable` (`PIN_MEMORY=false`, or the pinned feed fell back).
+    #[serde(default)]
+    pub feed: String,
     /// `results.csv`.
     pub results: PathBuf,
     /// The plots in the run folder (`results.png`, curves, confusion matrices, `labels.jpg`,
@@ -481,6 +485,7 @@ fn outcome(params: &Params, options: &TrainOptions, summary: &TrainSummary, main
         images_per_second: summary.images_per_second,
         data_wait: summary.data_wait,
         precision: summary.precision.to_string(),
+        feed: summary.feed.as_str().to_owned(),
         results: files.results,
         plots: plot_files(&params.run_dir),
         plot_seconds: summary.plot_seconds,

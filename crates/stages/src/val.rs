@@ -9,7 +9,7 @@ use fusekit_dataset::IrNorm;
 use fusekit_detect::{DetectionLoss, NmsOptions, weights};
 use fusekit_eval::Metrics;
 use fusekit_loader::{Loader, LoaderOptions};
-use fusekit_train::{Validation, parse_device, plot_validation, validate};
+use fusekit_train::{Feed, Validation, parse_device, plot_validation, validate};
 use serde::Serialize;
 
 use fusekit_hyp::Imgsz;
@@ -130,7 +130,7 @@ pub fn run(params: &Params, progress: &dyn Progress) -> Result<Outcome, StageErr
     let result = validate(
         &model,
         &loader,
-        device,
+        &Feed::for_device(device),
         &DetectionLoss::default(),
         &params.nms,
     )

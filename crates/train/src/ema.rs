@@ -3,6 +3,8 @@
 use tch::Tensor;
 use tch::nn::VarStore;
 
+use crate::foreach;
+
 use fusekit_hyp::ema_decay;
 
 /// A moving average of every floating-point variable of a model (BatchNorm running
@@ -10,7 +12,10 @@ use fusekit_hyp::ema_decay;
 /// `d = decay * (1 - exp(-updates / tau))`.
 #[derive(Debug)]
 pub struct Ema {
-    pairs: Vec<(Tensor, Tensor)>,
+    /// The averages, in name order.
+    averages: Vec<Tensor>,
+    /// The model's variables they follow, in the same order.
+    lives: Vec<Tensor>,
     updates: u64,
     decay: f64,
     tau: f64,
@@ -22,7 +27,7 @@ impl Ema {
     pub fn new(model: &VarStore, ema: &VarStore, decay: f64, tau: f64) -> Self {
         let average = Self::resume(model, ema, decay, tau, 0);
         tch::no_grad(|| {
-            for (average, live) in &average.pairs {
+            for (average, live) in average.averages.iter().zip(&average.lives) {
                 average.shallow_clone().copy_(live);
             }
         });
@@ -42,25 +47,24 @@ impl Ema {
             })
             .collect();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let (averages, lives) = pairs.into_iter().map(|(_, p)| p).unzip();
         Self {
-            pairs: pairs.into_iter().map(|(_, p)| p).collect(),
+            averages,
+            lives,
             updates,
             decay,
             tau,
         }
     }
 
-    /// Updates after an optimizer step.
+    /// Updates after an optimizer step: `average = d average + (1 - d) live` over every
+    /// pair, as two multi-tensor operations (a few kernel launches on CUDA, not two per
+    /// tensor).
     pub fn update(&mut self) {
         self.updates += 1;
         let d = ema_decay(self.updates, self.decay, self.tau);
-        tch::no_grad(|| {
-            for (average, live) in &self.pairs {
-                let mut average = average.shallow_clone();
-                let _ = average.g_mul_scalar_(d);
-                let _ = average.g_add_(&(live.detach() * (1.0 - d)));
-            }
-        });
+        foreach::mul_(&self.averages, d);
+        foreach::add_(&self.averages, &self.lives, 1.0 - d);
     }
 
     /// Updates made so far.

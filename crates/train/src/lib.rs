@@ -3,13 +3,14 @@
 //! [`train`] runs the loop (accumulation, the scheduled [`Optimizer`] with Ultralytics'
 //! parameter groups, gradient clipping, [`Ema`], validation, `results.csv`, weights and
 //! resumable checkpoints); [`validate`] measures a model on a cache; [`parse_device`] and
-//! [`RuntimeInfo`] choose and describe devices; [`batch_tensors`] feeds cache batches to
-//! libtorch without copies.
+//! [`RuntimeInfo`] choose and describe devices; [`Feed`] moves cache batches to the device (a
+//! view on the CPU; pinned copies on a side stream, one batch ahead, on CUDA).
 
 mod checkpoint;
 mod device;
 mod ema;
 mod feed;
+mod foreach;
 mod guard;
 mod optim;
 mod plots;
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 
 pub use device::{CudaDevice, DeviceError, RuntimeInfo, parse_device, parse_devices};
 pub use ema::Ema;
-pub use feed::{BatchTensors, batch_tensors};
+pub use feed::{Ahead, BatchTensors, Fed, Feed, FeedMode, Staged, batch_tensors};
 pub use optim::{Optimizer, StepSettings, param_group};
 pub use plots::plot_validation;
 pub use precision::{Autocast, Precision, PrecisionError};

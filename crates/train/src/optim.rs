@@ -1,10 +1,15 @@
 //! Optimizers with Ultralytics' three parameter groups, written over plain tensors so that
 //! their state (momentum buffers, Adam moments) is saved with checkpoints and resume is exact.
+//! Updates, clipping and zeroing work on whole lists of tensors through libtorch's `_foreach_*`
+//! operations, the arithmetic of torch.optim's default (foreach) SGD and AdamW and of
+//! `clip_grad_norm_`: on CUDA a few kernel launches per list instead of several per tensor.
 
 use std::collections::HashMap;
 
 use fusekit_hyp::{Optimizer as OptimizerKind, ParamGroup};
 use tch::{Kind, Tensor};
+
+use crate::foreach;
 
 /// The group of a variable by its name: BatchNorm weights (`.bn.weight`) are `Norm`, every
 /// bias (BatchNorm's included) is `Bias`, other weights `Weight`. Running statistics and
@@ -78,39 +83,36 @@ impl Optimizer {
         self.steps
     }
 
-    /// Sets every gradient to zero.
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut grad = p.var.grad();
-            if grad.defined() {
-                let _ = grad.zero_();
-            }
-        }
-    }
-
-    /// Scales the gradients so that their global L2 norm is at most `max_norm` (PyTorch's
-    /// `clip_grad_norm_`); returns the norm before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self
-            .params
+    /// The gradients that exist (a variable gets one at its first backward pass).
+    fn grads(&self) -> Vec<Tensor> {
+        self.params
             .iter()
             .map(|p| p.var.grad())
             .filter(Tensor::defined)
-            .collect();
+            .collect()
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grad(&mut self) {
+        foreach::zero_(&self.grads());
+    }
+
+    /// Scales the gradients so that their global L2 norm is at most `max_norm` (PyTorch's
+    /// `clip_grad_norm_`, whose arithmetic this is); returns the norm before clipping, a
+    /// 0-dimensional f32 tensor on the gradients' device. Nothing is read back to the host, so
+    /// the device is not synchronised; reading the norm does that.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
+        let grads = self.grads();
         if grads.is_empty() {
-            return 0.0;
+            return Tensor::from(0.0f32);
         }
-        let norms: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.norm().to_kind(Kind::Float))
+        let norms: Vec<Tensor> = foreach::norm(&grads)
+            .into_iter()
+            .map(|n| n.to_kind(Kind::Float))
             .collect();
-        let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-        let coefficient = max_norm / (total + 1e-6);
-        if coefficient < 1.0 {
-            for mut g in grads {
-                let _ = g.g_mul_scalar_(coefficient);
-            }
-        }
+        let total = Tensor::stack(&norms, 0).norm();
+        let coefficient = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+        foreach::mul_by_(&grads, &coefficient);
         total
     }
 
@@ -157,71 +159,36 @@ impl Optimizer {
 
     /// Multiplies every gradient by `factor` (loss-scale removal).
     pub fn scale_grads(&mut self, factor: f64) {
-        for p in &self.params {
-            let mut g = p.var.grad();
-            if g.defined() {
-                let _ = g.g_mul_scalar_(factor);
-            }
-        }
+        foreach::mul_(&self.grads(), factor);
     }
 
     /// One update with `settings`, as PyTorch's SGD (nesterov, no dampening) or AdamW
-    /// (betas `(momentum, 0.999)`, eps 1e-8) would make it.
+    /// (betas `(momentum, 0.999)`, eps 1e-8) would make it with their default multi-tensor
+    /// implementation: one list per parameter group.
     pub fn step(&mut self, settings: &StepSettings) {
         self.steps += 1;
         let t = self.steps as i32;
         let kind = self.kind;
-        tch::no_grad(|| {
-            for p in &mut self.params {
-                let grad = p.var.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let lr = settings.lr[p.group.index()];
-                let decay = if p.group.decays() {
-                    settings.weight_decay
-                } else {
-                    0.0
-                };
-                match kind {
-                    OptimizerKind::Sgd => {
-                        let d = if decay > 0.0 {
-                            &grad + &p.var * decay
-                        } else {
-                            grad.shallow_clone()
-                        };
-                        let buffer = match p.first.take() {
-                            Some(mut b) => {
-                                let _ = b.g_mul_scalar_(settings.momentum).g_add_(&d);
-                                b
-                            }
-                            None => d.copy(),
-                        };
-                        let update = &d + &buffer * settings.momentum;
-                        let _ = p.var.g_sub_(&(update * lr));
-                        p.first = Some(buffer);
-                    }
-                    OptimizerKind::AdamW => {
-                        let (beta1, beta2, eps) = (settings.momentum, 0.999, 1e-8);
-                        if decay > 0.0 {
-                            let _ = p.var.g_mul_scalar_(1.0 - lr * decay);
-                        }
-                        let mut m = p.first.take().unwrap_or_else(|| grad.zeros_like());
-                        let mut v = p.second.take().unwrap_or_else(|| grad.zeros_like());
-                        let _ = m.g_mul_scalar_(beta1).g_add_(&(&grad * (1.0 - beta1)));
-                        let _ = v
-                            .g_mul_scalar_(beta2)
-                            .g_add_(&(grad.square() * (1.0 - beta2)));
-                        let correction1 = 1.0 - beta1.powi(t);
-                        let correction2 = 1.0 - beta2.powi(t);
-                        let denominator = (&v / correction2).sqrt() + eps;
-                        let _ = p.var.g_sub_(&(&m / denominator * (lr / correction1)));
-                        p.first = Some(m);
-                        p.second = Some(v);
-                    }
-                }
+        for group in [ParamGroup::Weight, ParamGroup::Norm, ParamGroup::Bias] {
+            let lr = settings.lr[group.index()];
+            let decay = if group.decays() {
+                settings.weight_decay
+            } else {
+                0.0
+            };
+            let mut members: Vec<&mut Param> = self
+                .params
+                .iter_mut()
+                .filter(|p| p.group == group && p.var.grad().defined())
+                .collect();
+            if members.is_empty() {
+                continue;
             }
-        });
+            tch::no_grad(|| match kind {
+                OptimizerKind::Sgd => sgd_step(&mut members, lr, settings.momentum, decay),
+                OptimizerKind::AdamW => adamw_step(&mut members, lr, settings.momentum, decay, t),
+            });
+        }
     }
 
     /// The state to checkpoint: `(name, tensor)` for every buffer, keyed
@@ -260,4 +227,66 @@ impl Optimizer {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// Nesterov SGD without dampening over one group (torch's `_multi_tensor_sgd`): `d = g + decay
+/// p`, `buf = momentum buf + d` (a copy of `d` at first), `p -= lr (d + momentum buf)`.
+fn sgd_step(members: &mut [&mut Param], lr: f64, momentum: f64, decay: f64) {
+    let vars: Vec<Tensor> = members.iter().map(|p| p.var.shallow_clone()).collect();
+    let grads: Vec<Tensor> = members.iter().map(|p| p.var.grad()).collect();
+    let decayed = if decay > 0.0 {
+        foreach::add(&grads, &vars, decay)
+    } else {
+        grads
+    };
+    let (mut old, mut old_d) = (Vec::new(), Vec::new());
+    for (p, d) in members.iter_mut().zip(&decayed) {
+        match &p.first {
+            Some(buffer) => {
+                old.push(buffer.shallow_clone());
+                old_d.push(d.shallow_clone());
+            }
+            None => p.first = Some(d.copy()),
+        }
+    }
+    foreach::mul_(&old, momentum);
+    foreach::add_(&old, &old_d, 1.0);
+    let buffers: Vec<Tensor> = members
+        .iter()
+        .map(|p| p.first.as_ref().expect("set above").shallow_clone())
+        .collect();
+    let update = foreach::add(&decayed, &buffers, momentum);
+    foreach::add_(&vars, &update, -lr);
+}
+
+/// AdamW over one group (torch's `_multi_tensor_adamw`, eps 1e-8, beta2 0.999): `p *= 1 - lr
+/// decay`, `m` lerps towards `g` by `1 - beta1`, `v = beta2 v + (1 - beta2) g^2`, then `p -= lr /
+/// (1 - beta1^t) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)`.
+fn adamw_step(members: &mut [&mut Param], lr: f64, beta1: f64, decay: f64, t: i32) {
+    let (beta2, eps) = (0.999, 1e-8);
+    let vars: Vec<Tensor> = members.iter().map(|p| p.var.shallow_clone()).collect();
+    let grads: Vec<Tensor> = members.iter().map(|p| p.var.grad()).collect();
+    if decay > 0.0 {
+        foreach::mul_(&vars, 1.0 - lr * decay);
+    }
+    for (p, g) in members.iter_mut().zip(&grads) {
+        p.first.get_or_insert_with(|| g.zeros_like());
+        p.second.get_or_insert_with(|| g.zeros_like());
+    }
+    let moment = |pick: fn(&Param) -> &Option<Tensor>| -> Vec<Tensor> {
+        members
+            .iter()
+            .map(|p| pick(p).as_ref().expect("set above").shallow_clone())
+            .collect()
+    };
+    let (m, v) = (moment(|p| &p.first), moment(|p| &p.second));
+    foreach::lerp_(&m, &grads, 1.0 - beta1);
+    foreach::mul_(&v, beta2);
+    foreach::addcmul_(&v, &grads, &grads, 1.0 - beta2);
+    let correction1 = 1.0 - beta1.powi(t);
+    let correction2 = 1.0 - beta2.powi(t);
+    let denominator = foreach::sqrt(&v);
+    foreach::div_(&denominator, correction2.sqrt());
+    foreach::add_scalar_(&denominator, eps);
+    foreach::addcdiv_(&vars, &m, &denominator, -lr / correction1);
 }

@@ -13,14 +13,14 @@ use fusekit_detect::{
 };
 use fusekit_dist::ProcessGroup;
 use fusekit_hyp::{BatchPlan, EMA_DECAY, EMA_TAU, Hyp, NanPolicy, Schedule};
-use fusekit_loader::{Augment, Batch, Loader, LoaderOptions};
+use fusekit_loader::{Augment, Loader, LoaderOptions};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::TrainError;
 use crate::checkpoint::{self, TrainState};
 use crate::ema::Ema;
-use crate::feed::batch_tensors;
+use crate::feed::{Fed, Feed, FeedMode};
 use crate::guard::{DeviceFailure, QuietDeviceFailures, catch_device_failure};
 use crate::optim::{Optimizer, StepSettings};
 use crate::plots::Plots;
@@ -119,6 +119,8 @@ pub enum Event<'a> {
         start_epoch: u32,
         /// The arithmetic of the forward passes (`--amp` on this device).
         precision: Precision,
+        /// How batches reach the device.
+        feed: FeedMode,
     },
     /// A training batch finished.
     Batch {
@@ -167,6 +169,8 @@ pub struct TrainSummary {
     pub optimizer_steps: u64,
     /// The arithmetic of the forward passes (`--amp` on this device).
     pub precision: Precision,
+    /// How batches reached the device (pageable after a pinned feed fell back).
+    pub feed: FeedMode,
     /// Seconds spent drawing plots (0 with `plots` off).
     pub plot_seconds: f64,
 }
@@ -315,6 +319,10 @@ struct Trainer<'a> {
     train_cache: Arc<Cache>,
     loader: Loader,
     val_loader: Option<Loader>,
+    /// Moves batches to the device (training and validation).
+    feed: Feed,
+    /// Whether the feed's fallback, if any, has been reported.
+    feed_fallback_noted: bool,
     /// Epochs trained with mosaic (before `close_mosaic`).
     mosaic_epochs: u32,
     config: ModelConfig,
@@ -420,6 +428,7 @@ impl<'a> Trainer<'a> {
             ..DetectionLoss::default()
         };
         let precision = Precision::for_device(hyp.amp, device)?;
+        let feed = Feed::for_device(device);
         observer(Event::Started {
             plan: &plan,
             config: &config,
@@ -429,6 +438,7 @@ impl<'a> Trainer<'a> {
             warmup: schedule.warmup_batches(),
             start_epoch: state.epochs_done,
             precision,
+            feed: feed.mode(),
         });
 
         // Dynamic loss scaling for fp16 autocast only (bf16 has f32's range).
@@ -456,6 +466,8 @@ impl<'a> Trainer<'a> {
             train_cache,
             loader,
             val_loader,
+            feed,
+            feed_fallback_noted: false,
             mosaic_epochs,
             config,
             vs,
@@ -554,6 +566,7 @@ impl<'a> Trainer<'a> {
             data_wait: self.data_wait.as_secs_f64() / train_seconds,
             optimizer_steps: self.optimizer.steps(),
             precision: self.precision,
+            feed: self.feed.mode(),
             plot_seconds: self.plots.seconds(),
         })
     }
@@ -595,15 +608,22 @@ impl<'a> Trainer<'a> {
         // The batch (within this epoch) of the last optimizer step.
         let mut last_step: Option<u64> = None;
         self.optimizer.zero_grad();
-        let loader_epoch = self.loader.epoch(u64::from(epoch));
-        let mut batches_of_epoch = loader_epoch.enumerate();
+        // Each batch's copy to the device starts while the previous batch computes.
+        let mut batches_of_epoch = self
+            .feed
+            .ahead(self.loader.epoch(u64::from(epoch)))
+            .enumerate();
         let end = loop {
+            // Pulling a batch stages the next one.
+            self.phase.set(Phase::PreparingBatch);
             let waiting = Instant::now();
-            let Some((i, batch)) = batches_of_epoch.next() else {
+            let Some((i, staged)) = batches_of_epoch.next() else {
                 break EpochEnd::Trained(sums.map(|s| s / seen.max(1) as f64));
             };
             self.data_wait += waiting.elapsed();
-            let batch = batch?;
+            self.note_feed_fallback(observer);
+            let fed = staged?.into_fed();
+            let batch = fed.batch();
             let i = i as u64;
             let step = self.schedule.at(epoch, i);
             let lr = step.lr.map(|lr| lr * self.state.lr_factor);
@@ -612,9 +632,9 @@ impl<'a> Trainer<'a> {
             let window = last_step.map_or(i + 1, |s| i - s);
             if epoch == 0 {
                 self.plots
-                    .train_batch(i, &batch, &self.config.names, observer);
+                    .train_batch(i, batch, &self.config.names, observer);
             }
-            let Some(parts) = self.backward(&batch, epoch, i, window, observer)? else {
+            let Some(parts) = self.backward(&fed, epoch, i, window, observer)? else {
                 let meta = self.train_cache.meta();
                 let samples = batch
                     .samples
@@ -652,19 +672,32 @@ impl<'a> Trainer<'a> {
         Ok(end)
     }
 
+    /// Tells the user, once, that the pinned feed fell back to pageable copies.
+    fn note_feed_fallback(&mut self, observer: &mut dyn FnMut(Event<'_>)) {
+        if self.feed_fallback_noted {
+            return;
+        }
+        if let Some(why) = self.feed.fallback() {
+            self.feed_fallback_noted = true;
+            observer(Event::Note(format!(
+                "batches go to the device as pageable copies without overlap: {why}"
+            )));
+        }
+    }
+
     /// Backpropagates loader batch `i` of `epoch` (the `window`-th of its accumulation
     /// window), halving the micro-batch on out-of-memory errors; `None` when its loss is not
     /// finite on some rank.
     fn backward(
         &mut self,
-        batch: &Batch,
+        fed: &Fed,
         epoch: u32,
         i: u64,
         window: u64,
         observer: &mut dyn FnMut(Event<'_>),
     ) -> Result<Option<[f64; 3]>, TrainError> {
-        self.phase.set(Phase::PreparingBatch);
-        let tensors = batch_tensors(batch, self.options.device);
+        let batch = fed.batch();
+        let tensors = fed.tensors();
         let mut input = tensors.images.to_kind(Kind::Float) / 255.0;
         if self
             .poison
@@ -811,13 +844,7 @@ starts over, the step's earlier batches are kept)",
                 } else {
                     &self.model
                 };
-                Some(validate(
-                    eval_model,
-                    val,
-                    self.options.device,
-                    &self.loss,
-                    &nms,
-                )?)
+                Some(validate(eval_model, val, &self.feed, &self.loss, &nms)?)
             }
             // Without validation every number is 0.
             None => None,

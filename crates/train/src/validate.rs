@@ -4,10 +4,10 @@ use fusekit_detect::{Detection, DetectionLoss, Detector, NmsOptions, non_max_sup
 use fusekit_eval::{ConfusionMatrix, Metrics, Prediction, Truth, evaluate};
 use fusekit_loader::{Batch, Loader};
 use fusekit_plots::{LabelBox, MAX_TILES, PICTURE_CONF};
-use tch::{Device, Kind};
+use tch::Kind;
 
 use crate::TrainError;
-use crate::feed::batch_tensors;
+use crate::feed::Feed;
 use crate::plots::truth_box;
 
 /// What one validation pass measured.
@@ -92,7 +92,7 @@ impl FirstBatch {
 pub fn validate(
     model: &Detector,
     loader: &Loader,
-    device: Device,
+    feed: &Feed,
     loss: &DetectionLoss,
     options: &NmsOptions,
 ) -> Result<Validation, TrainError> {
@@ -103,9 +103,11 @@ pub fn validate(
     let mut batches = 0usize;
     let mut images = 0usize;
     let mut first_batch = None;
-    for batch in loader.epoch(0) {
-        let batch = batch?;
-        let tensors = batch_tensors(&batch, device);
+    // Each batch's copy to the device starts while the previous batch computes.
+    for staged in feed.ahead(loader.epoch(0)) {
+        let fed = staged?.into_fed();
+        let batch = fed.batch();
+        let tensors = fed.tensors();
         let size = batch.imgsz as f32;
         let input = tensors.images.to_kind(Kind::Float) / 255.0;
         let (parts, detections) = tch::no_grad(|| {
@@ -120,7 +122,7 @@ pub fn validate(
         }
         batches += 1;
         if first_batch.is_none() {
-            first_batch = Some(FirstBatch::of(&batch, &detections));
+            first_batch = Some(FirstBatch::of(batch, &detections));
         }
         for (i, image_detections) in detections.iter().enumerate() {
             predictions.extend(image_detections.iter().map(|d| Prediction {

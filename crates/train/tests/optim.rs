@@ -93,12 +93,58 @@ fn adamw_matches_pytorch_by_hand() {
 }
 
 #[test]
+fn adamw_over_groups_and_steps_matches_pytorch_by_hand() {
+    // A decayed weight and a bias, three steps with the same gradients: each group's lr, decay
+    // only on the weight, and bias corrections that change with the step.
+    let weight = Tensor::from_slice(&[1.0f32, -0.5]).set_requires_grad(true);
+    let bias = Tensor::from_slice(&[0.25f32]).set_requires_grad(true);
+    let grads = [[0.5, -0.25], [2.0, 0.0]];
+    let loss = (&weight * Tensor::from_slice(&[0.5f32, -0.25])).sum(tch::Kind::Float)
+        + (&bias * 2.0).sum(tch::Kind::Float);
+    loss.backward();
+    let vars = HashMap::from([
+        ("m.conv.weight".to_string(), weight.shallow_clone()),
+        ("m.conv.bias".to_string(), bias.shallow_clone()),
+    ]);
+    let mut opt = Optimizer::new(Kind::AdamW, vars);
+    let (lr, beta1, decay) = ([0.01, 0.0, 0.02], 0.9, 0.1);
+    let mut params = [vec![1.0, -0.5], vec![0.25]];
+    let mut m = [vec![0.0; 2], vec![0.0]];
+    let mut v = [vec![0.0; 2], vec![0.0]];
+    for t in 1..=3 {
+        opt.step(&StepSettings {
+            lr,
+            momentum: beta1,
+            weight_decay: decay,
+        });
+        for (k, (group, wd)) in [(0, decay), (2, 0.0)].into_iter().enumerate() {
+            for i in 0..params[k].len() {
+                let g = grads[k][i];
+                params[k][i] *= 1.0 - lr[group] * wd;
+                m[k][i] = beta1 * m[k][i] + (1.0 - beta1) * g;
+                v[k][i] = 0.999 * v[k][i] + 0.001 * g * g;
+                let m_hat = m[k][i] / (1.0 - beta1.powi(t));
+                let v_hat = v[k][i] / (1.0 - 0.999f64.powi(t));
+                params[k][i] -= lr[group] * m_hat / (v_hat.sqrt() + 1e-8);
+            }
+        }
+        close(&values(&weight), &params[0]);
+        close(&values(&bias), &params[1]);
+    }
+}
+
+#[test]
 fn clipping_scales_the_global_norm_to_10() {
     let (var, vars) = one_param("m.conv.weight", &[0.0, 0.0], &[30.0, 40.0]);
     let mut opt = Optimizer::new(Kind::Sgd, vars);
-    let norm = opt.clip_grad_norm(10.0);
+    let norm = opt.clip_grad_norm(10.0).double_value(&[]);
     assert!((norm - 50.0).abs() < 1e-6);
     close(&values(&var.grad()), &[6.0, 8.0]);
+    // Under the limit the gradients stay exactly as they are.
+    let (under, vars) = one_param("m.conv.weight", &[0.0, 0.0], &[3.0, 4.0]);
+    let mut opt = Optimizer::new(Kind::Sgd, vars);
+    assert_eq!(opt.clip_grad_norm(10.0).double_value(&[]), 5.0);
+    assert_eq!(values(&under.grad()), [3.0, 4.0]);
 }
 
 #[test]

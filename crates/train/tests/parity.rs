@@ -172,7 +172,7 @@ fn check(scale: ModelScale, nc: usize) {
         .compute(&outputs, &r["targets_several"])
         .unwrap();
     loss.total.backward();
-    optimizer.clip_grad_norm(10.0);
+    let _ = optimizer.clip_grad_norm(10.0);
     optimizer.step(&StepSettings {
         lr: [0.01, 0.02, 0.05],
         momentum: 0.9,

@@ -307,7 +307,7 @@ fn reference_run(dir: &Path, hyp: &Hyp) -> (u64, HashMap<String, Tensor>) {
                 .backward();
             let window = last_step.map_or(i + 1, |s| i - s);
             if window >= u64::from(step.accumulate) || i + 1 == batches {
-                optimizer.clip_grad_norm(MAX_GRAD_NORM);
+                let _ = optimizer.clip_grad_norm(MAX_GRAD_NORM);
                 optimizer.step(&StepSettings {
                     lr: step.lr,
                     momentum: step.momentum,
