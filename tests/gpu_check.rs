@@ -66,6 +66,7 @@ fn the_quick_cpu_check_runs_every_step() {
                 assert_eq!(run["precision"], expected, "{run}");
                 assert_eq!(run["losses_finite"], true, "{run}");
                 assert!(run["images_per_second"].as_f64().unwrap() > 0.0, "{run}");
+                assert_eq!(run["feed"], "view", "{run}");
             }
         }
     }
@@ -73,6 +74,12 @@ fn the_quick_cpu_check_runs_every_step() {
     assert_eq!(oom["status"], "ok", "{oom}");
     assert_eq!(oom["simulated"], true);
     assert!(!oom["fallbacks"].as_array().unwrap().is_empty(), "{oom}");
+    // On the CPU both feeds are views; the step still trains and validates with each.
+    let feed = step(&report, "feed: pinned vs pageable");
+    assert_eq!(feed["status"], "ok", "{feed}");
+    assert_eq!(feed["pageable_run"]["feed"], "view", "{feed}");
+    assert_eq!(feed["pinned_run"]["feed"], "view", "{feed}");
+    assert_eq!(feed["val_metric_diff"], 0.0, "{feed}");
     assert_eq!(step(&report, "val and predict vs cpu")["status"], "ok");
     assert_eq!(step(&report, "two ranks (gloo)")["status"], "ok");
     // Ultralytics runs where the reference python is installed (`cargo xtask test` sets it).

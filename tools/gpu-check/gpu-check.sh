@@ -2,7 +2,7 @@
 # fusekit's one-call device check: `gpu-check.sh [--device cuda|cpu] [--quick]`.
 #
 # Runs every CUDA path of fusekit that a GPU machine can prove in one call (device facts,
-# training in f32 / fp16 / bf16, the out-of-memory fallback, the host-to-device copy, val and
+# training in f32 / fp16 / bf16, the out-of-memory fallback, the pinned feed vs pageable, val and
 # predict against the CPU, two ranks over Gloo, Ultralytics on the same data) and writes
 # report.md and report.json under $OUT. `--device cpu --quick` runs the same steps, smaller,
 # on the CPU (a test runs it, so this script cannot rot).

@@ -47,9 +47,11 @@ class Check:
         self.work = self.out / "work"
         self.steps = []
         self.failed = False
+        self.train_runs = []
 
-    def run(self, args, log, timeout=900):
-        """Runs fusekit; returns (exit status, stdout, stderr) and keeps the output in logs/."""
+    def run(self, args, log, timeout=900, env=None):
+        """Runs fusekit (with `env` added to the environment); returns (exit status, stdout,
+        stderr, seconds) and keeps the output in logs/."""
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
@@ -60,6 +62,7 @@ class Check:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
+                env={**os.environ, **(env or {})},
             )
             code, stdout, stderr = done.returncode, done.stdout, done.stderr
         except subprocess.TimeoutExpired as error:
@@ -94,8 +97,8 @@ def tail(text, lines=12):
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def require(check, args, log, timeout=900):
-    code, stdout, stderr, seconds = check.run(args, log, timeout)
+def require(check, args, log, timeout=900, env=None):
+    code, stdout, stderr, seconds = check.run(args, log, timeout, env)
     if code != 0:
         raise StepFailed(f"`fusekit {' '.join(args)}` exited {code}:\n{tail(stderr)}")
     return stdout, stderr, seconds
@@ -161,7 +164,7 @@ def results_losses(run_dir):
     return [[float(row[k]) for k in keys] for row in rows]
 
 
-def train(check, name, fusion, amp, extra=(), batch=None, limit=None, epochs=None):
+def train(check, name, fusion, amp, extra=(), batch=None, limit=None, epochs=None, env=None):
     s = check.sizes
     args = ["train", "--cache", "cache", "--fusion", fusion, "--amp", amp,
             "--device", check.device, "--batch", str(batch or s.batch),
@@ -169,7 +172,7 @@ def train(check, name, fusion, amp, extra=(), batch=None, limit=None, epochs=Non
             "--warmup-epochs", "0", "--close-mosaic", "0", "--project", "runs", "--name", name,
             "--format", "json", *extra]
     with MemorySampler(check.device == "cuda") as memory:
-        code, stdout, stderr, seconds = check.run(args, name, timeout=1200)
+        code, stdout, stderr, seconds = check.run(args, name, timeout=1200, env=env)
     return code, stdout, stderr, seconds, memory.peak
 
 
@@ -194,6 +197,7 @@ def train_modes(check):
             entry.update({
                 "status": "ok" if finite else "failed",
                 "precision": summary.get("precision"),
+                "feed": summary.get("feed"),
                 "images_per_second": round(summary["images_per_second"], 1),
                 "data_wait": round(summary["data_wait"], 4),
                 "peak_gpu_memory_mib": peak,
@@ -203,6 +207,7 @@ def train_modes(check):
             })
             failed |= not finite
             runs.append(entry)
+    check.train_runs = runs
     return {"status": "failed" if failed else "ok", "runs": runs}
 
 
@@ -221,10 +226,8 @@ def out_of_memory(check):
             "peak_gpu_memory_mib": peak}
 
 
-def copy_bandwidth(check):
-    """Host-to-device GB/s of a batch-shaped u8 tensor, pinned vs pageable (through torch)."""
-    if check.device != "cuda":
-        return {"status": "skipped", "why": "no CUDA device: nothing to copy to"}
+def copy_rates(check):
+    """torch's host-to-device GB/s of a batch-shaped u8 tensor, pinned vs pageable."""
     import torch
 
     s = check.sizes
@@ -242,9 +245,51 @@ def copy_bandwidth(check):
         return 50 * source.numel() / (time.perf_counter() - start) / 1e9
 
     return {"batch_bytes": batch.numel(), "pageable_gb_s": round(rate(batch), 2),
-            "pinned_gb_s": round(rate(pinned), 2),
-            "fusekit_feed": "pageable copy on the compute stream (no overlap); its cost shows "
-                            "as part of the step, and the loader's as data wait above"}
+            "pinned_gb_s": round(rate(pinned), 2)}
+
+
+def feed(check):
+    """fusekit's pinned, side-stream feed against PIN_MEMORY=false (pageable copies on the
+    compute stream): the same training run's images/s and data wait, and validation metrics
+    that must not change with the feed. On the CPU both are views; the step still runs."""
+    pageable = {"PIN_MEMORY": "false"}
+    name = "mid-bf16-pageable"
+    code, stdout, stderr, seconds, peak = train(check, name, "mid", "bf16", env=pageable)
+    if code != 0:
+        raise StepFailed(f"training with PIN_MEMORY=false failed:\n{tail(stderr)}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    pinned_run = next((r for r in check.train_runs if (r["fusion"], r["amp"]) == ("mid", "bf16")
+                       and r["status"] == "ok"), None)
+    result = {
+        "pageable_run": {"feed": summary.get("feed"),
+                         "images_per_second": round(summary["images_per_second"], 1),
+                         "data_wait": round(summary["data_wait"], 4)},
+        "pinned_run": pinned_run and {k: pinned_run[k] for k in
+                                      ("feed", "images_per_second", "data_wait")},
+    }
+    weights = "runs/mid-off/weights/best.safetensors"
+    metrics = {}
+    for label, env in [("default", None), ("pageable", pageable)]:
+        stdout, _, _ = require(check, ["val", "--weights", weights, "--cache", "cache/val.fkc",
+                                       "--device", check.device, "--format", "json"],
+                               f"val-feed-{label}", env=env)
+        found = json.loads(stdout.strip().splitlines()[-1])
+        metrics[label] = [find_number(found, k) or 0.0 for k in ("map50", "map50_95")]
+    difference = max(abs(a - b) for a, b in zip(metrics["default"], metrics["pageable"]))
+    result["val_metric_diff"] = difference
+    problems = []
+    if difference > 1e-4:
+        problems.append(f"validation metrics differ by {difference} between the feeds")
+    if check.device == "cuda":
+        result["torch_copy"] = copy_rates(check)
+        if summary.get("feed") != "pageable":
+            problems.append(f"PIN_MEMORY=false trained with the {summary.get('feed')} feed")
+        if pinned_run and pinned_run["feed"] != "pinned":
+            problems.append(f"the default feed on CUDA was {pinned_run['feed']}, not pinned")
+    if problems:
+        result["error"] = "; ".join(problems)
+        result["status"] = "failed"
+    return result
 
 
 def predictions(path):
@@ -368,17 +413,27 @@ def markdown(report):
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']} |" for s in report["steps"]]
     train_step = next((s for s in report["steps"] if s["step"] == "train"), {})
     if train_step.get("runs"):
-        lines += ["", "| fusion | amp | precision | images/s | data wait | peak MiB | losses |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| fusion | amp | precision | feed | images/s | data wait | peak MiB | losses |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in train_step["runs"]:
             if r["status"] != "ok":
-                lines.append(f"| {r['fusion']} | {r['amp']} | {r['status']} | | | | "
+                lines.append(f"| {r['fusion']} | {r['amp']} | {r['status']} | | | | | "
                              f"{r.get('error', '').splitlines()[-1:]} |")
                 continue
             trend = "falling" if r["losses_falling"] else "not falling"
-            lines.append(f"| {r['fusion']} | {r['amp']} | {r['precision']} | "
+            lines.append(f"| {r['fusion']} | {r['amp']} | {r['precision']} | {r['feed']} | "
                          f"{r['images_per_second']} | {r['data_wait']:.1%} | "
                          f"{r['peak_gpu_memory_mib']} | finite, {trend} |")
+    fed = next((s for s in report["steps"] if s["step"].startswith("feed")), {})
+    if fed.get("pageable_run"):
+        p = fed["pageable_run"]
+        lines += ["", f"PIN_MEMORY=false (mid bf16): {p['feed']} feed, {p['images_per_second']} "
+                  f"images/s, {p['data_wait']:.1%} data wait; validation metrics differ by "
+                  f"{fed.get('val_metric_diff')}"]
+    if fed.get("torch_copy"):
+        c = fed["torch_copy"]
+        lines.append(f"torch copies of a {c['batch_bytes'] / 1e6:.1f} MB batch: pinned "
+                     f"{c['pinned_gb_s']} GB/s, pageable {c['pageable_gb_s']} GB/s")
     reference = next((s for s in report["steps"] if s["step"] == "ultralytics"), {})
     if reference.get("images_per_second"):
         lines += ["", f"Ultralytics {reference.get('version')} (RGB yolov8n, amp "
@@ -407,7 +462,7 @@ def main():
     check.step("data", True, lambda: prepare_data(check))
     check.step("train", True, lambda: train_modes(check))
     check.step("out-of-memory fallback", True, lambda: out_of_memory(check))
-    check.step("host-to-device copy", False, lambda: copy_bandwidth(check))
+    check.step("feed: pinned vs pageable", True, lambda: feed(check))
     check.step("val and predict vs cpu", True, lambda: val_predict_agree(check))
     check.step("two ranks (gloo)", True, lambda: two_ranks(check))
     check.step("ultralytics", False, lambda: ultralytics(check, python))
