@@ -297,9 +297,12 @@ fn a_diverging_run_names_the_batch_and_the_learning_rate() {
 }
 
 /// The default suite's learning check (the long mid-vs-rgb comparison is in BENCHMARKS.md):
-/// 20 short epochs from scratch on a small generated set (scenes shared by train and val, so
-/// the model can generalise within CPU minutes), then the losses must have fallen and mAP50
-/// must be far above chance (a from-scratch detector scores ~0).
+/// 20 short epochs from scratch on a small generated set, then the losses must have fallen and
+/// mAP50 must be far above chance (a from-scratch detector scores ~0). The model is early
+/// fusion, as cheap as RGB alone (one backbone, four input channels): in these night scenes
+/// the people are faint in RGB and bright in IR. RGB alone passed on some machines but stayed
+/// at chance on others (best mAP50 <= 0.01 with seeds 0, 1 and 2 on an AVX2-only AMD EPYC),
+/// while the fused input reaches mAP50 0.90 and 0.98 there (seeds 0 and 1).
 #[test]
 fn training_lowers_the_loss_and_raises_map50_above_chance() {
     let dir = tempfile::tempdir().unwrap();
@@ -325,7 +328,7 @@ fn training_lowers_the_loss_and_raises_map50_above_chance() {
             "--device",
             "cpu",
             "--fusion",
-            "rgb",
+            "early",
             "--epochs",
             "20",
             "--batch",
@@ -354,7 +357,7 @@ fn training_lowers_the_loss_and_raises_map50_above_chance() {
         "train loss did not fall:\n{results}"
     );
     let best_map50 = rows.iter().map(|r| r[7]).fold(0.0, f64::max);
-    assert!(best_map50 > 0.1, "mAP50 stayed at chance:\n{results}");
+    assert!(best_map50 > 0.3, "mAP50 stayed near chance:\n{results}");
 }
 
 /// `--nproc 2` starts two local ranks through libtorch's c10d (TCPStore + Gloo), as torchrun
