@@ -19,6 +19,8 @@ use fusekit_cache::CacheError;
 use fusekit_loader::{Background, Batch};
 use tch::{Device, Kind, Tensor};
 
+use crate::shim_error::ErrorText;
+
 /// A batch's tensors. On the CPU `images` views the batch's own buffer (no copy), so it must
 /// not outlive the batch; on CUDA it is the device copy, u8 pixels as they are (a quarter of
 /// the bytes of f32). `targets` are on the host.
@@ -465,30 +467,6 @@ impl Drop for StagedCopy {
             // SAFETY: not taken, so still owned here.
             unsafe { ffi::fk_staged_free(staged.as_ptr()) }
         }
-    }
-}
-
-/// A buffer the shim writes an error message into.
-struct ErrorText([u8; 1024]);
-
-impl ErrorText {
-    fn new() -> Self {
-        Self([0; 1024])
-    }
-
-    fn ptr(&mut self) -> *mut std::os::raw::c_char {
-        self.0.as_mut_ptr().cast()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn text(&self) -> String {
-        std::ffi::CStr::from_bytes_until_nul(&self.0).map_or_else(
-            |_| "unknown error".into(),
-            |s| s.to_string_lossy().into_owned(),
-        )
     }
 }
 

@@ -9,6 +9,8 @@ use std::os::raw::c_char;
 use tch::Tensor;
 use torch_sys::C_tensor;
 
+use crate::shim_error::ErrorText;
+
 /// `list[i] *= scalar`.
 pub(crate) fn mul_(list: &[Tensor], scalar: f64) {
     in_place(list, |p, n, e, l| unsafe {
@@ -115,13 +117,8 @@ fn in_place(
         return;
     }
     let tensors = handles(list);
-    let mut error = [0u8; 1024];
-    let status = call(
-        tensors.as_ptr(),
-        tensors.len(),
-        error.as_mut_ptr().cast(),
-        error.len(),
-    );
+    let mut error = ErrorText::new();
+    let status = call(tensors.as_ptr(), tensors.len(), error.ptr(), error.len());
     check(status, &error);
 }
 
@@ -135,12 +132,12 @@ fn producing(
     }
     let tensors = handles(list);
     let mut out = vec![std::ptr::null_mut(); list.len()];
-    let mut error = [0u8; 1024];
+    let mut error = ErrorText::new();
     let status = call(
         tensors.as_ptr(),
         tensors.len(),
         out.as_mut_ptr(),
-        error.as_mut_ptr().cast(),
+        error.ptr(),
         error.len(),
     );
     check(status, &error);
@@ -151,11 +148,9 @@ fn producing(
 }
 
 /// Panics with libtorch's message when a shim call failed.
-fn check(status: i32, error: &[u8]) {
+fn check(status: i32, error: &ErrorText) {
     if status != 0 {
-        let text = std::ffi::CStr::from_bytes_until_nul(error)
-            .map_or_else(|_| "unknown error".into(), |s| s.to_string_lossy());
-        panic!("{text}");
+        panic!("{}", error.text());
     }
 }
 

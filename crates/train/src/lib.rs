@@ -16,6 +16,7 @@ mod optim;
 mod plots;
 mod precision;
 mod results;
+mod shim_error;
 mod step;
 mod trainer;
 mod validate;
